@@ -1,0 +1,1 @@
+"""The ``pacbound`` command-line tool: a thin click shell over the library."""

@@ -1,0 +1,82 @@
+"""The one place rich is used: diagnostics and progress on stderr, results on stdout.
+
+JSON never goes through rich (it wraps long lines); :func:`emit_json` writes it with
+``json.dumps(allow_nan=False)`` straight to stdout.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+
+class Terminal:
+    """Writes results to stdout and diagnostics/progress to stderr.
+
+    ``quiet`` silences diagnostics and progress; progress is also off when stderr is not a
+    terminal (rich's own detection), so logs in CI stay clean.
+    """
+
+    def __init__(self, *, quiet: bool = False, progress: bool = True) -> None:
+        self.quiet = quiet
+        # No file= given: rich looks sys.stdout/sys.stderr up at each write, so click's
+        # CliRunner (which swaps them) captures the output.
+        self.out = Console(highlight=False, soft_wrap=True)
+        self.err = Console(stderr=True, highlight=False, soft_wrap=True)
+        self.show_progress = progress and not quiet and self.err.is_terminal
+
+    def info(self, message: str) -> None:
+        if not self.quiet:
+            self.err.print(message)
+
+    def warn(self, message: str) -> None:
+        # Warnings are shown even with --quiet: they concern validity.
+        self.err.print(f"[yellow]Warning:[/yellow] {message}")
+
+    def table(self, table: Table) -> None:
+        self.out.print(table)
+
+    def line(self, text: str = "") -> None:
+        self.out.print(text)
+
+    @contextmanager
+    def progress(self) -> Iterator[Progress | None]:
+        """A rich progress display on stderr, or ``None`` when progress is off."""
+        if not self.show_progress:
+            yield None
+            return
+        bar = Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.err,
+            transient=True,
+        )
+        with bar:
+            yield bar
+
+
+def dumps_json(document: Any) -> str:
+    """Serialize a report: no NaN/Infinity allowed, stable key order, trailing newline."""
+    return json.dumps(document, allow_nan=False, indent=2, sort_keys=False) + "\n"
+
+
+def emit_json(document: Any) -> None:
+    """Write one JSON document to stdout (never through rich)."""
+    click.echo(dumps_json(document), nl=False)
