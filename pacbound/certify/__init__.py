@@ -1,0 +1,1 @@
+"""End-to-end certification pipelines (one module per method)."""

@@ -1,0 +1,414 @@
+"""``certify --method gaussian``: a PAC-Bayes-kl certificate for a Gaussian posterior.
+
+Pipeline (MATH.md §2–5, §8):
+
+1. prior mean: the init weights, zero, or trained on a seeded prior split S_prior;
+   the bound sample S_bound is the rest (or all of S for data-free priors);
+2. posterior: isotropic σ by search around the checkpoint, optionally refined into a
+   diagonal posterior trained on a bound surrogate;
+3. prior scale σ_p: the grid value with the smallest KL; the grid costs ln G (δ/G each);
+4. empirical risk of Q on S_bound: n·K fresh per-example draws, Chernoff upper bound with δ′;
+5. certificate: the kl bound with that upper bound, n = |S_bound|, δ_PB/G.
+
+The certified classifier is the stochastic network Q, not the checkpoint's point weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pacbound.bounds import (
+    BoundResult,
+    DeltaBudget,
+    mc_upper_per_example,
+    pac_bayes_catoni_grid,
+    pac_bayes_classic,
+    pac_bayes_kl,
+    pac_bayes_quad,
+    test_set_bound,
+)
+from pacbound.bounds.validation import check_count, check_delta
+from pacbound.certify.common import (
+    ProgressFactory,
+    Timer,
+    Verdict,
+    check_deterministic,
+    no_progress,
+)
+from pacbound.errors import InvalidInputError
+from pacbound.posterior.fit import (
+    TrainingRecipe,
+    kl_over_grid,
+    kl_sufficient_stats,
+    search_isotropic_sigma,
+    train_diagonal_posterior,
+)
+from pacbound.posterior.kl import gaussian_kl
+from pacbound.posterior.network import StochasticNetwork, build_stochastic_network
+from pacbound.posterior.priors import (
+    DataSplit,
+    PriorMean,
+    PriorTrainingRecipe,
+    ScaleGrid,
+    split_data,
+    train_prior_mean,
+)
+from pacbound.posterior.risk import count_errors, count_stochastic_errors
+
+CERTIFIED_CLASSIFIER = (
+    "the Gaussian posterior Q = N(mu, diag sigma^2) over the weights: a stochastic "
+    "classifier that draws fresh weights for every prediction, NOT the checkpoint's "
+    "point weights"
+)
+
+#: Offsets that give each random stream of a run its own seed.
+SEED_OFFSETS = {"search": 1, "training": 2, "monte_carlo": 3, "prior_init": 4}
+
+
+class Posterior(str, Enum):
+    ISOTROPIC = "isotropic"
+    DIAGONAL = "diagonal"
+
+
+@dataclass(frozen=True)
+class GaussianOptions:
+    """Everything that defines a Gaussian certificate, fixed before the data are seen."""
+
+    prior: PriorMean = PriorMean.INIT
+    posterior: Posterior = Posterior.ISOTROPIC
+    prior_scales: ScaleGrid = field(default_factory=lambda: ScaleGrid.log_spaced(1e-4, 1.0, 33))
+    prior_fraction: float = 0.5
+    prior_recipe: PriorTrainingRecipe = field(default_factory=PriorTrainingRecipe)
+    training: TrainingRecipe = field(default_factory=TrainingRecipe)
+    mc_passes: int = 5
+    delta: float = 0.05
+    mc_delta: float | None = None  # default: delta / 5
+    heldout_delta: float | None = None  # default: delta (a separate statement)
+    seed: int = 0
+    batch_size: int = 1024
+    search_examples: int = 10000
+    check_deterministic: bool = True
+
+    def budget(self) -> DeltaBudget:
+        delta = check_delta(self.delta, "--delta")
+        mc = delta / 5.0 if self.mc_delta is None else check_delta(self.mc_delta, "--mc-delta")
+        if mc >= delta:
+            raise InvalidInputError(
+                f"--mc-delta ({mc:g}) must be smaller than --delta ({delta:g}): the rest of "
+                "delta goes to the PAC-Bayes inequality",
+                param="--mc-delta",
+            )
+        return DeltaBudget(
+            delta,
+            (
+                _part(
+                    "pac-bayes",
+                    delta - mc,
+                    self.prior_scales.size,
+                    "PAC-Bayes-kl inequality, shared by the prior-scale grid",
+                ),
+                _part("monte-carlo", mc, 1, "Chernoff bound on the posterior's empirical risk"),
+            ),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prior": self.prior.value,
+            "posterior": self.posterior.value,
+            "prior_scales": list(self.prior_scales.scales),
+            "prior_fraction": self.prior_fraction if self.prior is PriorMean.DATA else None,
+            "prior_training": self.prior_recipe.to_dict() if self.prior is PriorMean.DATA else None,
+            "posterior_training": (
+                self.training.to_dict() if self.posterior is Posterior.DIAGONAL else None
+            ),
+            "mc_passes": self.mc_passes,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "search_examples": self.search_examples,
+            "check_deterministic": self.check_deterministic,
+        }
+
+
+def _part(name: str, delta: float, grid: int, description: str) -> Any:
+    from pacbound.bounds import DeltaPart
+
+    return DeltaPart(name, delta, grid, description)
+
+
+@dataclass(frozen=True)
+class GaussianCertificate:
+    """The outcome of a Gaussian certification run (all numbers at full precision)."""
+
+    certificate: BoundResult
+    monte_carlo: BoundResult
+    information: dict[str, BoundResult]
+    budget: DeltaBudget
+    verdict: Verdict
+    kl_nats: float
+    n_bound: int
+    empirical_risk_estimate: float
+    prior: dict[str, Any]
+    posterior: dict[str, Any]
+    heldout: BoundResult | None
+    heldout_budget: DeltaBudget | None
+    timings: dict[str, float]
+    network: StochasticNetwork = field(repr=False)
+    options: GaussianOptions = field(repr=False)
+
+    @property
+    def value(self) -> float:
+        return self.certificate.value
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "method": "gaussian",
+            "certified_classifier": CERTIFIED_CLASSIFIER,
+            "bound": self.certificate.value,
+            "inequality": self.certificate.method,
+            "kl_nats": self.kl_nats,
+            "n": self.n_bound,
+            "empirical_risk": {
+                "estimate": self.empirical_risk_estimate,
+                "upper_bound": self.monte_carlo.value,
+                "draws": self.monte_carlo.n,
+                "mc_passes": self.options.mc_passes,
+            },
+            "verdict": self.verdict.to_dict(),
+            "delta_budget": self.budget.to_dict(),
+            "certificate_terms": self.certificate.to_dict(),
+            "information_only": {k: v.to_dict() for k, v in self.information.items()},
+            "prior": self.prior,
+            "posterior": self.posterior,
+            "heldout": None,
+        }
+        if self.heldout is not None and self.heldout_budget is not None:
+            out["heldout"] = {
+                "certified_classifier": "the checkpoint's deterministic point weights",
+                "bound": self.heldout.value,
+                "errors": int(self.heldout.terms["errors"]),
+                "n": self.heldout.n,
+                "delta": self.heldout.delta,
+                "note": "a separate statement with its own delta",
+            }
+        return out
+
+
+def _prior_means(
+    kind: PriorMean,
+    model: nn.Module,
+    init_state: dict[str, Tensor] | None,
+) -> list[Tensor]:
+    names = [name for name, _ in model.named_parameters()]
+    if kind is PriorMean.ZERO:
+        return [torch.zeros_like(p.detach()) for _, p in model.named_parameters()]
+    if init_state is None:
+        raise InvalidInputError(
+            "--prior init needs the initial weights: pass --init PATH (saved before training)",
+            param="--init",
+        )
+    return [
+        init_state[name].detach().to(p.device, p.dtype)
+        for name, p in zip(names, model.parameters(), strict=True)
+    ]
+
+
+def _initial_model(model: nn.Module, init_state: dict[str, Tensor] | None, seed: int) -> nn.Module:
+    """A data-independent starting point for the prior mean: the init weights, or a fresh
+    seeded initialization of the architecture."""
+    fresh = copy.deepcopy(model)
+    if init_state is not None:
+        with torch.no_grad():
+            for name, p in fresh.named_parameters():
+                p.copy_(init_state[name])
+        return fresh
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed + SEED_OFFSETS["prior_init"])
+        for module in fresh.modules():
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+    return fresh
+
+
+def certify_gaussian(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    num_classes: int,
+    options: GaussianOptions,
+    init_state: dict[str, Tensor] | None = None,
+    heldout: tuple[Tensor, Tensor] | None = None,
+    device: torch.device | None = None,
+    progress: ProgressFactory = no_progress,
+) -> GaussianCertificate:
+    """Run the whole Gaussian pipeline on the training sample (x, y) = S."""
+    dev = device or torch.device("cpu")
+    budget = options.budget()
+    check_count(options.mc_passes, "--mc-passes")
+    timer = Timer()
+    model = model.to(dev).eval()
+    if options.check_deterministic:
+        check_deterministic(model, x, dev)
+    grid = options.prior_scales
+    delta_pb = budget.part("pac-bayes").per_choice
+    split: DataSplit | None = None
+    prior_info: dict[str, Any] = {"mean": options.prior.value}
+    with timer.phase("prior"):
+        if options.prior is PriorMean.DATA:
+            split = split_data(x.shape[0], prior_fraction=options.prior_fraction, seed=options.seed)
+            prior_model = _initial_model(model, init_state, options.seed).to(dev)
+            hook = progress(
+                "training prior on S_prior", options.prior_recipe.epochs * len(split.prior_indices)
+            )
+            train_prior_mean(
+                prior_model,
+                x[split.prior_indices],
+                y[split.prior_indices],
+                options.prior_recipe,
+                device=dev,
+                progress=hook,
+            )
+            prior_means = [p.detach().clone() for p in prior_model.parameters()]
+            x_bound, y_bound = x[split.bound_indices], y[split.bound_indices]
+            prior_info["split"] = split.to_dict()
+            prior_info["init_source"] = (
+                "init weights" if init_state is not None else "seeded fresh init"
+            )
+            start_model = prior_model if options.posterior is Posterior.DIAGONAL else model
+        else:
+            prior_means = _prior_means(options.prior, model, init_state)
+            x_bound, y_bound = x, y
+            start_model = model
+    n_bound = int(x_bound.shape[0])
+    network = build_stochastic_network(start_model).to(dev)
+    search_gen = torch.Generator(device=dev).manual_seed(options.seed + SEED_OFFSETS["search"])
+    perm = torch.randperm(n_bound, generator=torch.Generator().manual_seed(options.seed))
+    subset = perm[: min(options.search_examples, n_bound)]
+    with timer.phase("posterior"):
+        hook = progress("searching isotropic sigma", 41 * int(subset.numel()))
+        search = search_isotropic_sigma(
+            network,
+            prior_means,
+            grid,
+            x_bound[subset],
+            y_bound[subset],
+            n_bound=n_bound,
+            delta_pac_bayes=budget.part("pac-bayes").delta,
+            generator=search_gen,
+            batch_size=options.batch_size,
+            device=dev,
+            progress=hook,
+        )
+        history: list[float] = []
+        if options.posterior is Posterior.DIAGONAL:
+            recipe = options.training
+            log_term = math.log(2.0 * math.sqrt(n_bound) / delta_pb)
+            hook = progress("training diagonal posterior", recipe.epochs * int(x.shape[0]))
+            history = train_diagonal_posterior(
+                network,
+                prior_means,
+                grid.scales[search.prior_index],
+                x,
+                y,
+                recipe,
+                n_bound=n_bound,
+                log_term=log_term,
+                device=dev,
+                progress=hook,
+            )
+    with timer.phase("kl"):
+        kls = kl_over_grid(kl_sufficient_stats(network, prior_means), grid)
+        j = int(kls.argmin())
+        sigma_p = grid.scales[j]
+        kl = gaussian_kl(
+            (s.mu, torch.exp(s.log_sigma), m.to(dev), sigma_p)
+            for s, m in zip(network.slots, prior_means, strict=True)
+        )
+    with timer.phase("monte_carlo"):
+        mc_gen = torch.Generator(device=dev).manual_seed(options.seed + SEED_OFFSETS["monte_carlo"])
+        hook = progress("Monte-Carlo risk (fresh draws)", options.mc_passes * n_bound)
+        count = count_stochastic_errors(
+            network,
+            x_bound,
+            y_bound,
+            passes=options.mc_passes,
+            generator=mc_gen,
+            batch_size=options.batch_size,
+            device=dev,
+            progress=hook,
+        )
+        mc = mc_upper_per_example(
+            count.rate, n=n_bound, passes=options.mc_passes, delta=budget.part("monte-carlo").delta
+        )
+    certificate = pac_bayes_kl(mc.value, kl=kl, n=n_bound, delta=delta_pb)
+    information = {
+        "classic": pac_bayes_classic(mc.value, kl=kl, n=n_bound, delta=delta_pb),
+        "quad": pac_bayes_quad(mc.value, kl=kl, n=n_bound, delta=delta_pb),
+        "catoni_grid": pac_bayes_catoni_grid(mc.value, kl=kl, n=n_bound, delta=delta_pb),
+    }
+    heldout_result = heldout_budget = None
+    if heldout is not None:
+        with timer.phase("heldout"):
+            hdelta = options.delta if options.heldout_delta is None else options.heldout_delta
+            heldout_budget = DeltaBudget(
+                check_delta(hdelta, "--heldout-delta"),
+                (_part("held-out", hdelta, 1, "binomial tail on the held-out set"),),
+            )
+            hx, hy = heldout
+            hcount = count_errors(model, hx, hy, batch_size=options.batch_size, device=dev)
+            heldout_result = test_set_bound(hcount.rate, n=hcount.evaluations, delta=hdelta)
+    sigmas = torch.cat([torch.exp(s.log_sigma.detach()).flatten() for s in network.slots])
+    prior_info.update({"scale": sigma_p, "scale_index": j, "grid": grid.to_dict()})
+    posterior_info = {
+        "kind": options.posterior.value,
+        "num_parameters": network.num_parameters(),
+        "sigma_isotropic_search": search.sigma_q,
+        "sigma_min": float(sigmas.min()),
+        "sigma_median": float(sigmas.median()),
+        "sigma_max": float(sigmas.max()),
+        "training_objective_per_epoch": history,
+    }
+    return GaussianCertificate(
+        certificate=certificate,
+        monte_carlo=mc,
+        information=information,
+        budget=budget,
+        verdict=Verdict(certificate.value, num_classes),
+        kl_nats=kl,
+        n_bound=n_bound,
+        empirical_risk_estimate=count.rate,
+        prior=prior_info,
+        posterior=posterior_info,
+        heldout=heldout_result,
+        heldout_budget=heldout_budget,
+        timings=dict(timer.seconds),
+        network=network,
+        options=options,
+    )
+
+
+@torch.no_grad()
+def stochastic_error(
+    network: StochasticNetwork,
+    x: Tensor,
+    y: Tensor,
+    *,
+    passes: int,
+    seed: int,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> float:
+    """The posterior's error on (x, y) with per-example draws (e.g. on a test set)."""
+    dev = device or torch.device("cpu")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    return count_stochastic_errors(
+        network, x, y, passes=passes, generator=gen, batch_size=batch_size, device=dev
+    ).rate

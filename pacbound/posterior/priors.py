@@ -1,0 +1,175 @@
+"""Priors: the mean (init, zero, or trained on a held-apart prior split) and a scale grid.
+
+The prior must be fixed before the bound sample is seen. A data-dependent mean is allowed
+when it depends only on S_prior, a seeded split disjoint from S_bound (MATH.md §5). The
+prior scale σ_p is chosen from a finite grid fixed in advance; choosing it after seeing the
+data costs a union bound: each grid value gets δ/G (MATH.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from enum import Enum
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from pacbound.bounds.validation import check_count, check_positive
+from pacbound.errors import InvalidInputError
+
+
+class PriorMean(str, Enum):
+    INIT = "init"
+    ZERO = "zero"
+    DATA = "data"
+
+
+@dataclass(frozen=True)
+class ScaleGrid:
+    """Prior standard deviations σ_p, log-spaced, fixed before seeing data."""
+
+    scales: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            raise InvalidInputError("the prior scale grid is empty", param="--prior-scales")
+        for s in self.scales:
+            check_positive(s, "--prior-scales")
+
+    @classmethod
+    def log_spaced(cls, low: float, high: float, count: int) -> ScaleGrid:
+        """``count`` values from ``low`` to ``high`` (inclusive), equally spaced in log."""
+        low, high = check_positive(low, "--prior-scales"), check_positive(high, "--prior-scales")
+        count = check_count(count, "--prior-scales")
+        if count == 1:
+            return cls((low,))
+        if high <= low:
+            raise InvalidInputError(
+                f"--prior-scales: the high end {high:g} must exceed the low end {low:g}",
+                param="--prior-scales",
+            )
+        return cls(tuple(float(v) for v in np.geomspace(low, high, count)))
+
+    @classmethod
+    def parse(cls, text: str) -> ScaleGrid:
+        """``LOW:HIGH:COUNT`` (log-spaced) or a comma-separated list of values."""
+        try:
+            if ":" in text:
+                lo, hi, cnt = text.split(":")
+                low, high, count = float(lo), float(hi), int(cnt)
+            else:
+                values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise InvalidInputError(
+                f"--prior-scales must be LOW:HIGH:COUNT (e.g. 1e-4:1e-1:49) or a list "
+                f"of numbers, got {text!r}",
+                param="--prior-scales",
+            ) from None
+        if ":" in text:
+            return cls.log_spaced(low, high, count)
+        return cls(values)
+
+    @property
+    def size(self) -> int:
+        return len(self.scales)
+
+    def to_dict(self) -> dict[str, object]:
+        return {"size": self.size, "min": min(self.scales), "max": max(self.scales)}
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """A seeded split of S into a prior part and a bound part (indices into S)."""
+
+    prior_indices: Tensor
+    bound_indices: Tensor
+    seed: int
+    prior_fraction: float
+
+    @property
+    def sha256(self) -> str:
+        """Hash of both index arrays (int64, little-endian), for the report."""
+        h = hashlib.sha256()
+        for idx in (self.prior_indices, self.bound_indices):
+            h.update(idx.to(torch.int64).cpu().numpy().astype("<i8").tobytes())
+            h.update(b"|")
+        return h.hexdigest()
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "seed": self.seed,
+            "prior_fraction": self.prior_fraction,
+            "n_prior": int(self.prior_indices.numel()),
+            "n_bound": int(self.bound_indices.numel()),
+            "indices_sha256": self.sha256,
+        }
+
+
+def split_data(n: int, *, prior_fraction: float, seed: int) -> DataSplit:
+    """A seeded random permutation of range(n): the first ⌊f·n⌋ go to the prior."""
+    if not 0.0 < prior_fraction < 1.0 or not math.isfinite(prior_fraction):
+        raise InvalidInputError(
+            f"--prior-fraction must be in (0, 1), got {prior_fraction!r}: a data-dependent "
+            "prior needs some data for the prior and some for the bound",
+            param="--prior-fraction",
+        )
+    n_prior = math.floor(prior_fraction * n)
+    if n_prior < 1 or n - n_prior < 1:
+        raise InvalidInputError(
+            f"--prior-fraction {prior_fraction} leaves an empty part of the {n} examples",
+            param="--prior-fraction",
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    prior_idx, _ = torch.sort(perm[:n_prior])
+    bound_idx, _ = torch.sort(perm[n_prior:])
+    return DataSplit(prior_idx, bound_idx, seed, prior_fraction)
+
+
+@dataclass(frozen=True)
+class PriorTrainingRecipe:
+    """How the data-dependent prior mean is trained on S_prior (from the init weights).
+
+    Plain SGD with momentum on the cross-entropy, mini-batches drawn by a seeded
+    permutation each epoch. Defaults follow the spirit of Pérez-Ortiz et al. 2021.
+    """
+
+    epochs: int = 10
+    lr: float = 0.01
+    momentum: float = 0.95
+    batch_size: int = 250
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+def train_prior_mean(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    recipe: PriorTrainingRecipe,
+    *,
+    device: torch.device,
+    progress: object | None = None,
+) -> nn.Module:
+    """Train ``model`` in place on (x, y) = S_prior only and return it."""
+    model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
+    gen = torch.Generator().manual_seed(recipe.seed)
+    n = x.shape[0]
+    for _ in range(recipe.epochs):
+        perm = torch.randperm(n, generator=gen)
+        for start in range(0, n, recipe.batch_size):
+            idx = perm[start : start + recipe.batch_size]
+            xb, yb = x[idx].to(device), y[idx].to(device)
+            loss = nn.functional.cross_entropy(model(xb), yb)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if callable(progress):
+                progress(int(idx.numel()))
+    model.eval()
+    return model

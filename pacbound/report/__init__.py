@@ -1,0 +1,1 @@
+"""Reports: the JSON document a certification run produces, written atomically."""

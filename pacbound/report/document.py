@@ -1,0 +1,89 @@
+"""The report document (schema v1): provenance around a certificate.
+
+Field by field documentation: ``docs/report-schema.md``; JSON Schema:
+``pacbound/report/schema_v1.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from pacbound._version import __version__
+
+SCHEMA_VERSION = 1
+
+
+def _git_commit() -> str | None:
+    root = Path(__file__).resolve().parents[2]
+    if not (root / ".git").exists():
+        return None
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def environment(device: str) -> dict[str, Any]:
+    """Tool and library versions, platform and device."""
+    import numpy
+    import scipy
+    import torch
+
+    return {
+        "pacbound": __version__,
+        "git_commit": _git_commit(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "scipy": scipy.__version__,
+        "platform": platform.platform(),
+        "device": device,
+    }
+
+
+def results_hash(results: dict[str, Any]) -> str:
+    """sha256 of the canonical JSON of the results block (sorted keys, no whitespace)."""
+    canonical = json.dumps(results, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def build_report(
+    *,
+    command: str,
+    inputs: dict[str, Any],
+    options: dict[str, Any],
+    seeds: dict[str, int],
+    results: dict[str, Any],
+    gate: dict[str, Any],
+    timings: dict[str, float],
+    warnings: list[str],
+    device: str,
+) -> dict[str, Any]:
+    """Assemble the report; ``results`` is the certificate block that ``results_sha256`` covers."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "command": command,
+        "argv": ["pacbound", *sys.argv[1:]],
+        "environment": environment(device),
+        "inputs": inputs,
+        "options": options,
+        "seeds": seeds,
+        "results": results,
+        "results_sha256": results_hash(results),
+        "gate": gate,
+        "timings_seconds": timings,
+        "warnings": warnings,
+    }
