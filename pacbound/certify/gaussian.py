@@ -160,6 +160,8 @@ class GaussianCertificate:
     heldout_budget: DeltaBudget | None
     timings: dict[str, float]
     network: StochasticNetwork = field(repr=False)
+    prior_means: list[Tensor] = field(repr=False)
+    prior_scale: float
     options: GaussianOptions = field(repr=False)
 
     @property
@@ -391,6 +393,8 @@ def certify_gaussian(
         heldout_budget=heldout_budget,
         timings=dict(timer.seconds),
         network=network,
+        prior_means=prior_means,
+        prior_scale=sigma_p,
         options=options,
     )
 

@@ -62,10 +62,10 @@ class GaussianLinear(_GaussianModule):
         mean = F.linear(x, self.weight_mu, self.bias_mu)
         if self.mode == "mean":
             return mean
-        var_w = torch.exp(2.0 * self.weight_log_sigma)
-        var = F.linear(x * x, var_w)
+        # σ = exp(log σ) exactly as the KL computation takes it, then squared.
+        var = F.linear(x * x, torch.exp(self.weight_log_sigma) ** 2)
         if self.bias_log_sigma is not None:
-            var = var + torch.exp(2.0 * self.bias_log_sigma)
+            var = var + torch.exp(self.bias_log_sigma) ** 2
         return mean + torch.sqrt(var) * self._noise(mean.shape, mean)
 
 
