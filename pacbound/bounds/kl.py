@@ -159,16 +159,21 @@ def _upper_interior(q: NDArray, c: NDArray) -> NDArray[np.float64]:
 
 
 def _bisect_upper(q: NDArray, c: NDArray) -> NDArray[np.float64]:
-    """Bisection keeping ``hi`` certainly infeasible; returns ``hi`` (never a midpoint)."""
+    """Bisection keeping ``hi`` certainly infeasible; returns ``hi`` (never a midpoint).
+
+    Each element stops as soon as its own bracket is narrow enough, so the result for one
+    element does not depend on the other elements of the array (vectorized == scalar calls).
+    """
     lo = q.copy()
     hi = np.ones_like(q)
     for _ in range(BISECT_MAXITER):
-        if np.all(hi - lo <= KL_INVERSE_XTOL):
+        open_ = hi - lo > KL_INVERSE_XTOL
+        if not open_.any():
             return hi
         mid = 0.5 * (lo + hi)
         above = _certainly_above(q, mid, c)
-        hi = np.where(above, mid, hi)
-        lo = np.where(above, lo, mid)
+        hi = np.where(open_ & above, mid, hi)
+        lo = np.where(open_ & ~above, mid, lo)
     raise NumericalError(
         f"kl inverse did not converge in {BISECT_MAXITER} bisection steps "
         f"(q={q.tolist()!r}, c={c.tolist()!r})"

@@ -13,11 +13,14 @@ def format_up(value: float, digits: int = 4) -> str:
     '0.1344'
     >>> format_up(0.25, 2)
     '0.25'
+    >>> format_up(1e-20, 8)
+    '0.00000001'
     """
     if not math.isfinite(value):
         raise ValueError(f"cannot format a non-finite bound {value!r}")
     quantum = Decimal(1).scaleb(-digits)
-    return str(Decimal(value).quantize(quantum, rounding=ROUND_CEILING))
+    # format "f", not str(): str() switches to exponent notation below 1e-6 ('1E-7', '0E-7')
+    return format(Decimal(value).quantize(quantum, rounding=ROUND_CEILING), "f")
 
 
 def round_up(value: float, digits: int = 4) -> float:
