@@ -1,0 +1,249 @@
+"""The compressed-model message: a prefix-free bitstream whose length is K(h) in the Occam bound.
+
+Layout (MSB first; γ, δ are Elias codes, see :mod:`pacbound.compressors.coding`)::
+
+    header           magic "PBCM" (32 bits), γ(version), γ(compressor kind index + 1)
+    architecture     32-bit fingerprint of parameter/buffer names and shapes, δ(D)
+    hyperparameters  [subspace only: γ(seed + 1), γ(projector kind index + 1), δ(d)],
+                     δ(L), γ(codebook precision index + 1)
+    codebook         L levels at the stored precision (big-endian IEEE)
+    symbol_model     0 bits: the adaptive KT model is part of the decoder
+    buffers          δ(number of floating buffer values + 1), each as float32
+    length_prefix    δ(number of bits of the symbol stream)
+    symbols          arithmetic-coded quantized coordinates (d of them, or D for direct)
+    padding          zeros up to a whole byte
+    integrity        CRC-32 of all the preceding bytes
+
+The "predeclared seed list" is 0, 1, 2, …: seed s costs |γ(s + 1)| bits. Kind, projector and
+precision indices follow the order of their enums.
+
+**What is counted**: everything. ``code_length_bits`` is 8 × the byte length of the message,
+including the magic, the padding and the CRC (which a decoder does not strictly need, but
+counting them keeps K(h) equal to the size of the file anyone can check). The message is
+prefix-free (every field is self-delimiting and the CRC has fixed width), so Kraft holds.
+``breakdown()`` gives the bits of each part above; they sum to ``code_length_bits``.
+
+Decoding is strict: a wrong CRC, a truncated stream, an out-of-range field, nonzero padding,
+trailing bytes or a symbol stream that is not exactly the encoder's output raise
+InvalidInputError; a wrong model is never returned.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass, field
+from enum import Enum
+from functools import cached_property
+from typing import TypeVar
+
+import numpy as np
+from numpy.typing import NDArray
+
+from pacbound.compressors.coding import (
+    BitReader,
+    BitWriter,
+    arithmetic_decode,
+    arithmetic_encode,
+    read_delta,
+    read_gamma,
+    write_delta,
+    write_gamma,
+)
+from pacbound.compressors.projectors import ProjectorKind
+from pacbound.compressors.quantize import Codebook, CodebookPrecision
+from pacbound.errors import InvalidInputError
+
+MAGIC = b"PBCM"
+FORMAT_VERSION = 1
+#: Refuse headers announcing more parameters than this (a corrupted length, not a model).
+MAX_PARAMETERS = 1 << 36
+_CRC_BYTES = 4
+
+E = TypeVar("E", bound=Enum)
+
+
+class CompressorKind(str, Enum):
+    """Compressors; the header names one by its index in this order."""
+
+    SUBSPACE = "subspace"
+    DIRECT = "direct"
+
+
+def _index(member: Enum) -> int:
+    return list(type(member)).index(member)
+
+
+def _member(enum: type[E], index: int, what: str) -> E:
+    members = list(enum)
+    if not 0 <= index < len(members):
+        raise InvalidInputError(f"the compressed message is corrupted: unknown {what} #{index}")
+    return members[index]
+
+
+@dataclass(frozen=True, eq=False)
+class CompressedMessage:
+    """A decodable description of one model. ``symbols`` has length d (subspace) or D (direct)."""
+
+    kind: CompressorKind
+    architecture: int
+    num_parameters: int
+    codebook: Codebook
+    symbols: NDArray[np.int64]
+    buffers: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    seed: int | None = None
+    projector: ProjectorKind | None = None
+
+    def __post_init__(self) -> None:
+        symbols = np.ascontiguousarray(self.symbols, dtype=np.int64).ravel()
+        object.__setattr__(self, "symbols", symbols)
+        buffers = np.ascontiguousarray(self.buffers, dtype=np.float32).ravel()
+        object.__setattr__(self, "buffers", buffers)
+        if not 1 <= self.num_parameters <= MAX_PARAMETERS or not 0 <= self.architecture < 2**32:
+            raise InvalidInputError(f"bad message header (D={self.num_parameters})")
+        if symbols.size and (symbols.min() < 0 or symbols.max() >= self.codebook.levels):
+            raise InvalidInputError(f"symbols must lie in [0, {self.codebook.levels - 1}]")
+        if self.kind is CompressorKind.SUBSPACE:
+            if self.seed is None or self.seed < 0 or self.projector is None:
+                raise InvalidInputError("a subspace message needs a seed ≥ 0 and a projector kind")
+            if not 1 <= symbols.size <= self.num_parameters:
+                raise InvalidInputError(
+                    f"the subspace dimension d={symbols.size} must be in "
+                    f"[1, D={self.num_parameters}]"
+                )
+        elif (
+            self.seed is not None
+            or self.projector is not None
+            or symbols.size != self.num_parameters
+        ):
+            raise InvalidInputError("a direct message has D symbols and no seed or projector")
+
+    @property
+    def dimension(self) -> int:
+        """d for a subspace message, D for a direct one."""
+        return int(self.symbols.size)
+
+    @cached_property
+    def _encoded(self) -> tuple[bytes, dict[str, int]]:
+        w, parts = BitWriter(), {}
+
+        def mark(name: str, start: int) -> None:
+            parts[name] = len(w) - start
+
+        start = len(w)
+        w.write_bits(np.unpackbits(np.frombuffer(MAGIC, dtype=np.uint8)).tolist())
+        write_gamma(w, FORMAT_VERSION)
+        write_gamma(w, _index(self.kind) + 1)
+        mark("header", start)
+        start = len(w)
+        w.write_uint(self.architecture, 32)
+        write_delta(w, self.num_parameters)
+        mark("architecture", start)
+        start = len(w)
+        if self.kind is CompressorKind.SUBSPACE:
+            assert self.seed is not None and self.projector is not None
+            write_gamma(w, self.seed + 1)
+            write_gamma(w, _index(self.projector) + 1)
+            write_delta(w, self.dimension)
+        write_delta(w, self.codebook.levels)
+        write_gamma(w, _index(self.codebook.precision) + 1)
+        mark("hyperparameters", start)
+        start = len(w)
+        w.write_bits(np.unpackbits(np.frombuffer(self.codebook.to_bytes(), np.uint8)).tolist())
+        mark("codebook", start)
+        parts["symbol_model"] = 0
+        start = len(w)
+        write_delta(w, self.buffers.size + 1)
+        w.write_bits(np.unpackbits(self.buffers.astype(">f4").view(np.uint8)).tolist())
+        mark("buffers", start)
+        payload = arithmetic_encode(self.symbols, self.codebook.levels)
+        start = len(w)
+        write_delta(w, len(payload))
+        mark("length_prefix", start)
+        w.write_bits(payload)
+        parts["symbols"] = len(payload)
+        parts["padding"] = -len(w) % 8
+        body = w.to_bytes()
+        parts["integrity"] = 8 * _CRC_BYTES
+        return body + zlib.crc32(body).to_bytes(_CRC_BYTES, "big"), parts
+
+    def to_bytes(self) -> bytes:
+        return self._encoded[0]
+
+    @property
+    def code_length_bits(self) -> int:
+        """K(h): the whole message in bits (8 × its byte length)."""
+        return 8 * len(self._encoded[0])
+
+    def breakdown(self) -> dict[str, int]:
+        """Bits per part (see the module docstring); the values sum to ``code_length_bits``."""
+        return dict(self._encoded[1])
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CompressedMessage):
+            return NotImplemented
+        return self.to_bytes() == other.to_bytes()
+
+    def __hash__(self) -> int:
+        return hash(self.to_bytes())
+
+    def __repr__(self) -> str:
+        return (
+            f"CompressedMessage(kind={self.kind.value}, D={self.num_parameters}, "
+            f"dimension={self.dimension}, levels={self.codebook.levels}, "
+            f"code_length_bits={self.code_length_bits})"
+        )
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CompressedMessage:
+        """Parse and verify a message; InvalidInputError on any corruption or truncation."""
+        if len(data) < len(MAGIC) + _CRC_BYTES:
+            raise InvalidInputError(f"the compressed message is truncated ({len(data)} bytes)")
+        body, crc = data[:-_CRC_BYTES], int.from_bytes(data[-_CRC_BYTES:], "big")
+        if zlib.crc32(body) != crc:
+            raise InvalidInputError(
+                "the compressed message is corrupted or truncated (CRC-32 mismatch)"
+            )
+        if body[: len(MAGIC)] != MAGIC:
+            raise InvalidInputError("not a pacbound compressed message (bad magic bytes)")
+        message = _parse_body(BitReader.from_bytes(body))
+        if message.to_bytes() != data:  # canonical: re-encoding reproduces the exact bytes
+            raise InvalidInputError("the compressed message is corrupted (it does not re-encode)")
+        return message
+
+
+def _parse_body(r: BitReader) -> CompressedMessage:
+    r.pos = 8 * len(MAGIC)
+    if (version := read_gamma(r)) != FORMAT_VERSION:
+        raise InvalidInputError(f"unsupported message format version {version}")
+    kind = _member(CompressorKind, read_gamma(r) - 1, "compressor kind")
+    architecture = r.read_uint(32)
+    num_parameters = read_delta(r)
+    if num_parameters > MAX_PARAMETERS:
+        raise InvalidInputError(f"the compressed message is corrupted (D={num_parameters})")
+    seed, projector, dimension = None, None, num_parameters
+    if kind is CompressorKind.SUBSPACE:
+        seed = read_gamma(r) - 1
+        projector = _member(ProjectorKind, read_gamma(r) - 1, "projector kind")
+        dimension = read_delta(r)
+        if dimension > num_parameters:
+            raise InvalidInputError(f"corrupted message: d={dimension} > D={num_parameters}")
+    levels = read_delta(r)
+    precision = _member(CodebookPrecision, read_gamma(r) - 1, "codebook precision")
+    codebook = Codebook.from_bytes(r.read_bytes(levels * precision.bits), precision)
+    count = read_delta(r) - 1
+    buffers = np.frombuffer(r.read_bytes(32 * count), dtype=">f4").astype(np.float32)
+    payload_bits = read_delta(r)
+    r.require(payload_bits)
+    symbols = arithmetic_decode(
+        BitReader(r.bits, start=r.pos, end=r.pos + payload_bits), dimension, levels
+    )
+    return CompressedMessage(
+        kind,
+        architecture,
+        num_parameters,
+        codebook,
+        symbols,
+        buffers,
+        seed,
+        projector,
+    )

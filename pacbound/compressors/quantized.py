@@ -1,0 +1,231 @@
+"""The two concrete compressors: a quantized subspace vector, or quantized weights directly.
+
+* :class:`SubspaceQuantizeCompressor`: θ = θ₀ + P·dequant(symbols), with θ₀ and P regenerated
+  from the architecture factory and the seed (Lotfi et al. 2022).
+* :class:`DirectQuantizeCompressor`: every parameter tensor quantized post hoc with one shared
+  codebook, optionally with an exact zero level for pruned weights (Zhou et al. 2019).
+
+Both code the symbols with the adaptive arithmetic coder and carry the floating buffers
+(BatchNorm statistics) verbatim as float32; see :mod:`pacbound.compressors.message` for what
+the code length counts.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from pacbound.compressors.base import (
+    Compressor,
+    ModelFactory,
+    architecture_fingerprint,
+    buffer_vector,
+    load_buffer_vector,
+    load_parameter_vector,
+    parameter_vector,
+)
+from pacbound.compressors.message import CompressedMessage, CompressorKind
+from pacbound.compressors.projectors import (
+    Projector,
+    ProjectorKind,
+    check_dimensions,
+    make_projector,
+)
+from pacbound.compressors.quantize import (
+    Codebook,
+    CodebookKind,
+    CodebookPrecision,
+    check_levels,
+    dequantize,
+    kmeans_codebook,
+    parse_enum,
+    quantize,
+    uniform_codebook,
+)
+from pacbound.compressors.subspace import SubspaceModel, init_from_checkpoint_lstsq
+from pacbound.errors import InvalidInputError
+
+
+class _QuantizingCompressor(Compressor):
+    """Shared codebook options: L levels, uniform or k-means, stored at ``precision``."""
+
+    def __init__(
+        self,
+        factory: ModelFactory,
+        *,
+        levels: int,
+        codebook: CodebookKind | str = CodebookKind.KMEANS,
+        precision: CodebookPrecision | str = CodebookPrecision.FLOAT32,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(factory, seed=seed, device=device)
+        self.levels = check_levels(levels)
+        self.codebook_kind = parse_enum(CodebookKind, codebook, "codebook")
+        self.precision = parse_enum(CodebookPrecision, precision, "precision")
+
+    def fit_codebook(self, values: Tensor) -> Codebook:
+        if self.codebook_kind is CodebookKind.UNIFORM:
+            return uniform_codebook(values, self.levels, precision=self.precision)
+        return kmeans_codebook(values, self.levels, seed=self.seed, precision=self.precision)
+
+    def _check_model(self, model: nn.Module) -> nn.Module:
+        reference = self.build()
+        if architecture_fingerprint(model) != architecture_fingerprint(reference):
+            raise InvalidInputError(
+                "the model does not have the architecture the compressor's factory builds "
+                "(parameter names or shapes differ)"
+            )
+        return reference
+
+
+class SubspaceQuantizeCompressor(_QuantizingCompressor):
+    """θ₀ + P·dequant(w): a d-dimensional subspace vector, quantized to L levels and coded.
+
+    ``compress`` takes either the :class:`SubspaceModel` you trained (its w is used) or any
+    model of the architecture (w is then the least-squares projection of θ − θ₀).
+    """
+
+    kind = CompressorKind.SUBSPACE
+    uses_seed = True
+
+    def __init__(
+        self,
+        factory: ModelFactory,
+        *,
+        d: int,
+        levels: int,
+        projector: ProjectorKind | str = ProjectorKind.KRONECKER,
+        codebook: CodebookKind | str = CodebookKind.KMEANS,
+        precision: CodebookPrecision | str = CodebookPrecision.FLOAT32,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            factory, levels=levels, codebook=codebook, precision=precision, seed=seed, device=device
+        )
+        self.d = d
+        self.projector_kind = parse_enum(ProjectorKind, projector, "projector")
+
+    def projector(
+        self, D: int, *, kind: ProjectorKind | None = None, d: int | None = None
+    ) -> Projector:
+        """P for D parameters, regenerated from the seed."""
+        return make_projector(
+            kind or self.projector_kind, D=D, d=d or self.d, seed=self.seed, device=self.device
+        )
+
+    def subspace_model(self) -> SubspaceModel:
+        """θ₀ (the factory's init for the seed) + P w with w = 0: train its ``w``."""
+        module = self.build()
+        return SubspaceModel(module, self.projector(sum(p.numel() for p in module.parameters())))
+
+    def compress(self, model: nn.Module) -> CompressedMessage:
+        inner = model.module if isinstance(model, SubspaceModel) else model
+        reference = self._check_model(inner)
+        theta0 = parameter_vector(reference)
+        D = theta0.numel()
+        check_dimensions(D, self.d)
+        if isinstance(model, SubspaceModel):
+            if model.projector.to_spec() != self.projector(D).to_spec():
+                raise InvalidInputError(
+                    f"the subspace model uses {model.projector.to_spec()}, not this "
+                    "compressor's projector; build it with compressor.subspace_model()"
+                )
+            if not torch.equal(model.initial_theta.cpu(), theta0.cpu()):
+                raise InvalidInputError(
+                    "the subspace model's θ₀ is not the factory's initialisation for "
+                    f"seed {self.seed}; build it with compressor.subspace_model()"
+                )
+            w = model.w.detach()
+        else:
+            w = init_from_checkpoint_lstsq(parameter_vector(inner) - theta0, self.projector(D))
+        codebook = self.fit_codebook(w)
+        return CompressedMessage(
+            self.kind,
+            architecture_fingerprint(reference),
+            D,
+            codebook,
+            quantize(w, codebook),
+            buffer_vector(inner).numpy(),
+            seed=self.seed,
+            projector=self.projector_kind,
+        )
+
+    def decompress(self, message: CompressedMessage | bytes) -> nn.Module:
+        parsed = self._parse(message)
+        module = self.build(parsed.seed)
+        self._check_architecture(parsed, module)
+        assert parsed.projector is not None
+        projector = self.projector(parsed.num_parameters, kind=parsed.projector, d=parsed.dimension)
+        w = _as_tensor(dequantize(parsed.symbols, parsed.codebook), projector.dtype, self.device)
+        theta = parameter_vector(module) + projector.matvec(w)
+        load_parameter_vector(module, theta)
+        load_buffer_vector(module, torch.from_numpy(parsed.buffers.copy()).to(self.device))
+        return module.eval()
+
+
+class DirectQuantizeCompressor(_QuantizingCompressor):
+    """Post-hoc quantization of every weight with one shared L-level codebook.
+
+    With ``zero_level=True`` the level nearest 0 is replaced by an exact 0, so that pruned
+    (zero) weights stay zero. The seed only chooses the k-means subsample; decoding does not
+    depend on it, so it is not part of the message.
+    """
+
+    kind = CompressorKind.DIRECT
+    uses_seed = False
+
+    def __init__(
+        self,
+        factory: ModelFactory,
+        *,
+        levels: int,
+        codebook: CodebookKind | str = CodebookKind.KMEANS,
+        precision: CodebookPrecision | str = CodebookPrecision.FLOAT32,
+        zero_level: bool = False,
+        seed: int = 0,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__(
+            factory, levels=levels, codebook=codebook, precision=precision, seed=seed, device=device
+        )
+        self.zero_level = zero_level
+
+    def fit_codebook(self, values: Tensor) -> Codebook:
+        book = super().fit_codebook(values)
+        if not self.zero_level:
+            return book
+        levels = book.to_array()
+        levels[np.argmin(np.abs(levels))] = 0.0
+        return Codebook.from_floats(levels, book.precision)
+
+    def compress(self, model: nn.Module) -> CompressedMessage:
+        reference = self._check_model(model)
+        theta = parameter_vector(model)
+        codebook = self.fit_codebook(theta)
+        return CompressedMessage(
+            self.kind,
+            architecture_fingerprint(reference),
+            theta.numel(),
+            codebook,
+            quantize(theta, codebook),
+            buffer_vector(model).numpy(),
+        )
+
+    def decompress(self, message: CompressedMessage | bytes) -> nn.Module:
+        parsed = self._parse(message)
+        module = self.build()
+        self._check_architecture(parsed, module)
+        dtype = next(module.parameters()).dtype
+        load_parameter_vector(
+            module, _as_tensor(dequantize(parsed.symbols, parsed.codebook), dtype, self.device)
+        )
+        load_buffer_vector(module, torch.from_numpy(parsed.buffers.copy()).to(self.device))
+        return module.eval()
+
+
+def _as_tensor(values: NDArray[np.float64], dtype: torch.dtype, device: torch.device) -> Tensor:
+    return torch.from_numpy(values).to(dtype).to(device)
