@@ -1,0 +1,62 @@
+"""Everything a user can point pacbound at: checkpoints, architectures and data sets.
+
+Offline only, safe by default (no unpickling of code unless asked), strict matching, and a
+provenance record (paths, SHA-256, transformations) for every loaded object.
+"""
+
+from __future__ import annotations
+
+from pacbound.io.architectures import ArchitectureSpec, parse_arch, parse_arch_kwargs
+from pacbound.io.checkpoints import Checkpoint, CheckpointFormat, read_checkpoint
+from pacbound.io.datasets import DataFormat, Dataset, Split, load_dataset
+from pacbound.io.device import resolve_device
+from pacbound.io.models import (
+    CheckpointReport,
+    LoadedModel,
+    TensorInfo,
+    TensorKind,
+    inspect_checkpoint,
+    load_init_state,
+    load_model,
+)
+from pacbound.io.provenance import (
+    CheckpointProvenance,
+    DatasetProvenance,
+    FileRecord,
+    ModelProvenance,
+    sha256_file,
+)
+from pacbound.io.transforms import LabelMap, Normalization, parse_label_map, parse_normalization
+from pacbound.io.validation import DryRun, check_model_data
+
+__all__ = [
+    "ArchitectureSpec",
+    "Checkpoint",
+    "CheckpointFormat",
+    "CheckpointProvenance",
+    "CheckpointReport",
+    "DataFormat",
+    "Dataset",
+    "DatasetProvenance",
+    "DryRun",
+    "FileRecord",
+    "LabelMap",
+    "LoadedModel",
+    "ModelProvenance",
+    "Normalization",
+    "Split",
+    "TensorInfo",
+    "TensorKind",
+    "check_model_data",
+    "inspect_checkpoint",
+    "load_dataset",
+    "load_init_state",
+    "load_model",
+    "parse_arch",
+    "parse_arch_kwargs",
+    "parse_label_map",
+    "parse_normalization",
+    "read_checkpoint",
+    "resolve_device",
+    "sha256_file",
+]

@@ -1,0 +1,211 @@
+"""Reading checkpoints: safetensors, weights-only ``torch.load`` and ``torch.export`` programs.
+
+Nothing here executes code from a file unless the caller passes ``allow_unsafe_pickle=True``
+(the CLI's ``--unsafe-allow-pickle``). Every tensor read is checked to be finite.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from pacbound.errors import InvalidInputError
+from pacbound.io.provenance import CheckpointProvenance, FileRecord, check_file
+
+#: Keys under which training scripts commonly nest the state dict, tried in this order.
+NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights")
+_PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
+_DATA_PARALLEL_PREFIX = "module."
+
+
+class CheckpointFormat(str, Enum):
+    SAFETENSORS = "safetensors"
+    TORCH = "torch"  # a torch.save state dict (.pt/.pth), read weights-only
+    EXPORT = "pt2"  # a torch.export program, self-contained
+
+
+@dataclass(frozen=True, eq=False)
+class Checkpoint:
+    """The tensors of a checkpoint by name, and for a ``.pt2`` file the program itself."""
+
+    tensors: dict[str, Tensor]
+    provenance: CheckpointProvenance
+    program: nn.Module | None = None
+
+
+def checkpoint_format(path: Path, option: str = "CHECKPOINT") -> CheckpointFormat:
+    """The format implied by the file name; an unknown suffix lists the accepted ones."""
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        return CheckpointFormat.SAFETENSORS
+    if suffix == ".pt2":
+        return CheckpointFormat.EXPORT
+    if suffix in _PICKLE_SUFFIXES:
+        return CheckpointFormat.TORCH
+    raise InvalidInputError(
+        f"{option}: cannot tell the format of {path} from its suffix {suffix or '(none)'!r}; "
+        "use .safetensors (preferred), .pt/.pth (a state dict) or .pt2 (torch.export)",
+        param=option,
+    )
+
+
+def read_checkpoint(
+    path: str | os.PathLike[str],
+    *,
+    allow_unsafe_pickle: bool = False,
+    option: str = "CHECKPOINT",
+) -> Checkpoint:
+    """Read every tensor of a checkpoint, refusing corrupt files and non-finite values."""
+    file = check_file(path, option)
+    fmt = checkpoint_format(file, option)
+    record = FileRecord.of(file)
+    if fmt is CheckpointFormat.SAFETENSORS:
+        tensors = _read_safetensors(file, option)
+        provenance = CheckpointProvenance(record, fmt.value)
+        checkpoint = Checkpoint(tensors, provenance)
+    elif fmt is CheckpointFormat.EXPORT:
+        checkpoint = _read_export(file, record, option)
+    else:
+        checkpoint = _read_torch(file, record, allow_unsafe_pickle, option)
+    check_finite(checkpoint.tensors, f"{option} {file}")
+    return checkpoint
+
+
+def check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
+    """Refuse NaN or ±Inf in any floating tensor, naming the first tensor that has one."""
+    for name, tensor in tensors.items():
+        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
+            torch.isfinite(tensor).all()
+        ):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise InvalidInputError(
+                f"{source}: tensor {name!r} has {bad} NaN/Inf value(s); the weights are "
+                "corrupt or training diverged: use an earlier checkpoint"
+            )
+
+
+def _read_safetensors(file: Path, option: str) -> dict[str, Tensor]:
+    # safe_open maps the file; get_tensor returns tensors backed by that mapping, so a large
+    # checkpoint is not held twice in memory.
+    try:
+        with safe_open(str(file), framework="pt", device="cpu") as handle:
+            return {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except Exception as exc:  # safetensors raises its own SafetensorError and OSError
+        raise InvalidInputError(
+            f"{option}: {file} is not a valid safetensors file ({_first_line(exc)}); it may be "
+            "truncated or not a safetensors file at all: re-save it with "
+            "safetensors.torch.save_file",
+            param=option,
+        ) from None
+
+
+def _read_torch(
+    file: Path, record: FileRecord, allow_unsafe_pickle: bool, option: str
+) -> Checkpoint:
+    mmap = zipfile.is_zipfile(file)
+    try:
+        obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        if not str(exc).startswith("Weights only load failed"):
+            raise _corrupt(file, exc, option) from None
+        if not allow_unsafe_pickle:
+            raise InvalidInputError(
+                f"{option}: {file} holds Python objects that only a full unpickling can "
+                "rebuild, and unpickling can run arbitrary code. Re-save the weights as "
+                "safetensors or as a plain state dict (torch.save(model.state_dict(), …)); "
+                "only for a file you trust, pass --unsafe-allow-pickle",
+                param=option,
+            ) from None
+        try:
+            obj = torch.load(file, map_location="cpu", weights_only=False)
+        except Exception as inner:  # unpickling arbitrary objects can raise anything
+            raise _corrupt(file, inner, option) from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError… on bad bytes
+        raise _corrupt(file, exc, option) from None
+    tensors, key = _find_state_dict(obj, file, option)
+    tensors, prefix = _strip_data_parallel(tensors)
+    provenance = CheckpointProvenance(
+        record,
+        CheckpointFormat.TORCH.value,
+        nested_key=key,
+        stripped_prefix=prefix,
+        unsafe_pickle=allow_unsafe_pickle,
+    )
+    return Checkpoint(tensors, provenance)
+
+
+def _read_export(file: Path, record: FileRecord, option: str) -> Checkpoint:
+    try:
+        program = torch.export.load(file)
+    except Exception as exc:  # torch.export raises many types on a bad archive
+        raise InvalidInputError(
+            f"{option}: {file} is not a loadable torch.export program ({_first_line(exc)}); "
+            "save it with torch.export.save(torch.export.export(model, args), path)",
+            param=option,
+        ) from None
+    module = program.module()
+    tensors = dict(module.state_dict())
+    provenance = CheckpointProvenance(record, CheckpointFormat.EXPORT.value)
+    return Checkpoint(tensors, provenance, program=module)
+
+
+def _find_state_dict(obj: Any, file: Path, option: str) -> tuple[dict[str, Tensor], str | None]:
+    if isinstance(obj, nn.Module):  # only reachable through the unsafe path
+        return dict(obj.state_dict()), None
+    if isinstance(obj, Mapping):
+        if obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return {str(k): v for k, v in obj.items()}, None
+        for key in NESTED_KEYS:
+            inner = obj.get(key)
+            if isinstance(inner, nn.Module):
+                return dict(inner.state_dict()), key
+            if (
+                isinstance(inner, Mapping)
+                and inner
+                and all(isinstance(v, Tensor) for v in inner.values())
+            ):
+                return {str(k): v for k, v in inner.items()}, key
+        keys = ", ".join(repr(str(k)) for k in list(obj)[:10]) or "none"
+        raise InvalidInputError(
+            f"{option}: {file} holds a dict without a state dict of tensors (top-level keys: "
+            f"{keys}); save model.state_dict(), or nest it under one of "
+            f"{', '.join(NESTED_KEYS)}",
+            param=option,
+        )
+    raise InvalidInputError(
+        f"{option}: {file} holds a {type(obj).__name__}, not a state dict; save "
+        "model.state_dict() instead",
+        param=option,
+    )
+
+
+def _strip_data_parallel(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor], str | None]:
+    if tensors and all(name.startswith(_DATA_PARALLEL_PREFIX) for name in tensors):
+        cut = len(_DATA_PARALLEL_PREFIX)
+        return {name[cut:]: t for name, t in tensors.items()}, _DATA_PARALLEL_PREFIX
+    return tensors, None
+
+
+def _corrupt(file: Path, exc: BaseException, option: str) -> InvalidInputError:
+    return InvalidInputError(
+        f"{option}: {file} is not a readable PyTorch checkpoint ({_first_line(exc)}); it may "
+        "be truncated or corrupt: save it again with torch.save(model.state_dict(), path)",
+        param=option,
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    name = type(exc).__name__
+    return f"{name}: {first[:160]}" if first else name

@@ -1,0 +1,343 @@
+"""Loading a model: a checkpoint matched strictly into an architecture, with its provenance.
+
+Matching is all-or-nothing: every missing, unexpected and wrongly shaped tensor is listed in
+one error. Floating-point dtype changes are made explicitly and recorded; buffers (BatchNorm
+running statistics, …) are reported apart from parameters because a bound must pay for them
+(MATH.md §4).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pacbound.errors import InvalidInputError
+from pacbound.io.architectures import ArchitectureSpec, build_module, parse_arch
+from pacbound.io.checkpoints import Checkpoint, read_checkpoint
+from pacbound.io.device import resolve_device
+from pacbound.io.provenance import CheckpointProvenance, ModelProvenance
+
+#: Name endings of buffers, used to classify tensors when no architecture is given.
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class TensorKind(str, Enum):
+    PARAMETER = "parameter"
+    BUFFER = "buffer"
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One named tensor: shape, dtype, element count and whether it is trained or a buffer."""
+
+    name: str
+    kind: TensorKind
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+
+    @classmethod
+    def of(cls, name: str, tensor: Tensor, kind: TensorKind) -> TensorInfo:
+        dtype = str(tensor.dtype).removeprefix("torch.")
+        return cls(name, kind, tuple(tensor.shape), dtype, tensor.numel())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "kind": self.kind.value,
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "numel": self.numel,
+        }
+
+
+@dataclass(frozen=True, eq=False)
+class LoadedModel:
+    """A model ready to evaluate (eval mode, on ``device``), and what it was built from."""
+
+    module: nn.Module
+    parameters: tuple[TensorInfo, ...]
+    buffers: tuple[TensorInfo, ...]
+    provenance: ModelProvenance
+    device: torch.device
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.parameters)
+
+    @property
+    def buffer_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.buffers)
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self.parameters)
+
+    @property
+    def num_buffer_elements(self) -> int:
+        return sum(t.numel for t in self.buffers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "num_parameters": self.num_parameters,
+            "num_buffer_elements": self.num_buffer_elements,
+            "parameters": [t.to_dict() for t in self.parameters],
+            "buffers": [t.to_dict() for t in self.buffers],
+            "device": str(self.device),
+            "provenance": self.provenance.to_dict(),
+        }
+
+
+def load_model(
+    checkpoint: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    allow_unsafe_pickle: bool = False,
+    device: str | torch.device | None = None,
+) -> LoadedModel:
+    """Load ``checkpoint`` into ``arch`` (or run a ``.pt2`` program as is), strictly.
+
+    Raises :class:`~pacbound.errors.InvalidInputError` naming the file and the fix for a bad
+    file, a bad architecture, or any mismatch between the two.
+    """
+    dev = resolve_device(device)
+    ckpt = read_checkpoint(checkpoint, allow_unsafe_pickle=allow_unsafe_pickle)
+    kwargs = dict(arch_kwargs or {})
+    conversions: tuple[str, ...] = ()
+    if ckpt.program is not None:
+        if arch is not None or kwargs:
+            raise InvalidInputError(
+                f"CHECKPOINT {checkpoint} is a self-contained torch.export program; drop "
+                "--arch and --arch-kwargs",
+                param="--arch",
+            )
+        module = ckpt.program
+    else:
+        if arch is None:
+            raise InvalidInputError(
+                f"CHECKPOINT {checkpoint} holds weights only: say which network they belong "
+                "to with --arch NAME (mlp, lenet5, convnet) or --arch package.module:factory",
+                param="--arch",
+            )
+        module, conversions = _build_and_load(parse_arch(arch), kwargs, ckpt)
+    module = module.to(dev).eval()
+    params, buffers = _describe(module)
+    provenance = ModelProvenance(ckpt.provenance, arch, kwargs, conversions)
+    return LoadedModel(module, params, buffers, provenance, dev)
+
+
+def load_init_state(
+    path: str | os.PathLike[str],
+    model: LoadedModel | nn.Module,
+    *,
+    allow_unsafe_pickle: bool = False,
+) -> dict[str, Tensor]:
+    """The initial weights in ``path`` (``--init``), checked to match ``model`` exactly.
+
+    Returns every state-dict tensor by name, in the model's dtypes and on its device.
+    """
+    module = model.module if isinstance(model, LoadedModel) else model
+    ckpt = read_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle, option="--init")
+    expected = module.state_dict()
+    source = f"--init {path}"
+    converted, _ = match_state(expected, ckpt.tensors, source=source, fix=_INIT_FIX)
+    return {name: t.to(expected[name].device) for name, t in converted.items()}
+
+
+def match_state(
+    expected: Mapping[str, Tensor],
+    tensors: Mapping[str, Tensor],
+    *,
+    source: str,
+    fix: str,
+) -> tuple[dict[str, Tensor], tuple[str, ...]]:
+    """``tensors`` converted to ``expected``'s dtypes, or one error listing every mismatch.
+
+    Returns the tensors and the conversions made, as ``"name: float16 -> float32"``.
+    """
+    missing = [name for name in expected if name not in tensors]
+    unexpected = [name for name in tensors if name not in expected]
+    problems = []
+    if missing:
+        problems.append("missing: " + ", ".join(missing))
+    if unexpected:
+        problems.append("unexpected: " + ", ".join(unexpected))
+    wrong_shape, wrong_kind = [], []
+    for name, want in expected.items():
+        got = tensors.get(name)
+        if got is None:
+            continue
+        if got.shape != want.shape:
+            wrong_shape.append(f"{name} (file {list(got.shape)}, model {list(want.shape)})")
+        elif got.is_floating_point() != want.is_floating_point():
+            wrong_kind.append(f"{name} (file {got.dtype}, model {want.dtype})")
+    if wrong_shape:
+        problems.append("wrong shape: " + "; ".join(wrong_shape))
+    if wrong_kind:
+        problems.append("incompatible dtype: " + "; ".join(wrong_kind))
+    if problems:
+        raise InvalidInputError(f"{source} does not match the model: {'; '.join(problems)}. {fix}")
+    converted, conversions = {}, []
+    for name, want in expected.items():
+        got = tensors[name]
+        if got.dtype != want.dtype:
+            conversions.append(f"{name}: {_dtype(got)} -> {_dtype(want)}")
+            got = got.to(want.dtype)
+        converted[name] = got
+    return converted, tuple(conversions)
+
+
+_ARCH_FIX = "Check --arch and --arch-kwargs (layer sizes, num_classes) against the training code"
+_INIT_FIX = "--init must come from the same architecture, saved before training"
+
+
+def _build_and_load(
+    spec: ArchitectureSpec, kwargs: Mapping[str, Any], ckpt: Checkpoint
+) -> tuple[nn.Module, tuple[str, ...]]:
+    source = f"CHECKPOINT {ckpt.provenance.file.path}"
+    skeleton = _build_on_meta(spec, kwargs)
+    if skeleton is None:
+        module = build_module(spec, kwargs)
+        converted, conversions = match_state(
+            module.state_dict(), ckpt.tensors, source=source, fix=_ARCH_FIX
+        )
+        module.load_state_dict(converted, strict=True)
+        return module, conversions
+    converted, conversions = match_state(
+        skeleton.state_dict(), ckpt.tensors, source=source, fix=_ARCH_FIX
+    )
+    # assign=True adopts the checkpoint's tensors (memory-mapped for safetensors) as the
+    # parameters instead of copying them into freshly initialised ones: one copy, not two.
+    skeleton.load_state_dict(converted, strict=True, assign=True)
+    return skeleton, conversions
+
+
+def _build_on_meta(spec: ArchitectureSpec, kwargs: Mapping[str, Any]) -> nn.Module | None:
+    """The architecture built without allocating weights, or ``None`` when that is unsafe."""
+    try:
+        with torch.device("meta"):
+            skeleton = build_module(spec, kwargs)
+    except InvalidInputError:
+        return None  # let the ordinary build raise (or succeed) with the real error
+    tied = len(list(skeleton.named_parameters(remove_duplicate=False))) != len(
+        list(skeleton.named_parameters())
+    )
+    persistent = set(skeleton.state_dict())
+    stray_meta = any(b.is_meta for name, b in skeleton.named_buffers() if name not in persistent)
+    return None if tied or stray_meta else skeleton
+
+
+def _describe(module: nn.Module) -> tuple[tuple[TensorInfo, ...], tuple[TensorInfo, ...]]:
+    state = module.state_dict()
+    param_names = {name for name, _ in module.named_parameters()}
+    params = tuple(
+        TensorInfo.of(n, t, TensorKind.PARAMETER) for n, t in state.items() if n in param_names
+    )
+    buffers = tuple(
+        TensorInfo.of(n, t, TensorKind.BUFFER) for n, t in state.items() if n not in param_names
+    )
+    return params, buffers
+
+
+def _dtype(t: Tensor) -> str:
+    return str(t.dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Inspection
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckpointReport:
+    """What ``pacbound inspect`` shows: every tensor, totals, and whether it loads.
+
+    ``kinds_from`` says how parameters were told from buffers: ``"architecture"`` (exact) or
+    ``"names"`` (by the usual BatchNorm buffer names, when no architecture was given).
+    ``loads`` is ``None`` when there was nothing to load into.
+    """
+
+    provenance: CheckpointProvenance
+    tensors: tuple[TensorInfo, ...]
+    kinds_from: str
+    architecture: str | None
+    loads: bool | None
+    load_error: str | None = None
+
+    @property
+    def num_parameters(self) -> int:
+        return sum(t.numel for t in self.tensors if t.kind is TensorKind.PARAMETER)
+
+    @property
+    def num_buffer_elements(self) -> int:
+        return sum(t.numel for t in self.tensors if t.kind is TensorKind.BUFFER)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "checkpoint": self.provenance.to_dict(),
+            "architecture": self.architecture,
+            "loads": self.loads,
+            "load_error": self.load_error,
+            "kinds_from": self.kinds_from,
+            "num_parameters": self.num_parameters,
+            "num_buffer_elements": self.num_buffer_elements,
+            "num_parameter_tensors": sum(t.kind is TensorKind.PARAMETER for t in self.tensors),
+            "num_buffer_tensors": sum(t.kind is TensorKind.BUFFER for t in self.tensors),
+            "tensors": [t.to_dict() for t in self.tensors],
+        }
+
+
+def inspect_checkpoint(
+    checkpoint: str | os.PathLike[str],
+    *,
+    arch: str | None = None,
+    arch_kwargs: Mapping[str, Any] | None = None,
+    allow_unsafe_pickle: bool = False,
+) -> CheckpointReport:
+    """Describe ``checkpoint`` and, given an architecture, try to load it strictly.
+
+    A file that cannot be read raises; a file that reads but does not load into ``arch``
+    gives ``loads=False`` and the reason in ``load_error``.
+    """
+    ckpt = read_checkpoint(checkpoint, allow_unsafe_pickle=allow_unsafe_pickle)
+    if ckpt.program is not None:
+        program_params = {name for name, _ in ckpt.program.named_parameters()}
+        infos = _infos(ckpt.tensors, {n: _kind(n in program_params) for n in ckpt.tensors})
+        if arch is not None or arch_kwargs:
+            error = (
+                f"CHECKPOINT {checkpoint} is a self-contained torch.export program; drop "
+                "--arch and --arch-kwargs"
+            )
+            return CheckpointReport(ckpt.provenance, infos, "architecture", arch, False, error)
+        return CheckpointReport(ckpt.provenance, infos, "architecture", None, True)
+    by_name = {n: _kind(not n.endswith(BUFFER_SUFFIXES)) for n in ckpt.tensors}
+    if arch is None:
+        return CheckpointReport(ckpt.provenance, _infos(ckpt.tensors, by_name), "names", None, None)
+    try:
+        model = load_model(
+            checkpoint, arch=arch, arch_kwargs=arch_kwargs, allow_unsafe_pickle=allow_unsafe_pickle
+        )
+    except InvalidInputError as exc:
+        infos = _infos(ckpt.tensors, by_name)
+        return CheckpointReport(ckpt.provenance, infos, "names", arch, False, str(exc))
+    kinds = {t.name: t.kind for t in model.parameters + model.buffers}
+    kinds.update({n: by_name[n] for n in ckpt.tensors if n not in kinds})
+    infos = _infos(ckpt.tensors, kinds)
+    return CheckpointReport(ckpt.provenance, infos, "architecture", arch, True)
+
+
+def _kind(is_parameter: bool) -> TensorKind:
+    return TensorKind.PARAMETER if is_parameter else TensorKind.BUFFER
+
+
+def _infos(
+    tensors: Mapping[str, Tensor], kinds: Mapping[str, TensorKind]
+) -> tuple[TensorInfo, ...]:
+    return tuple(TensorInfo.of(name, t, kinds[name]) for name, t in tensors.items())

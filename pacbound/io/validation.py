@@ -1,0 +1,111 @@
+"""Checks that run before any heavy work: finite features, label range, a dry forward pass."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+from pacbound.errors import InvalidInputError
+
+if TYPE_CHECKING:
+    from pacbound.io.datasets import Dataset
+    from pacbound.io.models import LoadedModel
+
+
+@dataclass(frozen=True)
+class DryRun:
+    """What one forward pass on the first batch showed: shapes and the number of outputs."""
+
+    input_shape: tuple[int, ...]
+    output_shape: tuple[int, ...]
+
+    @property
+    def num_outputs(self) -> int:
+        return self.output_shape[-1]
+
+
+def check_features_finite(x: Tensor, source: str) -> None:
+    """Refuse NaN/Inf features, naming the first example that has one.
+
+    Fast path: a finite sum implies every term is finite (NaN and ±Inf propagate), so the
+    per-example scan only runs when the sum is not finite (bad values, or an overflow).
+    """
+    if not (x.is_floating_point() or x.is_complex()) or bool(torch.isfinite(x.sum())):
+        return
+    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise InvalidInputError(
+            f"{source}: example {int(bad[0])} has NaN/Inf features ({bad.numel()} example(s) "
+            "affected); clean or drop those rows",
+            param="--data",
+        )
+
+
+def check_labels(y: Tensor, num_outputs: int, source: str) -> None:
+    """Labels must be class indices the model can output: integers in [0, num_outputs)."""
+    if y.dtype not in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        raise InvalidInputError(f"{source}: labels have dtype {y.dtype}; expected integers")
+    low, high = int(y.min()), int(y.max())
+    if low < 0 or high >= num_outputs:
+        bad = low if low < 0 else high
+        raise InvalidInputError(
+            f"{source}: label {bad} is outside [0, {num_outputs}) for a model with "
+            f"{num_outputs} outputs; set num_classes in --arch-kwargs or use --label-map",
+            param="--data",
+        )
+
+
+@torch.no_grad()
+def check_model_data(
+    model: LoadedModel | nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 256,
+    device: torch.device | None = None,
+) -> DryRun:
+    """One forward pass on the first ``batch_size`` examples, then the label range check.
+
+    A shape mismatch between model and data ends here, as an :class:`InvalidInputError` that
+    quotes both shapes, not as a traceback from deep inside torch.
+    """
+    from pacbound.io.models import LoadedModel
+
+    module = model.module if isinstance(model, LoadedModel) else model
+    if device is None:
+        first = next(iter(module.parameters()), None)
+        device = first.device if first is not None else torch.device("cpu")
+    source = f"--data {dataset.provenance.path}"
+    batch = dataset.x[:batch_size].to(device)
+    was_training = module.training
+    module.eval()
+    try:
+        out = module(batch)
+    except Exception as exc:  # torch raises RuntimeError, ValueError, IndexError…
+        message = " ".join(str(exc).split())[:240]
+        raise InvalidInputError(
+            f"the model cannot process {source}: a batch of shape {list(batch.shape)} "
+            f"failed ({type(exc).__name__}: {message}); check that --arch/--arch-kwargs "
+            "(e.g. in_features, in_channels) fit the data",
+            param="--data",
+        ) from None
+    finally:
+        module.train(was_training)
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
+        shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InvalidInputError(
+            f"the model returns {shape} for a batch of {batch.shape[0]} examples from "
+            f"{source}; a classifier must return logits of shape [batch, classes]",
+            param="--arch",
+        )
+    check_labels(dataset.y, int(out.shape[1]), source)
+    if dataset.num_classes > out.shape[1]:
+        raise InvalidInputError(
+            f"{source} has {dataset.num_classes} classes but the model has {out.shape[1]} "
+            "outputs; set num_classes in --arch-kwargs or use --label-map",
+            param="--data",
+        )
+    return DryRun(tuple(batch.shape), tuple(out.shape))
