@@ -104,8 +104,10 @@ def cli(debug: bool) -> None:
 
 def _register_commands() -> None:
     from pacbound.cli.bound_cmd import bound
+    from pacbound.cli.inspect_cmd import inspect
 
     cli.add_command(bound)
+    cli.add_command(inspect)
 
 
 _register_commands()

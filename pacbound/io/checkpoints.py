@@ -113,6 +113,7 @@ def _read_torch(
     file: Path, record: FileRecord, allow_unsafe_pickle: bool, option: str
 ) -> Checkpoint:
     mmap = zipfile.is_zipfile(file)
+    unpickled = False
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
@@ -126,6 +127,7 @@ def _read_torch(
                 "only for a file you trust, pass --unsafe-allow-pickle",
                 param=option,
             ) from None
+        unpickled = True
         try:
             obj = torch.load(file, map_location="cpu", weights_only=False)
         except Exception as inner:  # unpickling arbitrary objects can raise anything
@@ -139,7 +141,7 @@ def _read_torch(
         CheckpointFormat.TORCH.value,
         nested_key=key,
         stripped_prefix=prefix,
-        unsafe_pickle=allow_unsafe_pickle,
+        unsafe_pickle=unpickled,
     )
     return Checkpoint(tensors, provenance)
 

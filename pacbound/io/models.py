@@ -127,7 +127,9 @@ def load_model(
                 param="--arch",
             )
         module, conversions = _build_and_load(parse_arch(arch), kwargs, ckpt)
-    module = module.to(dev).eval()
+    module = module.to(dev)
+    if ckpt.program is None:  # a torch.export program fixed its mode when it was exported
+        module.eval()
     params, buffers = _describe(module)
     provenance = ModelProvenance(ckpt.provenance, arch, kwargs, conversions)
     return LoadedModel(module, params, buffers, provenance, dev)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -59,6 +61,20 @@ def check_labels(y: Tensor, num_outputs: int, source: str) -> None:
         )
 
 
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    was_training = module.training
+    try:
+        module.eval()
+    except NotImplementedError:  # torch.export programs fix their mode at export time
+        yield
+        return
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
 @torch.no_grad()
 def check_model_data(
     model: LoadedModel | nn.Module,
@@ -80,10 +96,9 @@ def check_model_data(
         device = first.device if first is not None else torch.device("cpu")
     source = f"--data {dataset.provenance.path}"
     batch = dataset.x[:batch_size].to(device)
-    was_training = module.training
-    module.eval()
     try:
-        out = module(batch)
+        with _eval_mode(module):
+            out = module(batch)
     except Exception as exc:  # torch raises RuntimeError, ValueError, IndexError…
         message = " ".join(str(exc).split())[:240]
         raise InvalidInputError(
@@ -92,8 +107,6 @@ def check_model_data(
             "(e.g. in_features, in_channels) fit the data",
             param="--data",
         ) from None
-    finally:
-        module.train(was_training)
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
         shape = list(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise InvalidInputError(

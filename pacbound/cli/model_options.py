@@ -1,0 +1,198 @@
+"""Options shared by the commands that load a model and a data set, and their resolvers.
+
+``model_options`` adds ``--arch``, ``--arch-kwargs``, ``--init``, ``--unsafe-allow-pickle`` and
+``--device``; ``data_options`` adds ``--data``, ``--split``, ``--label-map``, ``--label-column``
+and ``--normalize``. A badly written value is *bad input* (exit 3), like the numbers in
+:mod:`pacbound.cli.options`. The resolvers turn the parsed values into library objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from torch import Tensor
+
+from pacbound.cli.terminal import Terminal
+from pacbound.io import (
+    Dataset,
+    LabelMap,
+    LoadedModel,
+    Normalization,
+    Split,
+    load_dataset,
+    load_init_state,
+    load_model,
+    parse_arch_kwargs,
+    parse_label_map,
+    parse_normalization,
+)
+from pacbound.models import builtin_help
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+UNSAFE_PICKLE_WARNING = (
+    "--unsafe-allow-pickle: a checkpoint that is not a plain state dict will be fully "
+    "unpickled, which runs whatever code the file contains. Use it only for files you trust, "
+    "and re-save them as .safetensors."
+)
+
+ARCH_HELP = f"""\b
+Built-in architectures (--arch NAME) and their --arch-kwargs:
+{builtin_help()}
+Or --arch package.module:factory, imported from the current folder or the Python path;
+the factory is called with --arch-kwargs and must return a torch.nn.Module.
+"""
+
+
+class _Parsed(click.ParamType):
+    """A value parsed by a library function that raises InvalidInputError (exit 3)."""
+
+    def __init__(self, name: str, parse: Callable[[str], Any]) -> None:
+        self.name = name
+        self.parse = parse
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if not isinstance(value, str):
+            return value
+        return self.parse(value)
+
+
+JSON_OBJECT = _Parsed("json", parse_arch_kwargs)
+LABEL_MAP = _Parsed("label-map", parse_label_map)
+NORMALIZATION = _Parsed("normalization", parse_normalization)
+
+
+def arch_options(func: F) -> F:
+    """``--arch``, ``--arch-kwargs`` and ``--unsafe-allow-pickle`` (enough to read a model)."""
+    decorators = [
+        click.option(
+            "--arch",
+            metavar="NAME|PKG.MOD:FACTORY",
+            help="Architecture the weights belong to: mlp, lenet5, convnet, or "
+            "package.module:factory. Not needed for a .pt2 program.",
+        ),
+        click.option(
+            "--arch-kwargs",
+            type=JSON_OBJECT,
+            default=None,
+            metavar="JSON",
+            help="""Keyword arguments for the factory, a JSON object: '{"hidden": [600]}'.""",
+        ),
+        click.option(
+            "--unsafe-allow-pickle",
+            is_flag=True,
+            help="UNSAFE: fully unpickle .pt/.pth files that are not plain state dicts. This "
+            "runs code from the file; only for files you trust.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def model_options(func: F) -> F:
+    """:func:`arch_options` plus ``--init`` and ``--device``."""
+    func = click.option(
+        "--device",
+        metavar="DEVICE",
+        help="cpu, cuda or cuda:N (default: cuda when available, else cpu).",
+    )(func)
+    func = click.option(
+        "--init",
+        metavar="PATH",
+        help="Weights at initialization (same formats and architecture), saved before "
+        "training; the centre of an initialization prior.",
+    )(func)
+    return arch_options(func)
+
+
+def data_options(func: F) -> F:
+    """``--data``, ``--split``, ``--label-map``, ``--label-column`` and ``--normalize``."""
+    decorators = [
+        click.option(
+            "--data",
+            required=True,
+            metavar="PATH",
+            help="An MNIST IDX folder, or a .npz / .safetensors file (arrays x, y), or a .csv "
+            "file. Read offline; never downloaded.",
+        ),
+        click.option(
+            "--split",
+            type=click.Choice([s.value for s in Split]),
+            default=Split.TRAIN.value,
+            show_default=True,
+            help="Which IDX files to read from an MNIST folder.",
+        ),
+        click.option(
+            "--label-map",
+            type=LABEL_MAP,
+            metavar="OLD:NEW,…",
+            help="Relabel, e.g. 0-4:0,5-9:1 for binary MNIST (ranges inclusive).",
+        ),
+        click.option(
+            "--label-column",
+            metavar="NAME|INDEX",
+            help="CSV label column, by header name or 0-based index (default: a column named "
+            "label/y/target/class, else the last).",
+        ),
+        click.option(
+            "--normalize",
+            type=NORMALIZATION,
+            metavar="MEAN,STD|mnist",
+            help="Subtract MEAN and divide by STD after scaling to [0, 1]; per channel as "
+            "M1/M2/M3,S1/S2/S3; 'mnist' is 0.1307,0.3081.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def resolve_model(
+    checkpoint: str,
+    *,
+    arch: str | None,
+    arch_kwargs: dict[str, Any] | None,
+    unsafe_allow_pickle: bool,
+    device: str | None,
+    terminal: Terminal,
+) -> LoadedModel:
+    """Load the model the options describe, warning first when unpickling is allowed."""
+    if unsafe_allow_pickle:
+        terminal.warn(UNSAFE_PICKLE_WARNING)
+    return load_model(
+        checkpoint,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        allow_unsafe_pickle=unsafe_allow_pickle,
+        device=device,
+    )
+
+
+def resolve_init(
+    init: str | None, model: LoadedModel, *, unsafe_allow_pickle: bool
+) -> dict[str, Tensor] | None:
+    """The ``--init`` weights checked against ``model``, or ``None`` without ``--init``."""
+    if init is None:
+        return None
+    return load_init_state(init, model, allow_unsafe_pickle=unsafe_allow_pickle)
+
+
+def resolve_dataset(
+    data: str,
+    *,
+    split: str,
+    label_map: LabelMap | None,
+    label_column: str | None,
+    normalize: Normalization | None,
+) -> Dataset:
+    """Load the data set the options describe."""
+    return load_dataset(
+        data,
+        split=split,
+        label_column=label_column,
+        label_map=label_map,
+        normalize=normalize,
+    )
