@@ -277,6 +277,10 @@ class KroneckerProjector(Projector):
         grid = torch.nn.functional.pad(g, (0, big_a * big_b - self.D)).reshape(big_a, big_b)
         return ((self.a.T @ grid) @ self.b).reshape(-1)[: self.d]
 
+    def materialize(self) -> Tensor:
+        """(A ⊗ B)[:D, :d], formed explicitly (small problems only)."""
+        return torch.kron(self.a, self.b)[: self.D, : self.d]
+
     @property
     def memory_bytes(self) -> int:
         return (self.a.numel() + self.b.numel()) * self.a.element_size()

@@ -99,7 +99,9 @@ class Codebook:
     @classmethod
     def from_floats(cls, values: ArrayLike, precision: CodebookPrecision) -> Codebook:
         """Round float64 levels to ``precision`` and sort them."""
-        rounded = np.asarray(values, dtype=np.float64).astype(precision.value).astype(np.float64)
+        with np.errstate(over="ignore"):  # overflow becomes ±inf, refused in __post_init__
+            rounded = np.asarray(values, dtype=np.float64).astype(precision.value)
+        rounded = rounded.astype(np.float64)
         return cls(tuple(np.sort(rounded).tolist()), precision)
 
     @property
@@ -220,15 +222,22 @@ def quantization_aware_finetune(
 
     Each step evaluates ``loss(q(w))`` where q rounds to the nearest level in the forward pass
     and passes gradients through unchanged (Bengio et al. 2013). The codebook is held fixed, so
-    quantize the result with the same codebook. Returns the continuous fine-tuned vector.
+    quantize the result with the same codebook. STE iterates oscillate, so this returns the
+    iterate (the start included) whose quantized loss was the lowest: it is never worse than
+    ``w`` after quantization.
     """
     if steps < 0 or not lr > 0:
         raise InvalidInputError(f"need steps ≥ 0 and lr > 0, got steps={steps}, lr={lr}")
     param = w.detach().clone().requires_grad_(True)
     optimizer = torch.optim.Adam([param], lr=lr)
-    for _ in range(steps):
+    best, best_value = param.detach().clone(), float("inf")
+    for step in range(steps + 1):
         optimizer.zero_grad()
         value = loss(straight_through(param, codebook))
+        if float(value.detach()) < best_value:
+            best, best_value = param.detach().clone(), float(value.detach())
+        if step == steps:
+            break
         value.backward()
         optimizer.step()
-    return param.detach()
+    return best

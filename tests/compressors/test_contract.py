@@ -19,7 +19,7 @@ from pacbound.compressors import (
 )
 from pacbound.compressors.coding import arithmetic_encode, delta_length, gamma_length
 from pacbound.errors import InvalidInputError
-from tests.compressors.conftest import other_mlp, tiny_mlp, trained
+from tests.compressors.models import other_mlp, tiny_mlp, trained
 
 MAKERS: dict[str, Callable[..., Compressor]] = {
     "subspace-kronecker": lambda factory=tiny_mlp, seed=3: SubspaceQuantizeCompressor(
