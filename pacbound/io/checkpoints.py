@@ -117,7 +117,7 @@ def _read_torch(
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True, mmap=mmap)
     except pickle.UnpicklingError as exc:
-        if not str(exc).startswith("Weights only load failed"):
+        if not str(exc).startswith("Weights only load failed") or not _looks_pickled(file, mmap):
             raise _corrupt(file, exc, option) from None
         if not allow_unsafe_pickle:
             raise InvalidInputError(
@@ -196,6 +196,14 @@ def _strip_data_parallel(tensors: dict[str, Tensor]) -> tuple[dict[str, Tensor],
         cut = len(_DATA_PARALLEL_PREFIX)
         return {name[cut:]: t for name, t in tensors.items()}, _DATA_PARALLEL_PREFIX
     return tensors, None
+
+
+def _looks_pickled(file: Path, is_zip: bool) -> bool:
+    """A torch zip archive, or a bare pickle (protocol ≥ 2 starts with the PROTO opcode)."""
+    if is_zip:
+        return True
+    with open(file, "rb") as handle:
+        return handle.read(1) == b"\x80"
 
 
 def _corrupt(file: Path, exc: BaseException, option: str) -> InvalidInputError:
