@@ -26,6 +26,7 @@ from pacbound.io.provenance import CheckpointProvenance, FileRecord, check_file
 NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "weights")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DATA_PARALLEL_PREFIX = "module."
+_FINITE_CHUNK = 1 << 20  # elements per chunk when scanning for NaN/Inf
 
 
 class CheckpointFormat(str, Enum):
@@ -84,14 +85,26 @@ def read_checkpoint(
 def check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
     """Refuse NaN or ±Inf in any floating tensor, naming the first tensor that has one."""
     for name, tensor in tensors.items():
-        if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
-            torch.isfinite(tensor).all()
-        ):
-            bad = int((~torch.isfinite(tensor)).sum())
+        bad = count_non_finite(tensor)
+        if bad:
             raise InvalidInputError(
                 f"{source}: tensor {name!r} has {bad} NaN/Inf value(s); the weights are "
                 "corrupt or training diverged: use an earlier checkpoint"
             )
+
+
+def count_non_finite(tensor: Tensor) -> int:
+    """How many NaN/±Inf entries ``tensor`` has, without a full-size temporary.
+
+    A finite sum implies finite terms (NaN and ±Inf propagate), so the usual case costs one
+    reduction; only a non-finite sum (bad values, or overflow) is scanned chunk by chunk.
+    """
+    if not (tensor.is_floating_point() or tensor.is_complex()) or tensor.numel() == 0:
+        return 0
+    if bool(torch.isfinite(tensor.sum())):
+        return 0
+    flat = tensor.reshape(-1)
+    return sum(int((~torch.isfinite(chunk)).sum()) for chunk in flat.split(_FINITE_CHUNK))
 
 
 def _read_safetensors(file: Path, option: str) -> dict[str, Tensor]:

@@ -166,3 +166,15 @@ def test_read_checkpoint_lists_every_tensor(tmp_path: Path) -> None:
     ckpt = read_checkpoint(path)
     assert sorted(ckpt.tensors) == sorted(reference.state_dict())
     assert ckpt.provenance.file.bytes == path.stat().st_size
+
+
+def test_count_non_finite_scans_in_chunks() -> None:
+    from pacbound.io.checkpoints import count_non_finite
+
+    t = torch.zeros(3_000_000)
+    assert count_non_finite(t) == 0
+    t[[5, 1_500_000, 2_999_999]] = torch.tensor([float("nan"), float("inf"), -float("inf")])
+    assert count_non_finite(t) == 3
+    huge = torch.full((4,), 3e38)  # the sum overflows, yet every entry is finite
+    assert count_non_finite(huge) == 0
+    assert count_non_finite(torch.ones(3, dtype=torch.int64)) == 0
