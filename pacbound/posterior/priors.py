@@ -77,7 +77,14 @@ class ScaleGrid:
         return len(self.scales)
 
     def to_dict(self) -> dict[str, object]:
-        return {"size": self.size, "min": min(self.scales), "max": max(self.scales)}
+        """Size, range and a hash of the exact values (the grid can have thousands)."""
+        digest = hashlib.sha256(np.asarray(self.scales, dtype="<f8").tobytes()).hexdigest()
+        return {
+            "size": self.size,
+            "min": min(self.scales),
+            "max": max(self.scales),
+            "values_sha256": digest,
+        }
 
 
 @dataclass(frozen=True)
