@@ -420,8 +420,64 @@ class GaussianDataMethod:
         return RunRecord(truth.value, bounds)
 
 
-#: Compression methods the harness will cover once ``pacbound.compressors`` has a committed
-#: certification entry point (the hook: :func:`make_method` raises until then).
+@dataclass
+class CompressionMethod:
+    """Occam bound on a decoded compressed model: train on S, compress (``quantize``: every
+    weight quantized directly; ``subspace``: the least-squares projection of θ − θ₀ onto a
+    seeded d-dimensional subspace, quantized), decode, L ≤ occam_binomial(L̂ on S, K bits).
+    The certified classifier is the decoded model; its true risk is measured."""
+
+    task: TeacherTask
+    kind: str = "quantize"
+    n: int = 2000
+    delta: float = 0.2
+    levels: int = 4
+    d: int = 16
+    hidden: int = 16
+    steps: int = 100
+    lr: float = 0.03
+    truth_examples: int = TRUE_RISK_EXAMPLES
+    seed: int = 0
+    variants: tuple[str, ...] = (CORRECT,)
+    name: str = "quantize"
+
+    def __post_init__(self) -> None:
+        self.name = self.kind
+
+    def run(self, r: int) -> RunRecord:
+        from pacbound.bounds import bits_to_nats, occam_binomial
+        from pacbound.compressors.base import Compressor
+        from pacbound.compressors.quantized import (
+            DirectQuantizeCompressor,
+            SubspaceQuantizeCompressor,
+        )
+
+        gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "data"))
+        x, y = self.task.sample(self.n, gen)
+
+        def factory(seed: int) -> nn.Module:
+            return student(self.task, self.hidden, derive_seed(self.name, self.seed, seed))
+
+        compressor: Compressor
+        if self.kind == "subspace":
+            compressor = SubspaceQuantizeCompressor(factory, d=self.d, levels=self.levels, seed=r)
+        else:
+            compressor = DirectQuantizeCompressor(factory, levels=self.levels, seed=r)
+        model = train(compressor.build(), x, y, steps=self.steps, lr=self.lr)
+        message = compressor.compress(model)
+        decoded = compressor.decompress(message.to_bytes())
+        rate = count_errors(decoded, x, y).rate
+        bound = occam_binomial(
+            rate, kl=bits_to_nats(message.code_length_bits), n=self.n, delta=self.delta
+        )
+        truth = self.task.true_risk(
+            decoded,
+            examples=self.truth_examples,
+            seed=derive_seed(self.name, self.seed, r, "truth"),
+        )
+        return RunRecord(truth.value, {CORRECT: bound.value})
+
+
 COMPRESSION_METHODS = ("quantize", "subspace")
 
 
@@ -434,11 +490,7 @@ def make_method(name: str, task: TeacherTask, **kwargs: Any) -> CoverageMethod:
         "gaussian-data": GaussianDataMethod,
     }
     if name in COMPRESSION_METHODS:
-        raise NotImplementedError(
-            f"coverage for {name!r} is a hook: pacbound.compressors has no committed "
-            "certification pipeline yet; add a CompressionMethod here (decoded model's true "
-            "risk vs occam_binomial(bound)) once it lands"
-        )
+        return CompressionMethod(task, kind=name, **kwargs)
     if name not in factories:
         valid = ", ".join([*factories, *COMPRESSION_METHODS])
         raise ValueError(f"unknown coverage method {name!r}; valid: {valid}")
