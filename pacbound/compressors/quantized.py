@@ -122,7 +122,9 @@ class SubspaceQuantizeCompressor(_QuantizingCompressor):
         module = self.build()
         return SubspaceModel(module, self.projector(sum(p.numel() for p in module.parameters())))
 
-    def compress(self, model: nn.Module) -> CompressedMessage:
+    def compress(self, model: nn.Module, *, codebook: Codebook | None = None) -> CompressedMessage:
+        """``codebook`` (default: fitted to w) lets a QAT-tuned w keep the codebook it was
+        tuned for."""
         inner = model.module if isinstance(model, SubspaceModel) else model
         reference = self._check_model(inner)
         theta0 = parameter_vector(reference)
@@ -142,7 +144,7 @@ class SubspaceQuantizeCompressor(_QuantizingCompressor):
             w = model.w.detach()
         else:
             w = init_from_checkpoint_lstsq(parameter_vector(inner) - theta0, self.projector(D))
-        codebook = self.fit_codebook(w)
+        codebook = codebook or self.fit_codebook(w)
         return CompressedMessage(
             self.kind,
             architecture_fingerprint(reference),
@@ -202,10 +204,11 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
         levels[np.argmin(np.abs(levels))] = 0.0
         return Codebook.from_floats(levels, book.precision)
 
-    def compress(self, model: nn.Module) -> CompressedMessage:
+    def compress(self, model: nn.Module, *, codebook: Codebook | None = None) -> CompressedMessage:
+        """``codebook`` (default: fitted to the weights) as for the subspace compressor."""
         reference = self._check_model(model)
         theta = parameter_vector(model)
-        codebook = self.fit_codebook(theta)
+        codebook = codebook or self.fit_codebook(theta)
         return CompressedMessage(
             self.kind,
             architecture_fingerprint(reference),
