@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import importlib
+import signal
 import sys
 import traceback
 from collections.abc import Sequence
+from types import FrameType
 from typing import Any, NoReturn
 
 import click
@@ -14,6 +17,7 @@ from pacbound.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_TERMINATED,
     EXIT_USAGE,
     PacboundError,
 )
@@ -41,6 +45,22 @@ def _fail(code: int, message: str, *, debug: bool) -> NoReturn:
     sys.exit(code)
 
 
+#: Commands are imported only when used, so that ``pacbound bound`` never loads torch.
+LAZY_COMMANDS = {
+    "bound": "pacbound.cli.bound_cmd:bound",
+    "certify": "pacbound.cli.certify_cmd:certify",
+    "inspect": "pacbound.cli.inspect_cmd:inspect",
+}
+
+
+class Terminated(BaseException):
+    """Raised by the SIGTERM handler so that clean-up runs and the exit code is 143."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated()
+
+
 class PacboundGroup(click.Group):
     """A click group that turns every failure into one ``Error:`` line and an exit code.
 
@@ -58,6 +78,11 @@ class PacboundGroup(click.Group):
     ) -> NoReturn:
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+        except ValueError:  # not the main thread: leave SIGTERM alone
+            previous = None
         try:
             rv = super().main(
                 args=argv,
@@ -68,6 +93,8 @@ class PacboundGroup(click.Group):
             )
         except (click.exceptions.Abort, KeyboardInterrupt):
             _fail(EXIT_INTERRUPTED, "interrupted; no report was written.", debug=debug)
+        except Terminated:
+            _fail(EXIT_TERMINATED, "terminated (SIGTERM); no report was written.", debug=debug)
         except click.UsageError as exc:
             hint = ""
             if exc.ctx is not None:
@@ -84,7 +111,20 @@ class PacboundGroup(click.Group):
                 "pacbound: rerun with --debug and report the traceback.",
                 debug=debug,
             )
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in LAZY_COMMANDS:
+            module_name, attr = LAZY_COMMANDS[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(module_name), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
 
 
 @click.group(
@@ -100,17 +140,6 @@ def cli(debug: bool) -> None:
     PAC-Bayes bounds for a Gaussian posterior around the weights, and compression (Occam)
     bounds for a compressed model. Every bound printed is rounded up, never to nearest.
     """
-
-
-def _register_commands() -> None:
-    from pacbound.cli.bound_cmd import bound
-    from pacbound.cli.inspect_cmd import inspect
-
-    cli.add_command(bound)
-    cli.add_command(inspect)
-
-
-_register_commands()
 
 
 def main(argv: Sequence[str] | None = None) -> NoReturn:

@@ -1,0 +1,384 @@
+"""``pacbound certify``: load a checkpoint and its training data, certify, report, gate."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.table import Table
+
+from pacbound.bounds import format_up
+from pacbound.cli.gate import evaluate_gate, gate_options
+from pacbound.cli.model_options import (
+    data_options,
+    model_options,
+    resolve_dataset,
+    resolve_init,
+    resolve_model,
+)
+from pacbound.cli.options import FLOAT, INT, json_option
+from pacbound.cli.terminal import Terminal, dumps_json, emit_json
+from pacbound.errors import InvalidInputError
+from pacbound.report.files import check_writable, write_atomic
+
+EXAMPLES = """\b
+Examples:
+  # PAC-Bayes, prior centred at the initial weights, isotropic posterior:
+  pacbound certify final.safetensors --arch mlp --init init.safetensors \\
+      --data examples/data/mnist --method gaussian
+  # Binary MNIST, diagonal posterior, JSON report, CI gate:
+  pacbound certify final.safetensors --arch mlp --arch-kwargs '{"num_classes": 2}' \\
+      --init init.safetensors --data examples/data/mnist --label-map 0-4:0,5-9:1 \\
+      --posterior diagonal --output report.json --max-bound 0.2
+  # Data-dependent prior trained on half of the data (the bound uses the other half):
+  pacbound certify final.safetensors --arch mlp --data examples/data/mnist \\
+      --prior data --prior-fraction 0.5 --posterior diagonal
+"""
+
+HELP = """Certify the true 0-1 error of the model in CHECKPOINT, trained on --data.
+
+--method gaussian fits a Gaussian posterior Q around the weights and certifies Q (a
+stochastic classifier that draws fresh weights for every prediction) with the PAC-Bayes-kl
+bound; Q's empirical risk is upper-bounded from n·K fresh per-example weight draws. With
+probability at least 1 − δ over the training sample and the draws, the true error of Q is
+at most the printed bound (rounded up). The bound is non-vacuous when it is below the error
+of guessing, 1 − 1/K.
+"""
+
+
+@click.command("certify", help=HELP, epilog=EXAMPLES)
+@click.argument("checkpoint")
+@model_options
+@data_options
+@click.option(
+    "--method",
+    type=click.Choice(["gaussian"]),
+    default="gaussian",
+    show_default=True,
+    help="Certificate: PAC-Bayes for a Gaussian posterior.",
+)
+@click.option(
+    "--prior",
+    type=click.Choice(["init", "zero", "data"]),
+    default="init",
+    show_default=True,
+    help="Prior mean: the --init weights, zero, or trained on a seeded prior split of --data.",
+)
+@click.option(
+    "--prior-fraction",
+    type=FLOAT,
+    default=0.5,
+    show_default=True,
+    help="With --prior data: share of --data used to train the prior mean.",
+)
+@click.option(
+    "--prior-epochs",
+    type=INT,
+    default=10,
+    show_default=True,
+    help="With --prior data: SGD epochs on the prior split.",
+)
+@click.option(
+    "--prior-lr",
+    type=FLOAT,
+    default=0.01,
+    show_default=True,
+    help="With --prior data: SGD learning rate (momentum 0.95, batch 250).",
+)
+@click.option(
+    "--prior-scales",
+    default="1e-6:1:6001",
+    show_default=True,
+    metavar="LOW:HIGH:COUNT|S1,S2,…",
+    help="Grid of prior standard deviations; the choice costs ln(COUNT) nats.",
+)
+@click.option(
+    "--posterior",
+    type=click.Choice(["isotropic", "diagonal"]),
+    default="isotropic",
+    show_default=True,
+    help="isotropic: one σ by search around the checkpoint (fast); diagonal: mean and "
+    "per-weight σ trained on the kl bound surrogate.",
+)
+@click.option(
+    "--posterior-epochs", type=INT, default=10, show_default=True, help="diagonal: training epochs."
+)
+@click.option(
+    "--posterior-lr",
+    type=FLOAT,
+    default=1e-3,
+    show_default=True,
+    help="diagonal: Adam learning rate of the means.",
+)
+@click.option(
+    "--sigma-lr",
+    type=FLOAT,
+    default=1e-2,
+    show_default=True,
+    help="diagonal: Adam learning rate of log σ and log σ_prior.",
+)
+@click.option(
+    "--objective",
+    type=click.Choice(["kl", "quad"]),
+    default="kl",
+    show_default=True,
+    help="diagonal: bound form used as the training objective.",
+)
+@click.option(
+    "--p-min",
+    type=FLOAT,
+    default=0.5,
+    show_default=True,
+    help="diagonal: bounded cross-entropy floor; 0.5 makes it an upper bound of the 0-1 loss.",
+)
+@click.option(
+    "--mc-passes",
+    type=INT,
+    default=5,
+    show_default=True,
+    help="Monte-Carlo passes K: n·K independent per-example weight draws.",
+)
+@click.option(
+    "--delta",
+    type=FLOAT,
+    default=0.05,
+    show_default=True,
+    help="Total failure probability δ of the certificate.",
+)
+@click.option(
+    "--mc-delta",
+    type=FLOAT,
+    default=None,
+    help="Part of --delta for the Monte-Carlo bound (default δ/5).",
+)
+@click.option(
+    "--heldout",
+    metavar="PATH",
+    default=None,
+    help="Held-out data (same format options as --data) for a test-set bound on the "
+    "checkpoint's point weights, never used for anything else.",
+)
+@click.option(
+    "--heldout-split",
+    type=click.Choice(["train", "test"]),
+    default="test",
+    show_default=True,
+    help="Split of an IDX folder given to --heldout.",
+)
+@click.option(
+    "--heldout-delta",
+    type=FLOAT,
+    default=None,
+    help="δ of the held-out bound, a separate statement (default: --delta).",
+)
+@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of every random stream.")
+@click.option(
+    "--batch-size", type=INT, default=1024, show_default=True, help="Evaluation batch size."
+)
+@click.option(
+    "--allow-nondeterministic",
+    is_flag=True,
+    help="Skip the check that two eval-mode passes agree (the certificate may then "
+    "not describe the evaluated model).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the JSON report to this file (atomically).",
+)
+@click.option(
+    "--save-posterior",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Save the posterior (means, σ, prior) as safetensors for re-checking.",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress or diagnostics on stderr.")
+@gate_options
+@json_option
+def certify(**kw: Any) -> None:
+    start = time.perf_counter()
+    term = Terminal(quiet=kw["quiet"] or kw["as_json"])
+    for option in ("output", "save_posterior"):
+        if kw[option] is not None:
+            check_writable(kw[option], "--" + option.replace("_", "-"))
+    if kw["prior"] == "init" and kw["init"] is None:
+        raise InvalidInputError(
+            "--prior init needs the initial weights: pass --init PATH (saved before training), "
+            "or choose --prior zero or --prior data",
+            param="--init",
+        )
+    from pacbound.certify.gaussian import GaussianOptions, Posterior, certify_gaussian
+    from pacbound.io import check_model_data, resolve_device
+    from pacbound.posterior.fit import TrainingRecipe
+    from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
+
+    grid = ScaleGrid.parse(kw["prior_scales"])
+    options = GaussianOptions(
+        prior=PriorMean(kw["prior"]),
+        posterior=Posterior(kw["posterior"]),
+        prior_scales=grid,
+        prior_fraction=kw["prior_fraction"],
+        prior_recipe=PriorTrainingRecipe(
+            epochs=kw["prior_epochs"], lr=kw["prior_lr"], seed=kw["seed"]
+        ),
+        training=TrainingRecipe(
+            epochs=kw["posterior_epochs"],
+            lr=kw["posterior_lr"],
+            sigma_lr=kw["sigma_lr"],
+            p_min=kw["p_min"],
+            objective=kw["objective"],
+            seed=kw["seed"],
+        ),
+        mc_passes=kw["mc_passes"],
+        delta=kw["delta"],
+        mc_delta=kw["mc_delta"],
+        heldout_delta=kw["heldout_delta"],
+        seed=kw["seed"],
+        batch_size=kw["batch_size"],
+        check_deterministic=not kw["allow_nondeterministic"],
+    )
+    budget = options.budget()  # validates δ parts before any heavy work
+    device = resolve_device(kw["device"])
+    loaded = resolve_model(
+        kw["checkpoint"],
+        arch=kw["arch"],
+        arch_kwargs=kw["arch_kwargs"],
+        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
+        device=kw["device"],
+        terminal=term,
+    )
+    init_state = resolve_init(kw["init"], loaded, unsafe_allow_pickle=kw["unsafe_allow_pickle"])
+    data_kw = dict(
+        label_map=kw["label_map"], label_column=kw["label_column"], normalize=kw["normalize"]
+    )
+    data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
+    check_model_data(loaded, data, device=device)
+    heldout = None
+    if kw["heldout"] is not None:
+        heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
+        check_model_data(loaded, heldout, device=device)
+    term.info(
+        f"certifying {loaded.num_parameters} parameters on n = {data.n} examples "
+        f"({data.num_classes} classes) on {device}"
+    )
+    with _progress(term) as progress:
+        cert = certify_gaussian(
+            loaded.module,
+            data.x,
+            data.y,
+            num_classes=data.num_classes,
+            options=options,
+            init_state=init_state,
+            heldout=None if heldout is None else (heldout.x, heldout.y),
+            device=device,
+            progress=progress,
+        )
+    assert cert.budget == budget
+    gate = evaluate_gate(
+        cert.value,
+        cert.verdict.chance_error,
+        max_bound=kw["max_bound"],
+        fail_if_vacuous=kw["fail_if_vacuous"],
+        exit_zero=kw["exit_zero"],
+    )
+    from pacbound.report.document import build_report
+
+    inputs: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
+    if kw["init"] is not None:
+        from pacbound.io import sha256_file
+
+        inputs["init"] = {"path": str(kw["init"]), "sha256": sha256_file(kw["init"])}
+    if heldout is not None:
+        inputs["heldout"] = heldout.provenance.to_dict()
+    timings = dict(cert.timings)
+    timings["total"] = time.perf_counter() - start
+    report = build_report(
+        command="certify",
+        inputs=inputs,
+        options={"method": "gaussian", **options.to_dict(), "delta": options.delta},
+        seeds={"seed": options.seed},
+        results=cert.to_dict(),
+        gate=gate.to_dict(),
+        timings=timings,
+        warnings=[],
+        device=str(device),
+    )
+    text = dumps_json(report)
+    if kw["save_posterior"] is not None:
+        from pacbound.posterior.io import save_posterior
+
+        save_posterior(kw["save_posterior"], cert.network, cert.prior_means, cert.prior_scale)
+    if kw["output"] is not None:
+        write_atomic(kw["output"], text.encode(), "--output")
+    if kw["as_json"]:
+        emit_json(report)
+    else:
+        _render(term, cert.to_dict())
+    for reason in gate.reasons:
+        click.echo(f"Gate failed: {reason}", err=True)
+    ctx = click.get_current_context()
+    ctx.exit(gate.exit_code)
+
+
+@contextmanager
+def _progress(term: Terminal) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    with term.progress() as bar:
+        if bar is None:
+            yield lambda description, total: lambda advance: None
+            return
+
+        def factory(description: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda advance: bar.advance(task, advance)
+
+        yield factory
+
+
+def _render(term: Terminal, res: dict[str, Any]) -> None:
+    emp = res["empirical_risk"]
+    verdict = res["verdict"]
+    table = Table(
+        title="pacbound certificate (PAC-Bayes-kl, Gaussian posterior)",
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    table.add_row("certified classifier", res["certified_classifier"])
+    table.add_row("bound on true 0-1 error", f"{format_up(res['bound'], 4)}  (rounded up)")
+    table.add_row(
+        "verdict",
+        ("NON-VACUOUS" if verdict["non_vacuous"] else "VACUOUS")
+        + f" (chance error 1 − 1/{verdict['num_classes']} = {verdict['chance_error']:.4g})",
+    )
+    table.add_row("n (examples in the bound)", str(res["n"]))
+    table.add_row("KL(Q‖P)", f"{format_up(res['kl_nats'], 2)} nats")
+    table.add_row("empirical risk of Q", f"{emp['estimate']:.6f} (Monte-Carlo estimate)")
+    table.add_row(
+        "  upper bound",
+        f"{format_up(emp['upper_bound'], 6)} ({emp['draws']} draws, {emp['mc_passes']} passes)",
+    )
+    for part in res["delta_budget"]["parts"]:
+        grid = f", grid of {part['grid_size']}" if part["grid_size"] > 1 else ""
+        table.add_row(f"δ: {part['name']}", f"{part['delta']:.6g}{grid}")
+    table.add_row("δ total", f"{res['delta_budget']['total']:.6g}")
+    prior = res["prior"]
+    table.add_row("prior", f"mean = {prior['mean']}, σ_p = {prior['scale']:.6g}")
+    post = res["posterior"]
+    table.add_row("posterior", f"{post['kind']}, σ median {post['sigma_median']:.4g}")
+    for name, info in res["information_only"].items():
+        table.add_row(f"({name}, information only)", format_up(info["value"], 4))
+    if res["heldout"] is not None:
+        h = res["heldout"]
+        table.add_row(
+            "held-out bound (checkpoint)",
+            f"{format_up(h['bound'], 4)}  ({h['errors']}/{h['n']} errors, δ = {h['delta']:g}, "
+            "separate statement)",
+        )
+    term.table(table)
