@@ -521,6 +521,7 @@ def certify_quantized(
     _check_data(x, y, num_classes)
     budget, timer = options.budget(), Timer()
     model = model.to(dev).eval()
+    DirectQuantizeCompressor(factory, levels=2, device=dev)._check_model(model)
     theta = parameter_vector(model)
     qx, qy = _qat_subset(x, y, options, dev)
     loss = _qat_loss(model, lambda v: v, qx, qy)
@@ -540,7 +541,6 @@ def certify_quantized(
         with timer.phase("quantize"):
             codebook = coder.fit_codebook(theta)
             tuned = factory(options.seed).to(dev)
-            coder._check_model(tuned)
             _load_flat(tuned, _finetune(theta, loss, codebook, options))
             load_buffer_vector(tuned, buffer_vector(model).to(dev))
             message = coder.compress(tuned, codebook=codebook)

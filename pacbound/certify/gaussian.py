@@ -385,6 +385,10 @@ def certify_gaussian(
         "sigma_median": float(sigmas.median()),
         "sigma_max": float(sigmas.max()),
         "training_objective_per_epoch": history,
+        "isotropic_search": [
+            {"sigma": sq, "estimated_risk": risk, "estimated_bound": est}
+            for sq, risk, est in search.candidates
+        ],
     }
     return GaussianCertificate(
         certificate=certificate,

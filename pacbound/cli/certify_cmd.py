@@ -296,6 +296,18 @@ def certify(**kw: Any) -> None:
         inputs["init"] = {"path": str(kw["init"]), "sha256": sha256_file(kw["init"])}
     if heldout is not None:
         inputs["heldout"] = heldout.provenance.to_dict()
+    posterior_bytes = None
+    if kw["save_posterior"] is not None:
+        import hashlib
+
+        from pacbound.posterior.io import posterior_bytes as encode_posterior
+
+        posterior_bytes = encode_posterior(cert.network, cert.prior_means, cert.prior_scale)
+        inputs["posterior"] = {
+            "path": str(kw["save_posterior"]),
+            "sha256": hashlib.sha256(posterior_bytes).hexdigest(),
+            "note": "written by this run",
+        }
     timings = dict(cert.timings)
     timings["total"] = time.perf_counter() - start
     report = build_report(
@@ -310,10 +322,8 @@ def certify(**kw: Any) -> None:
         device=str(device),
     )
     text = dumps_json(report)
-    if kw["save_posterior"] is not None:
-        from pacbound.posterior.io import save_posterior
-
-        save_posterior(kw["save_posterior"], cert.network, cert.prior_means, cert.prior_scale)
+    if posterior_bytes is not None:
+        write_atomic(kw["save_posterior"], posterior_bytes, "--save-posterior")
     if kw["output"] is not None:
         write_atomic(kw["output"], text.encode(), "--output")
     if kw["as_json"]:
