@@ -326,6 +326,9 @@ def certify(**kw: Any) -> None:
         write_atomic(kw["save_posterior"], posterior_bytes, "--save-posterior")
     if kw["output"] is not None:
         write_atomic(kw["output"], text.encode(), "--output")
+    from pacbound.report.summary import append_step_summary
+
+    append_step_summary(report)
     if kw["as_json"]:
         emit_json(report)
     else:

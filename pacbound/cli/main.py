@@ -50,6 +50,9 @@ LAZY_COMMANDS = {
     "bound": "pacbound.cli.bound_cmd:bound",
     "certify": "pacbound.cli.certify_cmd:certify",
     "inspect": "pacbound.cli.inspect_cmd:inspect",
+    "plot": "pacbound.cli.plot_cmd:plot",
+    "report": "pacbound.cli.report_cmd:report",
+    "verify": "pacbound.cli.verify_cmd:verify",
 }
 
 

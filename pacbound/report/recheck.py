@@ -1,0 +1,233 @@
+"""Re-derive a report's certificate from its saved artifacts and the same data.
+
+``pacbound verify`` calls :func:`verify_report`. It first checks that every input file the
+report records still has its recorded sha256 (a changed or missing file is bad input, named),
+then recomputes the certificate the way ``certify`` did and lists each field with the
+reported and the recomputed value. On the same machine and versions every field is expected
+to agree *exactly*; any difference means different inputs, code or numerics.
+
+* Gaussian: the posterior file (``inputs.posterior``) gives μ, σ, the prior mean and σ_p; the
+  KL is recomputed from it, the prior mean is compared with the ``--init`` weights (or zero),
+  the σ_p choice is redone over the grid, the Monte-Carlo draws are replayed with the same
+  seed stream (``SEED_OFFSETS["monte_carlo"]``), and the bounds are recomputed.
+* subspace/quantize: the artifact (``inputs.artifact``) is decoded by
+  :func:`pacbound.certify.compression.verify_artifact`, its errors recounted and its Occam
+  bound recomputed.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pacbound.errors import InvalidInputError
+from pacbound.report.validate import hash_agrees
+
+
+@dataclass(frozen=True)
+class FieldCheck:
+    """One re-derived field: what the report says, what was recomputed, whether they agree."""
+
+    field: str
+    reported: Any
+    recomputed: Any
+
+    @property
+    def agree(self) -> bool:
+        return bool(_same(self.reported, self.recomputed))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "reported": self.reported,
+            "recomputed": self.recomputed,
+            "agree": self.agree,
+        }
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return False
+    return type(a) is type(b) and a == b if isinstance(a, bool) or isinstance(b, bool) else a == b
+
+
+@dataclass(frozen=True)
+class Verification:
+    """All field checks of one report."""
+
+    method: str
+    checks: tuple[FieldCheck, ...]
+
+    @property
+    def agree(self) -> bool:
+        return all(c.agree for c in self.checks)
+
+    @property
+    def disagreeing(self) -> list[str]:
+        return [c.field for c in self.checks if not c.agree]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "agree": self.agree,
+            "fields": [c.to_dict() for c in self.checks],
+        }
+
+
+def _resolve(path: str, root: Path) -> Path:
+    p = Path(path)
+    return p if p.is_absolute() else root / p
+
+
+def recorded_files(report: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
+    """(what, path, sha256) of every input file the report records."""
+    inputs = report["inputs"]
+    ckpt = inputs["model"]["provenance"]["checkpoint"]
+    yield "checkpoint", ckpt["path"], ckpt["sha256"]
+    for key in ("data", "heldout"):
+        if key in inputs:
+            for record in inputs[key]["files"]:
+                yield f"{key} file", record["path"], record["sha256"]
+    for key in ("init", "posterior", "artifact"):
+        if key in inputs:
+            yield f"{key} file", inputs[key]["path"], inputs[key]["sha256"]
+
+
+def check_input_files(report: dict[str, Any], root: Path) -> None:
+    """Raise InvalidInputError naming the first input file that is missing or changed."""
+    from pacbound.io import sha256_file
+
+    for what, path, expected in recorded_files(report):
+        file = _resolve(path, root)
+        if not file.is_file():
+            raise InvalidInputError(
+                f"the {what} {file} recorded in the report does not exist; run verify from the "
+                "folder certify ran in, or pass --root"
+            )
+        actual = sha256_file(file)
+        if actual != expected:
+            raise InvalidInputError(
+                f"the {what} {file} changed since the report was written: its sha256 is "
+                f"{actual[:12]}…, the report recorded {expected[:12]}…"
+            )
+
+
+def _normalization(text: str | None) -> Any:
+    if text is None:
+        return None
+    from pacbound.io import Normalization
+
+    match = re.fullmatch(r"mean=\[(.*)\], std=\[(.*)\]", text)
+    if match is None:
+        raise InvalidInputError(f"cannot read the recorded normalization {text!r}")
+    mean, std = (tuple(float(v) for v in g.split(",")) for g in match.groups())
+    return Normalization(mean, std)
+
+
+def load_recorded_dataset(record: dict[str, Any], root: Path) -> Any:
+    """The data set exactly as the report describes it (split, labels, normalization)."""
+    from pacbound.io import load_dataset
+
+    return load_dataset(
+        _resolve(record["path"], root),
+        split=record["split"] or "train",
+        label_column=record["label_column"],
+        label_map=record["label_map"],
+        normalize=_normalization(record["normalization"]),
+        subset=record["subset_indices"],
+    )
+
+
+def load_recorded_model(report: dict[str, Any], root: Path, device: torch.device) -> Any:
+    from pacbound.io import load_model
+
+    prov = report["inputs"]["model"]["provenance"]
+    return load_model(
+        _resolve(prov["checkpoint"]["path"], root),
+        arch=prov["architecture"],
+        arch_kwargs=prov["arch_kwargs"],
+        device=device,
+    )
+
+
+def verify_report(
+    report: dict[str, Any], *, root: Path, device: torch.device | None = None
+) -> Verification:
+    """Check the input files, then re-derive every certificate field (see module docstring)."""
+    dev = device or torch.device("cpu")
+    method = report["results"]["method"]
+    needed = "posterior" if method == "gaussian" else "artifact"
+    if needed not in report["inputs"]:
+        hint = (
+            "rerun certify with --save-posterior"
+            if method == "gaussian"
+            else "the report must record the compressed artifact"
+        )
+        raise InvalidInputError(
+            f"the report records no {needed} file (inputs.{needed}), so its certificate cannot "
+            f"be re-derived; {hint}"
+        )
+    check_input_files(report, root)
+    hash_check = FieldCheck(
+        "results_sha256",
+        report["results_sha256"],
+        report["results_sha256"] if hash_agrees(report) else "(does not match the results)",
+    )
+    if method == "gaussian":
+        from pacbound.report.recheck_gaussian import recheck_gaussian
+
+        checks = recheck_gaussian(report, root=root, device=dev)
+    else:
+        checks = _recheck_compression(report, root=root, device=dev)
+    return Verification(method, (hash_check, *checks))
+
+
+def _recheck_compression(
+    report: dict[str, Any], *, root: Path, device: torch.device
+) -> list[FieldCheck]:
+    from pacbound.certify.compression import seeded_factory, verify_artifact
+    from pacbound.io import parse_arch
+    from pacbound.io.architectures import build_module
+
+    res, opts = report["results"], report["options"]
+    prov = report["inputs"]["model"]["provenance"]
+    spec = parse_arch(prov["architecture"])
+    kwargs = prov["arch_kwargs"] or {}
+    factory = seeded_factory(lambda: build_module(spec, kwargs))
+    data = load_recorded_dataset(report["inputs"]["data"], root)
+    artifact = _resolve(report["inputs"]["artifact"]["path"], root).read_bytes()
+    cert = verify_artifact(
+        artifact,
+        factory,
+        data.x,
+        data.y,
+        num_classes=data.num_classes,
+        delta=opts["delta"],
+        seed=res["compression"]["seed"],
+        device=device,
+        batch_size=opts.get("batch_size", 2048),
+    )
+    mine = cert.to_dict()
+    fields = [
+        ("bound", res["bound"], mine["bound"]),
+        ("n", res["n"], mine["n"]),
+        ("errors", res["errors"], mine["errors"]),
+        ("empirical_risk", res["empirical_risk"], mine["empirical_risk"]),
+        ("code_length_bits", res["code_length_bits"], mine["code_length_bits"]),
+        ("code_length_nats", res["code_length_nats"], mine["code_length_nats"]),
+        ("code_length_breakdown", res["code_length_breakdown"], mine["code_length_breakdown"]),
+        (
+            "compression.artifact_sha256",
+            res["compression"]["artifact_sha256"],
+            mine["compression"]["artifact_sha256"],
+        ),
+        ("delta_budget", res["delta_budget"], mine["delta_budget"]),
+        ("verdict", res["verdict"], mine["verdict"]),
+    ]
+    return [FieldCheck(name, a, b) for name, a, b in fields]

@@ -1,0 +1,175 @@
+"""Re-derive a Gaussian (PAC-Bayes-kl) certificate from the saved posterior file.
+
+Mirrors :func:`pacbound.certify.gaussian.certify_gaussian` after the posterior is fitted: the
+posterior file replaces the fitting, everything after it is redone (σ_p choice, KL, the
+Monte-Carlo draws with the same seed stream, the bounds, the held-out bound).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pacbound.errors import InvalidInputError
+from pacbound.report.recheck import (
+    FieldCheck,
+    _resolve,
+    load_recorded_dataset,
+    load_recorded_model,
+)
+
+
+def _budget(res: dict[str, Any], delta: float) -> Any:
+    """The recorded δ parts, rebuilt (which checks that they add up to the total δ)."""
+    from pacbound.bounds import DeltaBudget, DeltaPart
+
+    parts = tuple(
+        DeltaPart(p["name"], p["delta"], p["grid_size"], p["description"])
+        for p in res["delta_budget"]["parts"]
+    )
+    return DeltaBudget(delta, parts)
+
+
+def _network(model: torch.nn.Module, saved: Any, device: torch.device) -> Any:
+    """A stochastic copy of ``model`` whose μ and log σ are those of the posterior file."""
+    from pacbound.posterior.network import build_stochastic_network
+
+    names = tuple(name for name, _ in model.named_parameters())
+    if names != saved.names:
+        raise InvalidInputError(
+            f"the posterior file's parameters {list(saved.names)} do not match the model's "
+            f"{list(names)}"
+        )
+    network = build_stochastic_network(model).to(device)
+    with torch.no_grad():
+        for slot in network.slots:
+            slot.mu.copy_(saved.mu[slot.name])
+            slot.log_sigma.copy_(torch.log(saved.sigma[slot.name]))
+    return network
+
+
+def _prior_mean_check(report: dict[str, Any], saved: Any, loaded: Any, root: Path) -> FieldCheck:
+    """Is the prior mean in the file the one the report names (init weights or zero)?"""
+    kind = report["results"]["prior"]["mean"]
+    if kind == "zero":
+        same = all(not bool(saved.prior_mu[n].any()) for n in saved.names)
+    elif kind == "init":
+        from pacbound.io import load_init_state
+
+        init = report["inputs"].get("init")
+        if init is None:
+            raise InvalidInputError("the report's prior is 'init' but it records no init file")
+        state = load_init_state(_resolve(init["path"], root), loaded)
+        same = all(
+            torch.equal(state[n].detach().cpu().to(saved.prior_mu[n].dtype), saved.prior_mu[n])
+            for n in saved.names
+        )
+    else:
+        return FieldCheck("prior.mean (trained: not redone)", kind, kind)
+    return FieldCheck("prior.mean (file)", kind, kind if same else "≠ file")
+
+
+def recheck_gaussian(
+    report: dict[str, Any], *, root: Path, device: torch.device
+) -> list[FieldCheck]:
+    from pacbound.bounds import (
+        mc_upper_per_example,
+        pac_bayes_catoni_grid,
+        pac_bayes_classic,
+        pac_bayes_kl,
+        pac_bayes_quad,
+        test_set_bound,
+    )
+    from pacbound.certify.common import Verdict
+    from pacbound.certify.gaussian import SEED_OFFSETS
+    from pacbound.posterior.fit import kl_over_grid, kl_sufficient_stats
+    from pacbound.posterior.io import load_posterior
+    from pacbound.posterior.priors import ScaleGrid, split_data
+    from pacbound.posterior.risk import count_errors, count_stochastic_errors
+
+    res, opts = report["results"], report["options"]
+    loaded = load_recorded_model(report, root, device)
+    model = loaded.module.to(device).eval()
+    data = load_recorded_dataset(report["inputs"]["data"], root)
+    saved = load_posterior(_resolve(report["inputs"]["posterior"]["path"], root))
+    network = _network(model, saved, device)
+    checks = [_prior_mean_check(report, saved, loaded, root)]
+
+    x, y = data.x, data.y
+    if res["prior"]["mean"] == "data":
+        split = split_data(data.n, prior_fraction=opts["prior_fraction"], seed=opts["seed"])
+        checks.append(
+            FieldCheck(
+                "prior.split.indices_sha256",
+                res["prior"]["split"]["indices_sha256"],
+                split.sha256,
+            )
+        )
+        x, y = x[split.bound_indices], y[split.bound_indices]
+    n = int(x.shape[0])
+
+    grid_info = res["prior"]["grid"]
+    grid = ScaleGrid.log_spaced(grid_info["min"], grid_info["max"], grid_info["size"])
+    if grid.to_dict()["values_sha256"] == grid_info["values_sha256"]:
+        prior_means = [saved.prior_mu[name].to(device) for name in saved.names]
+        j = int(kl_over_grid(kl_sufficient_stats(network, prior_means), grid).argmin())
+        checks.append(FieldCheck("prior.scale_index", res["prior"]["scale_index"], j))
+        checks.append(FieldCheck("prior.scale", res["prior"]["scale"], grid.scales[j]))
+    checks.append(FieldCheck("prior.scale (file)", res["prior"]["scale"], saved.prior_scale))
+
+    budget = _budget(res, opts["delta"])
+    pb, mc_part = budget.part("pac-bayes"), budget.part("monte-carlo")
+    kl = saved.kl()
+    generator = torch.Generator(device=device).manual_seed(
+        opts["seed"] + SEED_OFFSETS["monte_carlo"]
+    )
+    count = count_stochastic_errors(
+        network,
+        x,
+        y,
+        passes=opts["mc_passes"],
+        generator=generator,
+        batch_size=opts["batch_size"],
+        device=device,
+    )
+    mc = mc_upper_per_example(count.rate, n=n, passes=opts["mc_passes"], delta=mc_part.delta)
+    cert = pac_bayes_kl(mc.value, kl=kl, n=n, delta=pb.per_choice)
+    verdict = Verdict(cert.value, data.num_classes).to_dict()
+    sigmas = torch.cat([saved.sigma[name].flatten() for name in saved.names])
+    emp = res["empirical_risk"]
+    checks += [
+        FieldCheck("n", res["n"], n),
+        FieldCheck("kl_nats", res["kl_nats"], kl),
+        FieldCheck("empirical_risk.estimate", emp["estimate"], count.rate),
+        FieldCheck("empirical_risk.draws", emp["draws"], count.evaluations),
+        FieldCheck("empirical_risk.upper_bound", emp["upper_bound"], mc.value),
+        FieldCheck("delta_budget", res["delta_budget"], budget.to_dict()),
+        FieldCheck("bound", res["bound"], cert.value),
+        FieldCheck("certificate_terms", res["certificate_terms"], cert.to_dict()),
+        FieldCheck("verdict", res["verdict"], verdict),
+        FieldCheck("posterior.sigma_min", res["posterior"]["sigma_min"], float(sigmas.min())),
+        FieldCheck(
+            "posterior.sigma_median", res["posterior"]["sigma_median"], float(sigmas.median())
+        ),
+        FieldCheck("posterior.sigma_max", res["posterior"]["sigma_max"], float(sigmas.max())),
+    ]
+    information = {
+        "classic": pac_bayes_classic,
+        "quad": pac_bayes_quad,
+        "catoni_grid": pac_bayes_catoni_grid,
+    }
+    for name, reported in res["information_only"].items():
+        if name in information:
+            value = information[name](mc.value, kl=kl, n=n, delta=pb.per_choice).value
+            checks.append(FieldCheck(f"information_only.{name}", reported["value"], value))
+    if res["heldout"] is not None and "heldout" in report["inputs"]:
+        held = load_recorded_dataset(report["inputs"]["heldout"], root)
+        hcount = count_errors(model, held.x, held.y, batch_size=opts["batch_size"], device=device)
+        hbound = test_set_bound(hcount.rate, n=hcount.evaluations, delta=res["heldout"]["delta"])
+        checks += [
+            FieldCheck("heldout.errors", res["heldout"]["errors"], hcount.errors),
+            FieldCheck("heldout.bound", res["heldout"]["bound"], hbound.value),
+        ]
+    return checks
