@@ -183,7 +183,7 @@ def load_report(path: str | Path) -> dict[str, Any]:
     try:
         document = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
-        if exc.pos >= len(text.rstrip()):
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
             raise InvalidInputError(
                 f"report {file} is truncated (the JSON ends early at line {exc.lineno}); "
                 "the file was cut off: rerun certify with --output"

@@ -1,0 +1,142 @@
+"""`pacbound report`: tables rounded up, LaTeX macros, CSV, mixed methods, bad input."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from pacbound.bounds import format_up
+from pacbound.cli.main import cli
+from pacbound.report.summary import append_step_summary
+from pacbound.report.tables import macro_name
+from tests.report._tiny import gaussian_report, make_task, quantize_report
+
+
+@pytest.fixture(scope="module")
+def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("report")
+    task = make_task(root)
+    return gaussian_report(task, root / "gauss"), quantize_report(task, root / "quant")
+
+
+def _run(*args: str) -> tuple[int, str, str]:
+    result = CliRunner().invoke(cli, list(args))
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_markdown_rounds_up(reports: tuple[Path, Path]) -> None:
+    gauss, _ = reports
+    res = json.loads(gauss.read_text())["results"]
+    code, out, err = _run("report", str(gauss), "--digits", "3")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("| report | method |")
+    row = lines[2].split(" | ")
+    assert row[0] == "| gauss"
+    bound = format_up(res["bound"], 3)
+    assert bound in row
+    assert float(bound) >= res["bound"]
+    assert format_up(res["empirical_risk"]["upper_bound"], 3) in row
+
+
+def test_latex_has_booktabs_and_macros(reports: tuple[Path, Path]) -> None:
+    gauss, quant = reports
+    code, out, err = _run("report", str(gauss), str(quant), "--format", "latex")
+    assert code == 0, err
+    res_g = json.loads(gauss.read_text())["results"]
+    res_q = json.loads(quant.read_text())["results"]
+    assert f"\\newcommand{{\\pbBoundGauss}}{{{format_up(res_g['bound'], 4)}}}" in out
+    assert f"\\newcommand{{\\pbBoundQuant}}{{{format_up(res_q['bound'], 4)}}}" in out
+    assert f"\\newcommand{{\\pbBitsQuant}}{{{res_q['code_length_bits']}}}" in out
+    assert f"\\newcommand{{\\pbKLGauss}}{{{format_up(res_g['kl_nats'], 2)}}}" in out
+    for rule in ("\\toprule", "\\midrule", "\\bottomrule", "\\begin{tabular}"):
+        assert rule in out
+    assert "\\pbBoundGauss{} & yes" in out or "\\pbBoundGauss{} & no" in out
+
+
+def test_csv_mixed_methods(reports: tuple[Path, Path]) -> None:
+    gauss, quant = reports
+    code, out, err = _run("report", str(gauss), str(quant), "--format", "csv")
+    assert code == 0, err
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert [r["method"] for r in rows] == ["gaussian", "quantize"]
+    assert rows[0]["code_bits"] == "" and rows[1]["kl_nats"] == ""
+    for r, path in zip(rows, (gauss, quant), strict=True):
+        exact = json.loads(path.read_text())["results"]["bound"]
+        assert float(r["bound_exact"]) == exact
+        assert float(r["bound"]) >= exact
+
+
+def test_output_file(reports: tuple[Path, Path], tmp_path: Path) -> None:
+    out = tmp_path / "table.tex"
+    code, stdout, err = _run("report", str(reports[0]), "--format", "latex", "-o", str(out))
+    assert code == 0, err
+    assert stdout == ""
+    assert "\\newcommand{\\pbBoundGauss}" in out.read_text()
+
+
+def test_macro_names() -> None:
+    assert macro_name("run_10") == "RunOneZero"
+    assert macro_name("___") == "Report"
+
+
+def test_edited_report_warns(reports: tuple[Path, Path], tmp_path: Path) -> None:
+    doc = json.loads(reports[0].read_text())
+    doc["results"]["bound"] = 0.01
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    code, _, err = _run("report", str(edited))
+    assert code == 0
+    assert "results_sha256 does not match" in err
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("not json at all", "is not JSON"),
+        ('{"schema_version": 1, "command": "cer', "is truncated"),
+        ('{"schema_version": 1}', "does not follow report schema v1: command: missing"),
+        ('{"schema_version": 99}', "schema_version 99, newer than"),
+        ("[1, 2]", "not a JSON object"),
+        ("", "is empty"),
+    ],
+)
+def test_bad_reports_exit_3(tmp_path: Path, content: str, message: str) -> None:
+    bad = tmp_path / "bad.json"
+    bad.write_text(content)
+    code, _, err = _run("report", str(bad))
+    assert code == 3
+    assert err.count("\n") == 1 and err.startswith("Error: ") and message in err
+    assert "Traceback" not in err
+
+
+def test_bad_macro_prefix(reports: tuple[Path, Path]) -> None:
+    code, _, err = _run("report", str(reports[0]), "--format", "latex", "--macro-prefix", "p1")
+    assert code == 3 and "letters only" in err
+
+
+def test_step_summary_appends(reports: tuple[Path, Path], tmp_path: Path) -> None:
+    doc = json.loads(reports[0].read_text())
+    target = tmp_path / "summary.md"
+    target.write_text("previous\n")
+    assert append_step_summary(doc, {"GITHUB_STEP_SUMMARY": str(target)})
+    assert append_step_summary(doc, {}) is False
+    text = target.read_text()
+    assert text.startswith("previous\n### pacbound certificate: ✅ gate passed")
+    assert f"**{format_up(doc['results']['bound'], 4)}**" in text
+
+
+def test_certify_writes_step_summary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    task = make_task(tmp_path)
+    target = tmp_path / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(target))
+    report = gaussian_report(task, tmp_path / "run", "--max-bound", "0.001", "--exit-zero")
+    text = target.read_text()
+    assert "gate failed (report only: --exit-zero)" in text
+    assert "above --max-bound" in text
+    assert json.loads(report.read_text())["gate"]["passed"] is False
