@@ -232,3 +232,5 @@ def test_post_hoc_quantization_certificate() -> None:
     checked = verify_artifact(data, FACTORY, x, y, num_classes=2, delta=0.05)
     assert compare_with_report(checked, cert.to_dict()) == []
     assert dataclasses.asdict(checked.search[0])["code_length_bits"] == cert.code_length_bits
+    with pytest.raises(InvalidInputError, match="does not have the architecture"):
+        certify_quantized(OTHER(0), FACTORY, x, y, num_classes=2, options=options)
