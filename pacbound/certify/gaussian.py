@@ -137,6 +137,8 @@ class GaussianOptions:
                 self.training.to_dict() if self.posterior is Posterior.DIAGONAL else None
             ),
             "mc_passes": self.mc_passes,
+            "mc_delta": self.budget().part("monte-carlo").delta,
+            "heldout_delta": self.delta if self.heldout_delta is None else self.heldout_delta,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "search_examples": self.search_examples,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -12,6 +13,12 @@ import click
 from rich.table import Table
 
 from pacbound.bounds import format_up
+from pacbound.cli.certify_compression import (
+    RunOutcome,
+    compression_options,
+    reject_foreign_options,
+    run_compression,
+)
 from pacbound.cli.gate import evaluate_gate, gate_options
 from pacbound.cli.model_options import (
     data_options,
@@ -56,11 +63,13 @@ of guessing, 1 − 1/K.
 @data_options
 @click.option(
     "--method",
-    type=click.Choice(["gaussian"]),
+    type=click.Choice(["gaussian", "subspace", "quantize"]),
     default="gaussian",
     show_default=True,
-    help="Certificate: PAC-Bayes for a Gaussian posterior.",
+    help="gaussian: PAC-Bayes for a Gaussian posterior; subspace / quantize: Occam bound "
+    "for the decoded compressed model.",
 )
+@compression_options
 @click.option(
     "--prior",
     type=click.Choice(["init", "zero", "data"]),
@@ -204,25 +213,106 @@ of guessing, 1 − 1/K.
 def certify(**kw: Any) -> None:
     start = time.perf_counter()
     term = Terminal(quiet=kw["quiet"] or kw["as_json"])
-    for option in ("output", "save_posterior"):
-        if kw[option] is not None:
+    method = kw["method"]
+    reject_foreign_options(click.get_current_context(), method)
+    for option in ("output", "save_posterior", "artifact"):
+        if kw.get(option) is not None:
             check_writable(kw[option], "--" + option.replace("_", "-"))
-    if kw["prior"] == "init" and kw["init"] is None:
+    if method == "gaussian" and kw["prior"] == "init" and kw["init"] is None:
         raise InvalidInputError(
             "--prior init needs the initial weights: pass --init PATH (saved before training), "
             "or choose --prior zero or --prior data",
             param="--init",
         )
-    from pacbound.certify.gaussian import GaussianOptions, Posterior, certify_gaussian
     from pacbound.io import check_model_data, resolve_device
+
+    device = resolve_device(kw["device"])
+    loaded = resolve_model(
+        kw["checkpoint"],
+        arch=kw["arch"],
+        arch_kwargs=kw["arch_kwargs"],
+        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
+        device=kw["device"],
+        terminal=term,
+    )
+    data_kw = dict(
+        label_map=kw["label_map"], label_column=kw["label_column"], normalize=kw["normalize"]
+    )
+    data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
+    check_model_data(loaded, data, device=device)
+    heldout = None
+    if kw["heldout"] is not None:
+        heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
+        check_model_data(loaded, heldout, device=device)
+    term.info(
+        f"certifying ({method}) {loaded.num_parameters} parameters on n = {data.n} examples "
+        f"({data.num_classes} classes) on {device}"
+    )
+    inputs: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
+    if heldout is not None:
+        inputs["heldout"] = heldout.provenance.to_dict()
+    with _progress(term) as progress:
+        if method == "gaussian":
+            outcome = _run_gaussian(kw, loaded, data, heldout, device, progress)
+        else:
+            outcome = run_compression(kw, loaded, data, device, progress)
+    inputs.update(outcome.inputs)
+    gate = evaluate_gate(
+        outcome.results["bound"],
+        outcome.results["verdict"]["chance_error"],
+        max_bound=kw["max_bound"],
+        fail_if_vacuous=kw["fail_if_vacuous"],
+        exit_zero=kw["exit_zero"],
+    )
+    from pacbound.report.document import build_report
+
+    timings = dict(outcome.timings)
+    timings["total"] = time.perf_counter() - start
+    report = build_report(
+        command="certify",
+        inputs=inputs,
+        options=outcome.options,
+        seeds={"seed": kw["seed"]},
+        results=outcome.results,
+        gate=gate.to_dict(),
+        timings=timings,
+        warnings=[],
+        device=str(device),
+    )
+    text = dumps_json(report)
+    for path, payload, option in outcome.files:
+        write_atomic(path, payload, option)
+    if kw["output"] is not None:
+        write_atomic(kw["output"], text.encode(), "--output")
+    from pacbound.report.summary import append_step_summary
+
+    append_step_summary(report)
+    if kw["as_json"]:
+        emit_json(report)
+    else:
+        outcome.render(term, outcome.results)
+    for reason in gate.reasons:
+        click.echo(f"Gate failed: {reason}", err=True)
+    ctx = click.get_current_context()
+    ctx.exit(gate.exit_code)
+
+
+def _run_gaussian(
+    kw: dict[str, Any],
+    loaded: Any,
+    data: Any,
+    heldout: Any,
+    device: Any,
+    progress: Callable[[str, int], Callable[[int], None]],
+) -> RunOutcome:
+    from pacbound.certify.gaussian import GaussianOptions, Posterior, certify_gaussian
     from pacbound.posterior.fit import TrainingRecipe
     from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
 
-    grid = ScaleGrid.parse(kw["prior_scales"])
     options = GaussianOptions(
         prior=PriorMean(kw["prior"]),
         posterior=Posterior(kw["posterior"]),
-        prior_scales=grid,
+        prior_scales=ScaleGrid.parse(kw["prior_scales"]),
         prior_fraction=kw["prior_fraction"],
         prior_recipe=PriorTrainingRecipe(
             epochs=kw["prior_epochs"], lr=kw["prior_lr"], seed=kw["seed"]
@@ -243,100 +333,43 @@ def certify(**kw: Any) -> None:
         batch_size=kw["batch_size"],
         check_deterministic=not kw["allow_nondeterministic"],
     )
-    budget = options.budget()  # validates δ parts before any heavy work
-    device = resolve_device(kw["device"])
-    loaded = resolve_model(
-        kw["checkpoint"],
-        arch=kw["arch"],
-        arch_kwargs=kw["arch_kwargs"],
-        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
-        device=kw["device"],
-        terminal=term,
-    )
+    options.budget()  # validates the δ parts before any heavy work
     init_state = resolve_init(kw["init"], loaded, unsafe_allow_pickle=kw["unsafe_allow_pickle"])
-    data_kw = dict(
-        label_map=kw["label_map"], label_column=kw["label_column"], normalize=kw["normalize"]
+    cert = certify_gaussian(
+        loaded.module,
+        data.x,
+        data.y,
+        num_classes=data.num_classes,
+        options=options,
+        init_state=init_state,
+        heldout=None if heldout is None else (heldout.x, heldout.y),
+        device=device,
+        progress=progress,
     )
-    data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
-    check_model_data(loaded, data, device=device)
-    heldout = None
-    if kw["heldout"] is not None:
-        heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
-        check_model_data(loaded, heldout, device=device)
-    term.info(
-        f"certifying {loaded.num_parameters} parameters on n = {data.n} examples "
-        f"({data.num_classes} classes) on {device}"
-    )
-    with _progress(term) as progress:
-        cert = certify_gaussian(
-            loaded.module,
-            data.x,
-            data.y,
-            num_classes=data.num_classes,
-            options=options,
-            init_state=init_state,
-            heldout=None if heldout is None else (heldout.x, heldout.y),
-            device=device,
-            progress=progress,
-        )
-    assert cert.budget == budget
-    gate = evaluate_gate(
-        cert.value,
-        cert.verdict.chance_error,
-        max_bound=kw["max_bound"],
-        fail_if_vacuous=kw["fail_if_vacuous"],
-        exit_zero=kw["exit_zero"],
-    )
-    from pacbound.report.document import build_report
-
-    inputs: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
+    inputs: dict[str, Any] = {}
     if kw["init"] is not None:
         from pacbound.io import sha256_file
 
         inputs["init"] = {"path": str(kw["init"]), "sha256": sha256_file(kw["init"])}
-    if heldout is not None:
-        inputs["heldout"] = heldout.provenance.to_dict()
-    posterior_bytes = None
+    files: list[tuple[Path, bytes, str]] = []
     if kw["save_posterior"] is not None:
-        import hashlib
+        from pacbound.posterior.io import posterior_bytes
 
-        from pacbound.posterior.io import posterior_bytes as encode_posterior
-
-        posterior_bytes = encode_posterior(cert.network, cert.prior_means, cert.prior_scale)
+        payload = posterior_bytes(cert.network, cert.prior_means, cert.prior_scale)
         inputs["posterior"] = {
             "path": str(kw["save_posterior"]),
-            "sha256": hashlib.sha256(posterior_bytes).hexdigest(),
+            "sha256": hashlib.sha256(payload).hexdigest(),
             "note": "written by this run",
         }
-    timings = dict(cert.timings)
-    timings["total"] = time.perf_counter() - start
-    report = build_report(
-        command="certify",
-        inputs=inputs,
-        options={"method": "gaussian", **options.to_dict(), "delta": options.delta},
-        seeds={"seed": options.seed},
+        files.append((kw["save_posterior"], payload, "--save-posterior"))
+    return RunOutcome(
         results=cert.to_dict(),
-        gate=gate.to_dict(),
-        timings=timings,
-        warnings=[],
-        device=str(device),
+        options={"method": "gaussian", **options.to_dict(), "delta": options.delta},
+        inputs=inputs,
+        timings=dict(cert.timings),
+        files=files,
+        render=_render,
     )
-    text = dumps_json(report)
-    if posterior_bytes is not None:
-        write_atomic(kw["save_posterior"], posterior_bytes, "--save-posterior")
-    if kw["output"] is not None:
-        write_atomic(kw["output"], text.encode(), "--output")
-    from pacbound.report.summary import append_step_summary
-
-    append_step_summary(report)
-    if kw["as_json"]:
-        emit_json(report)
-    else:
-        _render(term, cert.to_dict())
-    for reason in gate.reasons:
-        click.echo(f"Gate failed: {reason}", err=True)
-    ctx = click.get_current_context()
-    ctx.exit(gate.exit_code)
 
 
 @contextmanager

@@ -219,3 +219,88 @@ def test_real_signal_mid_run_leaves_no_files(
         assert proc.wait(timeout=60) == code, rest
     assert rest.strip().splitlines()[-1].startswith("Error: ")
     assert list(tmp_path.iterdir()) == []
+
+
+def _compression_args(task: Path, method: str, *extra: str) -> list[str]:
+    return [
+        "certify",
+        str(task / "final.safetensors"),
+        "--arch",
+        "mlp",
+        "--arch-kwargs",
+        '{"in_features": 6, "hidden": [8], "num_classes": 2}',
+        "--data",
+        str(task / "train.npz"),
+        "--method",
+        method,
+        "--quiet",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize(
+    ("method", "extra"),
+    [
+        ("quantize", ("--levels", "4,8")),
+        ("subspace", ("--d", "20", "--levels", "4", "--subspace-epochs", "3")),
+    ],
+)
+def test_compression_methods_report_and_artifact(
+    task: Path, tmp_path: Path, method: str, extra: tuple[str, ...]
+) -> None:
+    art = tmp_path / "model.pbcm"
+    result = CliRunner().invoke(
+        cli, _compression_args(task, method, *extra, "--artifact", str(art), "--json")
+    )
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    res = doc["results"]
+    assert res["method"] == method
+    assert "decoded" in res["certified_classifier"]
+    assert res["code_length_bits"] == 8 * art.stat().st_size
+    assert sum(res["code_length_breakdown"].values()) == res["code_length_bits"]
+    assert doc["inputs"]["artifact"]["bytes"] == art.stat().st_size
+    from pacbound.bounds import bits_to_nats, occam_binomial
+
+    expected = occam_binomial(
+        res["errors"] / res["n"], kl=bits_to_nats(res["code_length_bits"]), n=400, delta=0.05
+    )
+    assert res["bound"] == expected.value
+
+
+@pytest.mark.parametrize(
+    ("method", "extra", "flag"),
+    [
+        ("quantize", ("--posterior", "diagonal"), "--posterior"),
+        ("subspace", ("--init", "x.safetensors"), "--init"),
+        ("gaussian", ("--levels", "4"), "--levels"),
+    ],
+)
+def test_options_of_the_other_method_are_refused(
+    task: Path, method: str, extra: tuple[str, ...], flag: str
+) -> None:
+    args = _compression_args(task, method, *extra)
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"Error: {flag} applies to")
+
+
+def test_levels_below_two_and_bad_lists(task: Path) -> None:
+    runner = CliRunner()
+    one = runner.invoke(cli, _compression_args(task, "quantize", "--levels", "1"))
+    assert one.exit_code == 3 and "Error:" in one.stderr
+    bad = runner.invoke(cli, _compression_args(task, "subspace", "--d", "a,b"))
+    assert bad.exit_code == 3 and "--d must be an integer" in bad.stderr
+
+
+def test_vacuous_subspace_bound_exits_1_only_under_a_gate(task: Path) -> None:
+    runner = CliRunner()
+    args = _compression_args(
+        task, "subspace", "--d", "70", "--levels", "256", "--subspace-epochs", "1"
+    )
+    plain = runner.invoke(cli, [*args, "--json"])
+    assert plain.exit_code == 0, plain.stderr
+    assert json.loads(plain.stdout)["results"]["verdict"]["non_vacuous"] is False
+    gated = runner.invoke(cli, [*args, "--fail-if-vacuous"])
+    assert gated.exit_code == 1
+    assert "vacuous" in gated.stderr

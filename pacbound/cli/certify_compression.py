@@ -1,0 +1,323 @@
+"""The compression side of ``pacbound certify`` (``--method subspace|quantize``).
+
+Shared with ``pacbound compress``: the options, the run, and the table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+from rich.table import Table
+
+from pacbound.bounds import format_up
+from pacbound.cli.options import FLOAT, INT
+from pacbound.cli.terminal import Terminal
+from pacbound.errors import InvalidInputError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+#: Options that only make sense for one family of methods (given on the command line for
+#: the other family, they are contradictory input: exit 3).
+GAUSSIAN_ONLY = (
+    "init",
+    "prior",
+    "prior_fraction",
+    "prior_epochs",
+    "prior_lr",
+    "prior_scales",
+    "posterior",
+    "posterior_epochs",
+    "posterior_lr",
+    "sigma_lr",
+    "objective",
+    "p_min",
+    "mc_passes",
+    "mc_delta",
+    "heldout",
+    "heldout_split",
+    "heldout_delta",
+    "save_posterior",
+)
+COMPRESSION_ONLY = (
+    "d",
+    "levels",
+    "projector",
+    "codebook",
+    "precision",
+    "zero_level",
+    "subspace_epochs",
+    "subspace_lr",
+    "subspace_batch_size",
+    "subspace_optimizer",
+    "subspace_init",
+    "qat_steps",
+    "artifact",
+)
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What a method's run hands back to the command for reporting."""
+
+    results: dict[str, Any]
+    options: dict[str, Any]
+    inputs: dict[str, Any]
+    timings: dict[str, float]
+    files: list[tuple[Path, bytes, str]] = field(default_factory=list)
+    render: Callable[[Terminal, dict[str, Any]], None] = lambda term, res: None
+
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        values = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise InvalidInputError(
+            f"--{param.name} must be an integer or a comma-separated list (e.g. 500,1000), "
+            f"got {value!r}",
+            param=f"--{param.name}",
+        ) from None
+    return values[0] if len(values) == 1 else values
+
+
+def compression_options(func: F) -> F:
+    """Options of the compression methods (``--d``, ``--levels``, …, ``--artifact``)."""
+    decorators = [
+        click.option(
+            "--d",
+            callback=_int_list,
+            default=None,
+            metavar="D[,D…]",
+            help="subspace: dimension(s) d; a list is a predeclared search whose "
+            "choice is paid in the code length. [default: 1000]",
+        ),
+        click.option(
+            "--levels",
+            callback=_int_list,
+            default=None,
+            metavar="L[,L…]",
+            help="subspace/quantize: quantization level(s) L ≥ 2. [default: 8]",
+        ),
+        click.option(
+            "--projector",
+            type=click.Choice(["kronecker", "dense", "sparse"]),
+            default="kronecker",
+            show_default=True,
+            help="subspace: random projector.",
+        ),
+        click.option(
+            "--codebook",
+            type=click.Choice(["kmeans", "uniform"]),
+            default="kmeans",
+            show_default=True,
+            help="Quantization codebook.",
+        ),
+        click.option(
+            "--precision",
+            type=click.Choice(["float16", "float32", "float64"]),
+            default="float32",
+            show_default=True,
+            help="Stored precision of the codebook (counted in the code length).",
+        ),
+        click.option(
+            "--zero-level",
+            is_flag=True,
+            help="quantize: add an exact 0 level so pruned weights stay zero.",
+        ),
+        click.option(
+            "--subspace-epochs",
+            type=INT,
+            default=20,
+            show_default=True,
+            help="subspace: training epochs of w.",
+        ),
+        click.option(
+            "--subspace-lr",
+            type=FLOAT,
+            default=1e-2,
+            show_default=True,
+            help="subspace: learning rate of w.",
+        ),
+        click.option(
+            "--subspace-batch-size",
+            type=INT,
+            default=128,
+            show_default=True,
+            help="subspace: mini-batch size.",
+        ),
+        click.option(
+            "--subspace-optimizer",
+            type=click.Choice(["adam", "sgd"]),
+            default="adam",
+            show_default=True,
+            help="subspace: optimizer.",
+        ),
+        click.option(
+            "--subspace-init",
+            type=click.Choice(["zero", "checkpoint"]),
+            default="zero",
+            show_default=True,
+            help="subspace: start w at 0, or at the least-squares projection of the "
+            "checkpoint's θ − θ₀.",
+        ),
+        click.option(
+            "--qat-steps",
+            type=INT,
+            default=0,
+            show_default=True,
+            help="Quantization-aware fine-tuning steps (straight-through).",
+        ),
+        click.option(
+            "--artifact",
+            type=click.Path(dir_okay=False, path_type=Path),
+            default=None,
+            help="Save the compressed model (the certified artifact).",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def reject_foreign_options(ctx: click.Context, method: str) -> None:
+    """Refuse options of the other method family given on the command line (exit 3)."""
+    foreign = COMPRESSION_ONLY if method == "gaussian" else GAUSSIAN_ONLY
+    for name in foreign:
+        if name in ctx.params and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            flag = "--" + name.replace("_", "-")
+            family = "subspace/quantize" if method == "gaussian" else "gaussian"
+            raise InvalidInputError(
+                f"{flag} applies to --method {family} only, not --method {method}; drop it",
+                param=flag,
+            )
+
+
+def compression_options_from(kw: dict[str, Any]) -> Any:
+    from pacbound.certify.compression import CompressionOptions, SubspaceRecipe
+
+    return CompressionOptions(
+        method=kw["method"],
+        d=kw["d"] if kw["d"] is not None else 1000,
+        levels=kw["levels"] if kw["levels"] is not None else 8,
+        projector=kw["projector"],
+        codebook=kw["codebook"],
+        precision=kw["precision"],
+        zero_level=kw["zero_level"],
+        seed=kw["seed"],
+        training=SubspaceRecipe(
+            epochs=kw["subspace_epochs"],
+            lr=kw["subspace_lr"],
+            batch_size=kw["subspace_batch_size"],
+            optimizer=kw["subspace_optimizer"],
+        ),
+        qat_steps=kw["qat_steps"],
+        delta=kw["delta"],
+        batch_size=kw["batch_size"],
+        check_deterministic=not kw["allow_nondeterministic"],
+    )
+
+
+def model_factory(kw: dict[str, Any]) -> Any:
+    """``seed ↦ fresh model`` from --arch/--arch-kwargs: the decoder rebuilds θ₀ from it."""
+    if kw["arch"] is None:
+        raise InvalidInputError(
+            f"--method {kw['method']} needs --arch: the decoder rebuilds the architecture "
+            "(and θ₀) from it",
+            param="--arch",
+        )
+    from pacbound.certify.compression import seeded_factory
+    from pacbound.io.architectures import build_module, parse_arch
+
+    spec = parse_arch(kw["arch"])
+    kwargs = dict(kw["arch_kwargs"] or {})
+    return seeded_factory(lambda: build_module(spec, kwargs))
+
+
+def run_compression(
+    kw: dict[str, Any],
+    loaded: Any,
+    data: Any,
+    device: Any,
+    progress: Callable[[str, int], Callable[[int], None]],
+) -> RunOutcome:
+    from pacbound.certify.compression import certify_quantized, certify_subspace
+
+    options = compression_options_from(kw)
+    factory = model_factory(kw)
+    if kw["method"] == "subspace":
+        checkpoint = loaded.module if kw["subspace_init"] == "checkpoint" else None
+        cert = certify_subspace(
+            factory,
+            data.x,
+            data.y,
+            num_classes=data.num_classes,
+            options=options,
+            checkpoint_model=checkpoint,
+            device=device,
+            progress=progress,
+        )
+    else:
+        cert = certify_quantized(
+            loaded.module,
+            factory,
+            data.x,
+            data.y,
+            num_classes=data.num_classes,
+            options=options,
+            device=device,
+            progress=progress,
+        )
+    payload = cert.message.to_bytes()
+    inputs: dict[str, Any] = {}
+    files: list[tuple[Path, bytes, str]] = []
+    if kw.get("artifact") is not None:
+        inputs["artifact"] = {
+            "path": str(kw["artifact"]),
+            "sha256": cert.artifact_sha256,
+            "bytes": len(payload),
+            "note": "written by this run",
+        }
+        files.append((kw["artifact"], payload, "--artifact"))
+    return RunOutcome(
+        results=cert.to_dict(),
+        options={**options.to_dict(), "delta": options.delta},
+        inputs=inputs,
+        timings=dict(cert.timings),
+        files=files,
+        render=render_compression,
+    )
+
+
+def render_compression(term: Terminal, res: dict[str, Any]) -> None:
+    verdict = res["verdict"]
+    comp = res["compression"]
+    table = Table(
+        title=f"pacbound certificate (Occam bound, {res['method']} compression)",
+        show_header=False,
+        title_justify="left",
+    )
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    table.add_row("certified classifier", res["certified_classifier"])
+    table.add_row("bound on true 0-1 error", f"{format_up(res['bound'], 4)}  (rounded up)")
+    table.add_row(
+        "verdict",
+        ("NON-VACUOUS" if verdict["non_vacuous"] else "VACUOUS")
+        + f" (chance error 1 − 1/{verdict['num_classes']} = {verdict['chance_error']:.4g})",
+    )
+    table.add_row("n (training examples)", str(res["n"]))
+    table.add_row("errors of the decoded model", f"{res['errors']} ({res['empirical_risk']:.6f})")
+    table.add_row("code length", f"{res['code_length_bits']} bits")
+    for part, bits in res["code_length_breakdown"].items():
+        table.add_row(f"  {part}", f"{bits} bits")
+    dim = f"d = {comp['dimension']}, " if comp["dimension"] is not None else ""
+    table.add_row("compression", f"{comp['kind']}: {dim}L = {comp['levels']}, seed {comp['seed']}")
+    for part in res["delta_budget"]["parts"]:
+        table.add_row(f"δ: {part['name']}", f"{part['delta']:.6g}")
+    term.table(table)
