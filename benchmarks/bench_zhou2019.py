@@ -137,6 +137,7 @@ def main() -> None:
             "sgd": {"lr": 0.05, "momentum": 0.9, "batch_size": 128},
             "options": OPTIONS.to_dict(),
         },
+        "certificate": best.to_dict(),
         "wall_time_s": time.perf_counter() - start,
         "peak_rss_gib": _peak_rss_bytes() / 2**30,
         "load_average_start": load_start,

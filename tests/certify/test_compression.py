@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 import torch
@@ -40,7 +41,7 @@ def _build() -> nn.Module:
 
 FACTORY = seeded_factory(_build)
 OTHER = seeded_factory(lambda: nn.Sequential(nn.Linear(10, 8), nn.ReLU(), nn.Linear(8, 2)))
-FAST = dict(
+FAST = CompressionOptions(
     d=(8, 24),
     levels=(3, 8),
     training=SubspaceRecipe(epochs=5, lr=0.05, batch_size=64),
@@ -50,9 +51,9 @@ FAST = dict(
 )
 
 
-def _subspace(**changes: object) -> CompressionCertificate:
+def _subspace(**changes: Any) -> CompressionCertificate:
     x, y = _task()
-    options = CompressionOptions(**{**FAST, **changes})  # type: ignore[arg-type]
+    options = dataclasses.replace(FAST, **changes)
     return certify_subspace(FACTORY, x, y, num_classes=2, options=options)
 
 
@@ -158,9 +159,7 @@ def test_bad_options_are_refused() -> None:
 def test_nondeterministic_factory_is_refused() -> None:
     x, y = _task()
     with pytest.raises(InvalidInputError, match="not deterministic in its seed"):
-        certify_subspace(
-            lambda seed: _build(), x, y, num_classes=2, options=CompressionOptions(**FAST)
-        )
+        certify_subspace(lambda seed: _build(), x, y, num_classes=2, options=FAST)
 
 
 def test_huge_subspace_is_vacuous_not_an_error() -> None:
@@ -191,9 +190,7 @@ def test_checkpoint_start_uses_the_least_squares_projection() -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    options = CompressionOptions(
-        **{**FAST, "d": 200, "levels": 64, "training": SubspaceRecipe(epochs=0)}  # type: ignore[arg-type]
-    )
+    options = dataclasses.replace(FAST, d=200, levels=64, training=SubspaceRecipe(epochs=0))
     cert = certify_subspace(
         FACTORY, x, y, num_classes=2, options=options, checkpoint_model=checkpoint
     )
