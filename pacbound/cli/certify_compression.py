@@ -5,7 +5,8 @@ Shared with ``pacbound compress``: the options, the run, and the table.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -86,8 +87,8 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return values[0] if len(values) == 1 else values
 
 
-def compression_options(func: F) -> F:
-    """Options of the compression methods (``--d``, ``--levels``, …, ``--artifact``)."""
+def compression_tuning_options(func: F) -> F:
+    """Options of the compression methods (``--d``, ``--levels``, …, ``--qat-steps``)."""
     decorators = [
         click.option(
             "--d",
@@ -173,16 +174,21 @@ def compression_options(func: F) -> F:
             show_default=True,
             help="Quantization-aware fine-tuning steps (straight-through).",
         ),
-        click.option(
-            "--artifact",
-            type=click.Path(dir_okay=False, path_type=Path),
-            default=None,
-            help="Save the compressed model (the certified artifact).",
-        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def compression_options(func: F) -> F:
+    """:func:`compression_tuning_options` plus ``--artifact`` (``certify``'s optional output)."""
+    func = click.option(
+        "--artifact",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="Save the compressed model (the certified artifact).",
+    )(func)
+    return compression_tuning_options(func)
 
 
 def reject_foreign_options(ctx: click.Context, method: str) -> None:
@@ -231,11 +237,16 @@ def model_factory(kw: dict[str, Any]) -> Any:
             "(and θ₀) from it",
             param="--arch",
         )
+    return factory_from_arch(kw["arch"], kw["arch_kwargs"])
+
+
+def factory_from_arch(arch: str, arch_kwargs: dict[str, Any] | None) -> Any:
+    """The seeded architecture factory that encoder and decoder share."""
     from pacbound.certify.compression import seeded_factory
     from pacbound.io.architectures import build_module, parse_arch
 
-    spec = parse_arch(kw["arch"])
-    kwargs = dict(kw["arch_kwargs"] or {})
+    spec = parse_arch(arch)
+    kwargs = dict(arch_kwargs or {})
     return seeded_factory(lambda: build_module(spec, kwargs))
 
 
@@ -292,6 +303,21 @@ def run_compression(
         files=files,
         render=render_compression,
     )
+
+
+@contextmanager
+def progress_callbacks(term: Terminal) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+    """``(description, total) ↦ advance`` callbacks drawing on ``term``'s progress bar."""
+    with term.progress() as bar:
+        if bar is None:
+            yield lambda description, total: lambda advance: None
+            return
+
+        def factory(description: str, total: int) -> Callable[[int], None]:
+            task = bar.add_task(description, total=total)
+            return lambda advance: bar.advance(task, advance)
+
+        yield factory
 
 
 def render_compression(term: Terminal, res: dict[str, Any]) -> None:

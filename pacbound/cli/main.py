@@ -49,6 +49,7 @@ def _fail(code: int, message: str, *, debug: bool) -> NoReturn:
 LAZY_COMMANDS = {
     "bound": "pacbound.cli.bound_cmd:bound",
     "certify": "pacbound.cli.certify_cmd:certify",
+    "compress": "pacbound.cli.compress_cmd:compress",
     "inspect": "pacbound.cli.inspect_cmd:inspect",
     "plot": "pacbound.cli.plot_cmd:plot",
     "report": "pacbound.cli.report_cmd:report",

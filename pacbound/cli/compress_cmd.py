@@ -1,0 +1,136 @@
+"""``pacbound compress``: compress a checkpoint, save the artifact, print its code length and bound.
+
+The pipeline is ``certify --method subspace|quantize`` (:func:`run_compression`); this command
+only makes the artifact its required output and prints the code length first.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from pacbound.cli.certify_compression import (
+    compression_tuning_options,
+    progress_callbacks,
+    render_compression,
+    run_compression,
+)
+from pacbound.cli.model_options import arch_options, data_options, resolve_dataset, resolve_model
+from pacbound.cli.options import FLOAT, INT, json_option
+from pacbound.cli.terminal import Terminal, emit_json
+from pacbound.report.files import check_writable, write_atomic
+
+EXAMPLES = """\b
+Examples:
+  # Quantize the trained weights to a 16-level k-means codebook:
+  pacbound compress final.safetensors --method quantize --levels 16 \\
+      --arch mlp --data examples/data/mnist -o model.pbcm
+  # Train in a random 1000-dimensional subspace around the seed-0 initialisation:
+  pacbound compress final.safetensors --method subspace --d 1000 --levels 8 \\
+      --arch mlp --data examples/data/mnist -o model.pbcm --json
+  # Anyone can then re-derive the bound from the artifact alone:
+  pacbound verify model.pbcm --arch mlp --data examples/data/mnist
+"""
+
+HELP = """Compress the model in CHECKPOINT and save the compressed message to -o ARTIFACT.
+
+The artifact is the message whose length K (in bits, everything counted: header,
+architecture fingerprint, hyperparameters, codebook, buffers, symbols, padding and CRC) is the
+code length of the Occam bound. The command decodes the artifact, counts the decoded model's
+errors on --data and prints the code length, its breakdown and the bound: with probability at
+least 1 − δ, the true 0-1 error of the DECODED model is at most the printed bound.
+"""
+
+
+@click.command("compress", help=HELP, epilog=EXAMPLES)
+@click.argument("checkpoint")
+@click.option(
+    "--method",
+    type=click.Choice(["subspace", "quantize"]),
+    required=True,
+    help="subspace: θ₀ + P w with w trained in a random subspace; quantize: the checkpoint's "
+    "own weights, quantized.",
+)
+@arch_options
+@click.option(
+    "--device",
+    metavar="DEVICE",
+    help="cpu, cuda or cuda:N (default: cuda when available, else cpu).",
+)
+@data_options
+@compression_tuning_options
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Write the artifact (the compressed message) to this file, atomically.",
+)
+@click.option(
+    "--delta",
+    type=FLOAT,
+    default=0.05,
+    show_default=True,
+    help="Failure probability δ of the printed bound.",
+)
+@click.option("--seed", type=INT, default=0, show_default=True, help="Seed of every random stream.")
+@click.option(
+    "--batch-size", type=INT, default=1024, show_default=True, help="Evaluation batch size."
+)
+@click.option(
+    "--allow-nondeterministic",
+    is_flag=True,
+    help="Skip the check that two eval-mode passes agree (the bound may then not describe "
+    "the decoded model).",
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress or diagnostics on stderr.")
+@json_option
+def compress(**kw: Any) -> None:
+    term = Terminal(quiet=kw["quiet"] or kw["as_json"])
+    check_writable(kw["output"], "--output")
+    from pacbound.io import check_model_data, resolve_device
+
+    device = resolve_device(kw["device"])
+    loaded = resolve_model(
+        kw["checkpoint"],
+        arch=kw["arch"],
+        arch_kwargs=kw["arch_kwargs"],
+        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
+        device=kw["device"],
+        terminal=term,
+    )
+    data = resolve_dataset(
+        kw["data"],
+        split=kw["split"],
+        label_map=kw["label_map"],
+        label_column=kw["label_column"],
+        normalize=kw["normalize"],
+    )
+    check_model_data(loaded, data, device=device)
+    term.info(
+        f"compressing ({kw['method']}) {loaded.num_parameters} parameters, scored on "
+        f"n = {data.n} examples on {device}"
+    )
+    with progress_callbacks(term) as progress:
+        outcome = run_compression({**kw, "artifact": kw["output"]}, loaded, data, device, progress)
+    for path, payload, _ in outcome.files:
+        write_atomic(path, payload, "--output")
+    res = outcome.results
+    if kw["as_json"]:
+        emit_json(
+            {
+                "command": "compress",
+                "artifact": outcome.inputs["artifact"],
+                "inputs": {"model": loaded.to_dict(), "data": data.provenance.to_dict()},
+                "options": outcome.options,
+                "results": res,
+            }
+        )
+        return
+    render_compression(term, res)
+    term.line(
+        f"artifact {kw['output']}: {res['code_length_bits'] // 8} bytes "
+        f"(= {res['code_length_bits']} bits), sha256 {res['compression']['artifact_sha256']}"
+    )
