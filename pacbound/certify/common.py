@@ -35,6 +35,14 @@ class Timer:
             self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
+def take_rows(x: Tensor, indices: Tensor) -> Tensor:
+    """``x[indices]``; for streamed features (:class:`pacbound.io.streaming.LazyFeatures`,
+    which the pipelines accept wherever they take ``x``) a lazy view of those rows instead,
+    so that splitting S into S_prior and S_bound reads nothing until a batch is needed."""
+    view_rows = getattr(x, "view_rows", None)
+    return x[indices] if view_rows is None else view_rows(indices)
+
+
 @torch.no_grad()
 def check_deterministic(model: nn.Module, x: Tensor, device: torch.device) -> None:
     """Refuse a model whose eval-mode outputs differ between two identical passes.

@@ -41,6 +41,7 @@ from pacbound.certify.common import (
     Verdict,
     check_deterministic,
     no_progress,
+    take_rows,
 )
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.fit import (
@@ -282,14 +283,15 @@ def certify_gaussian(
             )
             train_prior_mean(
                 prior_model,
-                x[split.prior_indices],
+                take_rows(x, split.prior_indices),
                 y[split.prior_indices],
                 options.prior_recipe,
                 device=dev,
                 progress=hook,
             )
             prior_means = [p.detach().clone() for p in prior_model.parameters()]
-            x_bound, y_bound = x[split.bound_indices], y[split.bound_indices]
+            x_bound = take_rows(x, split.bound_indices)
+            y_bound = y[split.bound_indices]
             prior_info["split"] = split.to_dict()
             prior_info["init_source"] = (
                 "init weights" if init_state is not None else "seeded fresh init"

@@ -116,7 +116,8 @@ def data_options(func: F) -> F:
             required=True,
             metavar="PATH",
             help="An MNIST IDX folder, or a .npz / .safetensors file (arrays x, y), or a .csv "
-            "file. Read offline; never downloaded.",
+            "file, or a folder with x.npy and y.npy (memory-mapped and streamed in batches, for "
+            "data sets larger than memory). Read offline; never downloaded.",
         ),
         click.option(
             "--split",

@@ -1,8 +1,11 @@
-"""Loading a data set offline: MNIST IDX folders, ``.npz``, ``.safetensors`` and ``.csv``.
+"""Loading a data set offline: MNIST IDX folders, ``.npz``, ``.safetensors``, ``.csv``, and
+folders of ``x.npy``/``y.npy`` that are streamed from disk.
 
 Every reader yields features and integer labels; one pipeline then checks them, scales
 ``uint8`` images to [0, 1] float32, maps labels, normalizes, takes a subset, and records all of
-it in the provenance. Nothing is ever downloaded.
+it in the provenance. A ``.npy`` folder goes through the same steps, but its features stay
+memory-mapped (:class:`~pacbound.io.streaming.LazyFeatures`): scaling and normalization happen
+per batch as rows are read. Nothing is ever downloaded.
 """
 
 from __future__ import annotations
@@ -24,6 +27,13 @@ from torch import Tensor
 from pacbound.errors import InvalidInputError
 from pacbound.io.idx import read_idx
 from pacbound.io.provenance import DatasetProvenance, FileRecord, check_file
+from pacbound.io.streaming import (
+    FEATURES_FILE,
+    LABELS_FILE,
+    LazyFeatures,
+    is_npy_folder,
+    open_npy,
+)
 from pacbound.io.transforms import LabelMap, Normalization, parse_label_map, parse_normalization
 from pacbound.io.validation import check_features_finite
 
@@ -37,6 +47,7 @@ class DataFormat(str, Enum):
     NPZ = "npz"
     SAFETENSORS = "safetensors"
     CSV = "csv"
+    NPY = "npy"  # a folder with x.npy and y.npy, streamed
 
 
 class Split(str, Enum):
@@ -46,9 +57,13 @@ class Split(str, Enum):
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``x`` (float32, images as N×C×H×W), labels ``y`` (int64) and provenance."""
+    """Features ``x`` (float32, images as N×C×H×W), labels ``y`` (int64) and provenance.
 
-    x: Tensor
+    ``x`` is a tensor in memory, or for a ``.npy`` folder a read-only :class:`LazyFeatures`
+    whose ``x[a:b]`` and ``x[indices]`` return float32 tensors of those rows only.
+    """
+
+    x: Tensor | LazyFeatures
     y: Tensor
     num_classes: int
     provenance: DatasetProvenance
@@ -87,6 +102,8 @@ def load_dataset(
     source = Path(path)
     chosen = _split(split)
     fmt = _format(source)
+    if fmt is DataFormat.NPY:
+        return _load_npy_folder(source, label_map=label_map, normalize=normalize, subset=subset)
     if fmt is DataFormat.IDX:
         raw = _read_idx_folder(source, chosen)
     elif fmt is DataFormat.NPZ:
@@ -135,17 +152,60 @@ def _split(split: str | Split) -> Split:
         ) from None
 
 
+def _load_npy_folder(
+    source: Path,
+    *,
+    label_map: LabelMap | str | None,
+    normalize: Normalization | str | None,
+    subset: int | Sequence[int] | None,
+) -> Dataset:
+    """The ``.npy`` folder path of :func:`load_dataset`: labels in memory, features mapped."""
+    where = f"--data {source}"
+    files = (
+        check_file(source / FEATURES_FILE, "--data"),
+        check_file(source / LABELS_FILE, "--data"),
+    )
+    array = open_npy(source, FEATURES_FILE, mmap=True)
+    _check_feature_array(array, where)
+    y = _labels(open_npy(source, LABELS_FILE, mmap=False), n=array.shape[0], source=where)
+    lmap = parse_label_map(label_map) if isinstance(label_map, str) else label_map
+    if lmap is not None:
+        y = lmap.apply(y, source=where)
+    num_classes = lmap.num_classes if lmap is not None else int(y.max()) + 1
+    norm = parse_normalization(normalize) if isinstance(normalize, str) else normalize
+    x = LazyFeatures(array, normalization=norm)
+    x.check_finite(where)
+    x[:1]  # validates the normalization against the channel axis
+    indices = _subset_indices(subset, len(x))
+    if indices is not None:
+        x, y = x.view_rows(indices), y[indices]
+    provenance = DatasetProvenance(
+        path=str(source),
+        format=DataFormat.NPY.value,
+        files=tuple(FileRecord.of(f) for f in files),
+        n=int(y.shape[0]),
+        num_classes=num_classes,
+        label_map=lmap.text if lmap is not None else None,
+        normalization=norm.describe() if norm is not None else None,
+        scaled_to_unit=x.scaled,
+        subset_indices=None if indices is None else tuple(indices.tolist()),
+    )
+    return Dataset(x, y, num_classes, provenance)
+
+
 def _format(path: Path) -> DataFormat:
+    if is_npy_folder(path):
+        return DataFormat.NPY
     if path.is_dir():
         return DataFormat.IDX
     suffix = path.suffix.lower().lstrip(".")
-    if suffix in {f.value for f in DataFormat if f is not DataFormat.IDX}:
+    if suffix in {f.value for f in DataFormat if f not in (DataFormat.IDX, DataFormat.NPY)}:
         return DataFormat(suffix)
     if not path.exists():
         raise InvalidInputError(f"--data: {path} does not exist; check the path", param="--data")
     raise InvalidInputError(
-        f"--data: cannot tell the format of {path}; give an MNIST IDX folder or a .npz, "
-        ".safetensors or .csv file",
+        f"--data: cannot tell the format of {path}; give an MNIST IDX folder, a folder with "
+        "x.npy and y.npy (streamed), or a .npz, .safetensors or .csv file",
         param="--data",
     )
 
@@ -295,7 +355,7 @@ def _is_number(cell: str) -> bool:
     return True
 
 
-def _features(x: np.ndarray, source: str) -> tuple[Tensor, bool]:
+def _check_feature_array(x: np.ndarray, source: str) -> None:
     if x.ndim < 2 or x.shape[0] == 0:
         raise InvalidInputError(
             f"{source} has no examples (features of shape {list(x.shape)}); it must hold at "
@@ -307,6 +367,10 @@ def _features(x: np.ndarray, source: str) -> tuple[Tensor, bool]:
             f"{source}: features have dtype {x.dtype}, not numbers; store numeric arrays",
             param="--data",
         )
+
+
+def _features(x: np.ndarray, source: str) -> tuple[Tensor, bool]:
+    _check_feature_array(x, source)
     scaled = x.dtype == np.uint8
     # A fresh, writable float32 array in one pass (np.frombuffer views are read-only).
     if scaled:
