@@ -1,4 +1,10 @@
-"""``pacbound verify``: re-derive a report's certificate and say which fields agree."""
+"""``pacbound verify``: re-derive a report's certificate, or an artifact's, and compare.
+
+The argument is a JSON report (REPORT mode: everything is re-derived from the report's
+recorded inputs) or a compressed artifact, recognised by its magic bytes (ARTIFACT mode: the
+artifact is decoded against ``--arch`` on ``--data`` and, with ``--report``, compared with a
+saved report field by field).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 from rich.table import Table
 
-from pacbound.cli.options import json_option
+from pacbound.cli.model_options import JSON_OBJECT, data_options, resolve_dataset
+from pacbound.cli.options import FLOAT, INT, json_option
 from pacbound.cli.terminal import Terminal, emit_json
-from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK
+from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
 from pacbound.report.validate import load_report
 
 EXAMPLES = """\b
@@ -19,47 +27,239 @@ Examples:
       --data examples/data/mnist --output report.json --save-posterior posterior.safetensors
   pacbound verify report.json
   pacbound verify report.json --root /path/where/certify/ran --json
+  # A compressed artifact, decoded and re-scored on its training data:
+  pacbound certify final.safetensors --method quantize --arch mlp \\
+      --data examples/data/mnist --artifact model.pbcm --output report.json
+  pacbound verify model.pbcm --arch mlp --data examples/data/mnist --report report.json
 """
 
-HELP = """Re-derive the certificate in REPORT from its saved artifacts and the same data.
+HELP = """Re-derive the certificate in REPORT, or of a compressed ARTIFACT, and compare.
 
-Checks that every input file still has the sha256 the report recorded (a changed or missing
-file exits 3, naming it), then recomputes the certificate: for the Gaussian method from the
-posterior file (KL, σ_p choice, the Monte-Carlo draws replayed with the same seeds, bounds,
-held-out bound); for compression methods by decoding the artifact and recounting its errors.
-Prints each field with the reported and recomputed value. Exit 0 when every field agrees
-exactly, 1 when any disagrees.
+REPORT (a JSON report): checks that every input file still has the sha256 the report
+recorded (a changed or missing file exits 3, naming it), then recomputes the certificate:
+for the Gaussian method from the posterior file (KL, σ_p choice, the Monte-Carlo draws
+replayed with the same seeds, bounds, held-out bound); for compression methods by decoding
+the artifact and recounting its errors. Prints each field with the reported and recomputed
+value. Exit 0 when every field agrees exactly, 1 when any disagrees.
+
+ARTIFACT (a file written by `compress` or `certify --artifact`, recognised by its magic
+bytes): decodes it against --arch/--arch-kwargs (θ₀ and the seed come from the artifact),
+counts the decoded model's errors on --data and recomputes its code length and Occam bound.
+A truncated or corrupted artifact, or one made for another architecture, exits 3. With
+--report, the artifact's sha256, the data and every certificate field are compared with the
+report (exit 1 on any disagreement); --delta and --batch-size then default to the report's.
 """
+
+#: Options that describe how to re-derive an artifact; a report records them itself.
+ARTIFACT_ONLY = (
+    "arch",
+    "arch_kwargs",
+    "data",
+    "split",
+    "label_map",
+    "label_column",
+    "normalize",
+    "delta",
+    "batch_size",
+    "against",
+)
+DEFAULT_DELTA = 0.05
+DEFAULT_BATCH_SIZE = 1024
+
+
+def _optional_data_options(func: Any) -> Any:
+    """The shared data options, with --data optional: REPORT mode reads the recorded data."""
+    func = data_options(func)
+    for param in func.__click_params__:
+        if param.name == "data":
+            param.required = False
+    return func
 
 
 @click.command("verify", help=HELP, epilog=EXAMPLES)
-@click.argument("report", type=click.Path(path_type=Path))
+@click.argument("target", metavar="REPORT|ARTIFACT", type=click.Path(path_type=Path))
 @click.option(
     "--root",
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("."),
     show_default=True,
-    help="Folder that relative input paths in the report are relative to (where certify ran).",
+    help="REPORT: folder that relative input paths in the report are relative to (where "
+    "certify ran).",
+)
+@click.option(
+    "--arch",
+    metavar="NAME|PKG.MOD:FACTORY",
+    help="ARTIFACT: the architecture the artifact was made for.",
+)
+@click.option(
+    "--arch-kwargs",
+    type=JSON_OBJECT,
+    default=None,
+    metavar="JSON",
+    help="ARTIFACT: keyword arguments of the architecture factory, a JSON object.",
+)
+@_optional_data_options
+@click.option(
+    "--report",
+    "against",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="ARTIFACT: a report of the artifact to compare with, field by field.",
+)
+@click.option(
+    "--delta",
+    type=FLOAT,
+    default=None,
+    help=f"ARTIFACT: δ of the bound. [default: the report's, else {DEFAULT_DELTA}]",
+)
+@click.option(
+    "--batch-size",
+    type=INT,
+    default=None,
+    help=f"ARTIFACT: evaluation batch size. [default: the report's, else {DEFAULT_BATCH_SIZE}]",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
 @json_option
-def verify(report: Path, root: Path, device: str, as_json: bool) -> None:
+def verify(**kw: Any) -> None:
+    ctx = click.get_current_context()
+    target: Path = kw["target"]
+    if _is_artifact(target, expected=_given(ctx, ARTIFACT_ONLY) is not None):
+        if (name := _given(ctx, ("root",))) is not None:
+            raise click.UsageError(
+                f"{name} applies to a REPORT only; {target} is an artifact.", ctx=ctx
+            )
+        agree = _verify_artifact(ctx, kw)
+    else:
+        if (name := _given(ctx, ARTIFACT_ONLY)) is not None:
+            raise click.UsageError(
+                f"{name} applies to an ARTIFACT only; a report records its own architecture, "
+                "data and δ.",
+                ctx=ctx,
+            )
+        agree = _verify_report(target, kw)
+    ctx.exit(EXIT_OK if agree else EXIT_GATE_FAILED)
+
+
+def _given(ctx: click.Context, names: tuple[str, ...]) -> str | None:
+    """The first of ``names`` given on the command line, as its flag, or ``None``."""
+    for name in names:
+        if ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
+            return "--report" if name == "against" else "--" + name.replace("_", "-")
+    return None
+
+
+def _is_artifact(path: Path, *, expected: bool) -> bool:
+    """Whether ``path`` starts with the artifact magic; a file that is neither is refused
+    when artifact options were given (otherwise the report loader names the problem)."""
+    from pacbound.compressors.message import MAGIC
+
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError as exc:
+        if expected:
+            raise InvalidInputError(f"cannot read {path} ({exc.strerror})") from None
+        return False
+    if head.startswith(MAGIC):
+        return True
+    if expected and not head.lstrip().startswith(b"{"):
+        raise InvalidInputError(
+            f"{path} is neither a pacbound report (JSON) nor a compressed artifact (it does not "
+            f"start with the magic bytes {MAGIC.decode()}); the file is corrupted or of "
+            "another kind"
+        )
+    return False
+
+
+def _verify_report(report: Path, kw: dict[str, Any]) -> bool:
     document = load_report(report)
     from pacbound.io import resolve_device
     from pacbound.report.recheck import verify_report
 
-    outcome = verify_report(document, root=root, device=resolve_device(device))
-    if as_json:
+    outcome = verify_report(document, root=kw["root"], device=resolve_device(kw["device"]))
+    if kw["as_json"]:
         emit_json({"report": str(report), **outcome.to_dict()})
     else:
         _render(Terminal(), outcome.checks)
+    _explain(outcome)
+    return outcome.agree
+
+
+def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
+    for name, why in (("data", "the training data to count errors on"), ("arch", "its model")):
+        if kw[name] is None:
+            raise click.UsageError(
+                f"verify ARTIFACT needs --{name} ({why}); give --arch, --arch-kwargs and the "
+                "data options the artifact was made with.",
+                ctx=ctx,
+            )
+    import hashlib
+
+    from pacbound.certify.compression import verify_artifact
+    from pacbound.cli.certify_compression import factory_from_arch, render_compression
+    from pacbound.compressors import CompressedMessage
+    from pacbound.io import check_model_data, resolve_device
+
+    payload = kw["target"].read_bytes()
+    message = CompressedMessage.from_bytes(payload)  # truncated or corrupted: exit 3 here
+    factory = factory_from_arch(kw["arch"], kw["arch_kwargs"])
+    report = load_report(kw["against"]) if kw["against"] is not None else None
+    recorded = report["options"] if report is not None else {}
+    data = resolve_dataset(
+        kw["data"],
+        split=kw["split"],
+        label_map=kw["label_map"],
+        label_column=kw["label_column"],
+        normalize=kw["normalize"],
+    )
+    check_model_data(factory(message.seed or 0), data)
+    features: Any = data.x  # a tensor, or LazyFeatures read per batch
+    cert = verify_artifact(
+        payload,
+        factory,
+        features,
+        data.y,
+        num_classes=data.num_classes,
+        delta=_first(kw["delta"], recorded.get("delta"), DEFAULT_DELTA),
+        device=resolve_device(kw["device"]),
+        batch_size=_first(kw["batch_size"], recorded.get("batch_size"), DEFAULT_BATCH_SIZE),
+    )
+    sha256 = hashlib.sha256(payload).hexdigest()
+    artifact = {"path": str(kw["target"]), "sha256": sha256, "bytes": len(payload)}
+    results = cert.to_dict()
+    outcome = None
+    if report is not None:
+        from pacbound.report.recheck import verify_artifact_report
+
+        outcome = verify_artifact_report(
+            report, cert, artifact_sha256=sha256, data=data.provenance.to_dict()
+        )
+    if kw["as_json"]:
+        checked = {} if outcome is None else outcome.to_dict()
+        report_path = None if kw["against"] is None else str(kw["against"])
+        emit_json({"artifact": artifact, "report": report_path, **checked, "results": results})
+    else:
+        term = Terminal()
+        render_compression(term, results)
+        if outcome is not None:
+            _render(term, outcome.checks)
+    if outcome is None:
+        return True
+    _explain(outcome)
+    return outcome.agree
+
+
+def _first(*values: Any) -> Any:
+    return next(v for v in values if v is not None)
+
+
+def _explain(outcome: Any) -> None:
     if not outcome.agree:
         click.echo(
             f"Verification failed: {len(outcome.disagreeing)} field(s) disagree: "
             + ", ".join(outcome.disagreeing),
             err=True,
         )
-    click.get_current_context().exit(EXIT_OK if outcome.agree else EXIT_GATE_FAILED)
 
 
 def _show(value: Any) -> str:

@@ -174,18 +174,21 @@ def verify_report(
             f"be re-derived; {hint}"
         )
     check_input_files(report, root)
-    hash_check = FieldCheck(
-        "results_sha256",
-        report["results_sha256"],
-        report["results_sha256"] if hash_agrees(report) else "(does not match the results)",
-    )
     if method == "gaussian":
         from pacbound.report.recheck_gaussian import recheck_gaussian
 
         checks = recheck_gaussian(report, root=root, device=dev)
     else:
         checks = _recheck_compression(report, root=root, device=dev)
-    return Verification(method, (hash_check, *checks))
+    return Verification(method, (_hash_check(report), *checks))
+
+
+def _hash_check(report: dict[str, Any]) -> FieldCheck:
+    return FieldCheck(
+        "results_sha256",
+        report["results_sha256"],
+        report["results_sha256"] if hash_agrees(report) else "(does not match the results)",
+    )
 
 
 def _recheck_compression(
@@ -213,21 +216,66 @@ def _recheck_compression(
         device=device,
         batch_size=opts.get("batch_size", 2048),
     )
-    mine = cert.to_dict()
-    fields = [
-        ("bound", res["bound"], mine["bound"]),
-        ("n", res["n"], mine["n"]),
-        ("errors", res["errors"], mine["errors"]),
-        ("empirical_risk", res["empirical_risk"], mine["empirical_risk"]),
-        ("code_length_bits", res["code_length_bits"], mine["code_length_bits"]),
-        ("code_length_nats", res["code_length_nats"], mine["code_length_nats"]),
-        ("code_length_breakdown", res["code_length_breakdown"], mine["code_length_breakdown"]),
-        (
-            "compression.artifact_sha256",
-            res["compression"]["artifact_sha256"],
-            mine["compression"]["artifact_sha256"],
-        ),
-        ("delta_budget", res["delta_budget"], mine["delta_budget"]),
-        ("verdict", res["verdict"], mine["verdict"]),
-    ]
-    return [FieldCheck(name, a, b) for name, a, b in fields]
+    return compression_checks(res, cert.to_dict())
+
+
+def compression_checks(reported: dict[str, Any], recomputed: dict[str, Any]) -> list[FieldCheck]:
+    """A compression results block against a re-derived certificate's ``to_dict()``."""
+    names = (
+        "bound",
+        "n",
+        "errors",
+        "empirical_risk",
+        "code_length_bits",
+        "code_length_nats",
+        "code_length_breakdown",
+        "compression.artifact_sha256",
+        "delta_budget",
+        "verdict",
+    )
+    return [FieldCheck(name, _get(reported, name), _get(recomputed, name)) for name in names]
+
+
+def _get(block: dict[str, Any], dotted: str) -> Any:
+    for key in dotted.split("."):
+        block = block[key]
+    return block
+
+
+def _data_identity(record: dict[str, Any]) -> dict[str, Any]:
+    """What makes two loads of a data set the same sample (paths may differ)."""
+    keys = ("n", "split", "label_column", "label_map", "normalization", "subset_indices")
+    return {"sha256": [f["sha256"] for f in record["files"]], **{k: record[k] for k in keys}}
+
+
+def verify_artifact_report(
+    report: dict[str, Any],
+    certificate: Any,
+    *,
+    artifact_sha256: str,
+    data: dict[str, Any],
+) -> Verification:
+    """Check an artifact re-derived by ``pacbound verify ARTIFACT`` against a saved report.
+
+    ``certificate`` is :func:`pacbound.certify.compression.verify_artifact`'s result for the
+    artifact whose bytes have ``artifact_sha256``, on the data set recorded as ``data``
+    (``DatasetProvenance.to_dict()``). Beyond the recomputed fields of REPORT mode, the
+    artifact's sha256 must be the one in ``inputs.artifact`` (when the report records one) and
+    the data must be the recorded sample.
+    """
+    res = report["results"]
+    if res["method"] == "gaussian":
+        raise InvalidInputError(
+            "--report is a gaussian (PAC-Bayes) report; an artifact can only be checked against "
+            "a --method subspace or quantize report",
+            param="--report",
+        )
+    checks = [_hash_check(report)]
+    recorded = report["inputs"].get("artifact")
+    if recorded is not None:
+        checks.append(FieldCheck("inputs.artifact.sha256", recorded["sha256"], artifact_sha256))
+    checks.append(
+        FieldCheck("inputs.data", _data_identity(report["inputs"]["data"]), _data_identity(data))
+    )
+    checks.extend(compression_checks(res, certificate.to_dict()))
+    return Verification(res["method"], tuple(checks))
