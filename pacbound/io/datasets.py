@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -60,10 +60,13 @@ class Dataset:
     """Features ``x`` (float32, images as N×C×H×W), labels ``y`` (int64) and provenance.
 
     ``x`` is a tensor in memory, or for a ``.npy`` folder a read-only :class:`LazyFeatures`
-    whose ``x[a:b]`` and ``x[indices]`` return float32 tensors of those rows only.
+    whose ``x[a:b]`` and ``x[indices]`` return float32 tensors of those rows only. It is typed
+    ``Tensor`` because the pipelines use only that tensor-like part (``len``, ``.shape``,
+    ``x[a:b]``, ``x[indices]``, ``.device``); whole-array operations (``x.sum()``,
+    ``torch.cat``) work only on an in-memory data set.
     """
 
-    x: Tensor | LazyFeatures
+    x: Tensor
     y: Tensor
     num_classes: int
     provenance: DatasetProvenance
@@ -190,7 +193,7 @@ def _load_npy_folder(
         scaled_to_unit=x.scaled,
         subset_indices=None if indices is None else tuple(indices.tolist()),
     )
-    return Dataset(x, y, num_classes, provenance)
+    return Dataset(cast(Tensor, x), y, num_classes, provenance)
 
 
 def _format(path: Path) -> DataFormat:

@@ -5,12 +5,20 @@ A folder holding ``x.npy`` (``uint8`` or floating point, one row per example) an
 :class:`LazyFeatures`: read-only, tensor-like enough for the certification pipelines (``len``,
 ``.shape``, ``x[a:b]``, ``x[index_tensor]``), and every read returns a real float32 tensor of
 just the requested rows, scaled and normalized exactly as :func:`load_dataset` does for
-in-memory formats (so both give bit-identical batches). Peak memory is one batch plus the
-page cache the operating system is free to drop, not the whole data set.
+in-memory formats (so both give bit-identical batches). After each read the mapped file pages
+are handed back (``madvise(MADV_DONTNEED)``): they stay in the operating system's page cache,
+which it may drop, but not in this process's resident set, so peak memory is about one batch,
+not the whole data set.
+
+What is read at once: a batch (``--batch-size``), the first 256 rows (the determinism check),
+and two bounded subsets: the isotropic σ search (``search_examples``, 10000 by default) and the
+quantization-aware fine-tuning subset (``qat_examples``, 10000). A data-dependent prior's split
+into S_prior and S_bound stays lazy (:func:`pacbound.certify.common.take_rows`).
 """
 
 from __future__ import annotations
 
+import mmap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +32,8 @@ from pacbound.io.transforms import Normalization
 
 #: Rows scanned at a time when checking that floating-point features are finite.
 CHECK_ROWS = 8192
+#: Rows per chunk of a scattered read (``x[indices]``), after which mapped pages are released.
+SCATTER_ROWS = 128
 FEATURES_FILE, LABELS_FILE = "x.npy", "y.npy"
 
 Index = int | slice | Tensor | np.ndarray | Sequence[int]
@@ -128,7 +138,9 @@ class LazyFeatures:
         if isinstance(key, slice):
             if self._rows is None and key.step in (None, 1):
                 start, stop, _ = key.indices(len(self))
-                return self._convert(self._array[start:stop])
+                batch = self._convert(self._array[start:stop])
+                self._unmap()
+                return batch
             key = torch.arange(len(self))[key]
         positions = self._positions(torch.as_tensor(key, dtype=torch.int64).reshape(-1))
         return self._convert(self._read(positions.numpy()))
@@ -142,12 +154,26 @@ class LazyFeatures:
         return idx if self._rows is None else self._rows[idx]
 
     def _read(self, positions: np.ndarray) -> np.ndarray:
-        # Sorted reads touch the file in order; the rows are then put back in the asked order.
+        """The rows at ``positions``, read in sorted chunks of :data:`SCATTER_ROWS`.
+
+        Each page fault on a mapped file also maps up to 64 KiB of neighbouring cached pages
+        ("fault-around"), so scattered reads would map far more than they copy: the mapped
+        pages are released after every chunk.
+        """
         order = np.argsort(positions, kind="stable")
-        block = self._array[positions[order]]
-        out = np.empty_like(block)
-        out[order] = block
+        out = np.empty((positions.size, *self._array.shape[1:]), dtype=self._array.dtype)
+        for start in range(0, positions.size, SCATTER_ROWS):
+            chunk = order[start : start + SCATTER_ROWS]
+            out[chunk] = self._array[positions[chunk]]
+            self._unmap()
         return out
+
+    def _unmap(self) -> None:
+        """Drop the file pages mapped by the last read from this process (they were copied);
+        they stay in the page cache."""
+        mapped = getattr(self._array, "_mmap", None)
+        if isinstance(mapped, mmap.mmap) and hasattr(mmap, "MADV_DONTNEED"):
+            mapped.madvise(mmap.MADV_DONTNEED)
 
     def _convert(self, block: np.ndarray) -> Tensor:
         if self.scaled:
@@ -168,6 +194,7 @@ class LazyFeatures:
         for start in range(0, self._array.shape[0], CHECK_ROWS):
             chunk = np.asarray(self._array[start : start + CHECK_ROWS])
             finite = np.isfinite(chunk.reshape(chunk.shape[0], -1)).all(axis=1)
+            self._unmap()
             if not finite.all():
                 first = start + int(np.argmin(finite))
                 raise InvalidInputError(
