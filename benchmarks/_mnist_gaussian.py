@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import resource
 import sys
@@ -37,6 +38,7 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sgd-epochs", type=int, default=5)
     parser.add_argument("--sgd-lr", type=float, default=0.01)
     parser.add_argument("--posterior-epochs", type=int, default=40)
+    parser.add_argument("--posterior-optimizer", choices=["sgd", "adam"], default="sgd")
     parser.add_argument("--posterior-lr", type=float, default=1e-3)
     parser.add_argument("--sigma-lr", type=float, default=1e-2)
     parser.add_argument("--p-min", type=float, default=0.5)
@@ -87,6 +89,7 @@ def run(
         training=TrainingRecipe(
             epochs=args.posterior_epochs,
             lr=args.posterior_lr,
+            optimizer=args.posterior_optimizer,
             sigma_lr=args.sigma_lr,
             p_min=args.p_min,
             seed=args.seed,
@@ -109,6 +112,10 @@ def run(
         cert.network, test_set.x, test_set.y, passes=5, seed=args.seed + 100, device=device
     )
     wall = time.perf_counter() - start
+    prior_model = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, m in zip(prior_model.parameters(), cert.prior_means, strict=True):
+            p.copy_(m)
     return {
         "benchmark": name,
         "published": published,
@@ -120,6 +127,7 @@ def run(
         "snn_test_error": snn_test,
         "checkpoint_train_error": error_rate(model, train_set.x, train_set.y, device),
         "checkpoint_test_error": error_rate(model, test_set.x, test_set.y, device),
+        "prior_mean_test_error": error_rate(prior_model, test_set.x, test_set.y, device),
         "delta_budget": cert.budget.to_dict(),
         "prior_scale": cert.prior_scale,
         "posterior": {k: v for k, v in cert.posterior.items() if k != "isotropic_search"},

@@ -22,9 +22,10 @@ from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_common_arguments(parser)
-    parser.add_argument("--prior-epochs", type=int, default=20)
-    parser.add_argument("--prior-lr", type=float, default=0.01)
-    parser.set_defaults(sgd_epochs=1, posterior_epochs=10)
+    parser.add_argument("--prior-epochs", type=int, default=30)
+    parser.add_argument("--prior-lr", type=float, default=0.05)
+    parser.add_argument("--prior-augment-shift", type=int, default=2)
+    parser.set_defaults(sgd_epochs=1, posterior_epochs=5)
     args = parser.parse_args()
     emit(
         run(
@@ -37,7 +38,10 @@ def main() -> None:
             mc_delta=0.01,
             published={"bound": 0.0279, "note": "n counted as 60000 for a bound on 30000"},
             prior_recipe=PriorTrainingRecipe(
-                epochs=args.prior_epochs, lr=args.prior_lr, seed=args.seed
+                epochs=args.prior_epochs,
+                lr=args.prior_lr,
+                augment_shift=args.prior_augment_shift,
+                seed=args.seed,
             ),
             prior_fraction=0.5,
         )

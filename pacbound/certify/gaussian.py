@@ -45,7 +45,9 @@ from pacbound.certify.common import (
 )
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.fit import (
+    TrainingHistory,
     TrainingRecipe,
+    estimate_bound,
     kl_over_grid,
     kl_sufficient_stats,
     search_isotropic_sigma,
@@ -70,7 +72,7 @@ CERTIFIED_CLASSIFIER = (
 )
 
 #: Offsets that give each random stream of a run its own seed.
-SEED_OFFSETS = {"search": 1, "training": 2, "monte_carlo": 3, "prior_init": 4}
+SEED_OFFSETS = {"search": 1, "training": 2, "monte_carlo": 3, "prior_init": 4, "selection": 5}
 
 
 #: Prior-scale grid size. The KL is very sensitive to σ_p when there are many weights
@@ -321,11 +323,30 @@ def certify_gaussian(
             device=dev,
             progress=hook,
         )
-        history: list[float] = []
+        history: TrainingHistory | None = None
         if options.posterior is Posterior.DIAGONAL:
             recipe = options.training
             log_term = math.log(2.0 * math.sqrt(n_bound) / delta_pb)
             hook = progress("training diagonal posterior", recipe.epochs * int(x.shape[0]))
+            select_gen = torch.Generator(device=dev).manual_seed(
+                options.seed + SEED_OFFSETS["selection"]
+            )
+            x_select, y_select = x_bound[subset], y_bound[subset]
+
+            def select(net: StochasticNetwork) -> float:
+                return estimate_bound(
+                    net,
+                    prior_means,
+                    grid,
+                    x_select,
+                    y_select,
+                    n_bound=n_bound,
+                    log_term=log_term,
+                    generator=select_gen,
+                    batch_size=options.batch_size,
+                    device=dev,
+                )[1]
+
             history = train_diagonal_posterior(
                 network,
                 prior_means,
@@ -336,6 +357,7 @@ def certify_gaussian(
                 n_bound=n_bound,
                 log_term=log_term,
                 device=dev,
+                select=select,
                 progress=hook,
             )
     with timer.phase("kl"):
@@ -388,7 +410,10 @@ def certify_gaussian(
         "sigma_min": float(sigmas.min()),
         "sigma_median": float(sigmas.median()),
         "sigma_max": float(sigmas.max()),
-        "training_objective_per_epoch": history,
+        "training_objective_per_epoch": (
+            [] if history is None else list(history.objective_per_epoch)
+        ),
+        "training": None if history is None else history.to_dict(),
         "isotropic_search": [
             {"sigma": sq, "estimated_risk": risk, "estimated_bound": est}
             for sq, risk, est in search.candidates

@@ -99,6 +99,22 @@ of guessing, 1 − 1/K.
     help="With --prior data: SGD learning rate (momentum 0.95, batch 250).",
 )
 @click.option(
+    "--prior-lr-schedule",
+    type=click.Choice(["cosine", "constant"]),
+    default="cosine",
+    show_default=True,
+    help="With --prior data: learning-rate schedule (cosine decays to 0 over all steps).",
+)
+@click.option(
+    "--prior-augment-shift",
+    type=INT,
+    default=0,
+    show_default=True,
+    metavar="PIXELS",
+    help="With --prior data and image inputs: shift each prior-training image by a random "
+    "offset of up to PIXELS (S_prior only; the bound part is never augmented).",
+)
+@click.option(
     "--prior-scales",
     default="1e-6:1:6001",
     show_default=True,
@@ -117,11 +133,25 @@ of guessing, 1 − 1/K.
     "--posterior-epochs", type=INT, default=10, show_default=True, help="diagonal: training epochs."
 )
 @click.option(
+    "--posterior-optimizer",
+    type=click.Choice(["sgd", "adam"]),
+    default="sgd",
+    show_default=True,
+    help="diagonal: optimizer of the means (SGD with momentum 0.9, or Adam).",
+)
+@click.option(
     "--posterior-lr",
     type=FLOAT,
     default=1e-3,
     show_default=True,
-    help="diagonal: Adam learning rate of the means.",
+    help="diagonal: learning rate of the means.",
+)
+@click.option(
+    "--keep-best/--keep-last",
+    default=True,
+    show_default=True,
+    help="diagonal: keep the epoch (0 = before training) with the smallest estimated bound "
+    "(free: PAC-Bayes holds for every posterior; the certificate's draws are fresh).",
 )
 @click.option(
     "--sigma-lr",
@@ -315,11 +345,17 @@ def _run_gaussian(
         prior_scales=ScaleGrid.parse(kw["prior_scales"]),
         prior_fraction=kw["prior_fraction"],
         prior_recipe=PriorTrainingRecipe(
-            epochs=kw["prior_epochs"], lr=kw["prior_lr"], seed=kw["seed"]
+            epochs=kw["prior_epochs"],
+            lr=kw["prior_lr"],
+            lr_schedule=kw["prior_lr_schedule"],
+            augment_shift=kw["prior_augment_shift"],
+            seed=kw["seed"],
         ),
         training=TrainingRecipe(
             epochs=kw["posterior_epochs"],
             lr=kw["posterior_lr"],
+            optimizer=kw["posterior_optimizer"],
+            keep_best=kw["keep_best"],
             sigma_lr=kw["sigma_lr"],
             p_min=kw["p_min"],
             objective=kw["objective"],

@@ -10,10 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from pacbound.bounds import kl_inv_upper
 from pacbound.errors import NumericalError
@@ -51,6 +52,42 @@ def kl_over_grid(stats: tuple[float, float, int], grid: ScaleGrid) -> np.ndarray
     a, log_sum, d = stats
     s2 = np.asarray(grid.scales, dtype=np.float64) ** 2
     return 0.5 * (a / s2 - d + d * np.log(s2) - log_sum)
+
+
+def estimate_bound(
+    network: StochasticNetwork,
+    prior_means: list[Tensor],
+    grid: ScaleGrid,
+    x: Tensor,
+    y: Tensor,
+    *,
+    n_bound: int,
+    log_term: float,
+    generator: torch.Generator,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+    progress: ProgressHook | None = None,
+) -> tuple[float, float, int]:
+    """(estimated risk, estimated kl bound, best prior-scale index) of the current posterior.
+
+    The risk is a one-pass per-example estimate on (x, y); the bound is kl⁻¹(risk, (KL + log
+    term)/n) at the grid's best prior scale. For *choosing* a posterior only: the draws made
+    here are never reused by a certificate.
+    """
+    risk = count_stochastic_errors(
+        network,
+        x,
+        y,
+        passes=1,
+        generator=generator,
+        batch_size=batch_size,
+        device=device,
+        progress=progress,
+    ).rate
+    kls = kl_over_grid(kl_sufficient_stats(network, prior_means), grid)
+    j = int(np.argmin(kls))
+    est = float(kl_inv_upper(risk, max(float(kls[j]) + log_term, 0.0) / n_bound))
+    return risk, est, j
 
 
 #: Isotropic σ_q values tried by the search: 41 log-spaced values in [1e-5, 1].
@@ -93,19 +130,19 @@ def search_isotropic_sigma(
     best: tuple[float, float, int] | None = None
     for sigma in sigma_candidates:
         network.set_log_sigma(math.log(sigma))
-        risk = count_stochastic_errors(
+        risk, est, j = estimate_bound(
             network,
+            prior_means,
+            grid,
             x,
             y,
-            passes=1,
+            n_bound=n_bound,
+            log_term=log_term,
             generator=generator,
             batch_size=batch_size,
             device=device,
             progress=progress,
-        ).rate
-        kls = kl_over_grid(kl_sufficient_stats(network, prior_means), grid)
-        j = int(np.argmin(kls))
-        est = float(kl_inv_upper(risk, max(float(kls[j]) + log_term, 0.0) / n_bound))
+        )
         rows.append((sigma, risk, est))
         if best is None or est < best[0]:
             best = (est, sigma, j)
@@ -114,25 +151,61 @@ def search_isotropic_sigma(
     return IsotropicSearch(best[1], best[2], best[0], tuple(rows))
 
 
+Optimizer = Literal["sgd", "adam"]
+
+
 @dataclass(frozen=True)
 class TrainingRecipe:
     """How the diagonal posterior is trained (documented defaults; all configurable).
 
-    Adam on μ (learning rate ``lr``) and on log σ, log σ_p (``sigma_lr``), minimising the
+    The means μ are moved by ``optimizer`` (SGD with ``momentum``, or Adam) at learning rate
+    ``lr``; log σ and the continuous prior scale by Adam at ``sigma_lr``. The loss is the
     chosen bound ``objective`` evaluated on the bounded cross-entropy (probabilities clamped
-    at ``p_min``) of stochastic forward passes.
+    at ``p_min``) of stochastic forward passes. SGD is the default: Adam's per-coordinate
+    step normalisation moves every mean by about ``lr`` per step, also those whose gradient
+    is noise, so the KL to the prior grows much faster than the risk falls.
+
+    With ``keep_best`` the posterior is evaluated before training and after every epoch
+    (estimated bound: one pass of fresh per-example draws on a subset, the KL at the best
+    grid scale) and the best state is kept. PAC-Bayes bounds hold for every posterior at
+    once, so choosing among them is free; the certificate's Monte-Carlo draws are made
+    afterwards and are independent of this choice.
     """
 
     epochs: int = 10
     lr: float = 1e-3
     sigma_lr: float = 1e-2
+    optimizer: Optimizer = "sgd"
+    momentum: float = 0.9
     batch_size: int = 500
     p_min: float = 1e-4
     objective: Objective = "kl"
+    keep_best: bool = True
     seed: int = 0
 
     def to_dict(self) -> dict[str, object]:
         return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
+class TrainingHistory:
+    """What training did: the mean objective per epoch and, with ``keep_best``, the estimated
+    bound before training (index 0) and after each epoch, and the epoch kept (0 = none)."""
+
+    objective_per_epoch: tuple[float, ...]
+    estimated_bound_per_epoch: tuple[float, ...]
+    kept_epoch: int
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "objective_per_epoch": list(self.objective_per_epoch),
+            "estimated_bound_per_epoch": list(self.estimated_bound_per_epoch),
+            "kept_epoch": self.kept_epoch,
+        }
+
+
+#: Estimates the bound of the network's current posterior (for keeping the best epoch).
+Selector = Callable[[StochasticNetwork], float]
 
 
 def _diverged(value: Tensor, kl: Tensor, epoch: int, step: int) -> None:
@@ -141,6 +214,14 @@ def _diverged(value: Tensor, kl: Tensor, epoch: int, step: int) -> None:
         f"KL={float(kl.detach())!r}) at epoch {epoch + 1}, step {step + 1}; "
         "lower --posterior-lr / --sigma-lr"
     )
+
+
+def _mean_optimizer(params: list[nn.Parameter], recipe: TrainingRecipe) -> torch.optim.Optimizer:
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr)
+    raise ValueError(f"unknown optimizer {recipe.optimizer!r}; valid: 'sgd', 'adam'")
 
 
 def train_diagonal_posterior(
@@ -154,29 +235,39 @@ def train_diagonal_posterior(
     n_bound: int,
     log_term: float,
     device: torch.device,
+    select: Selector | None = None,
     progress: ProgressHook | None = None,
-) -> list[float]:
-    """Train μ and per-weight σ of ``network`` in place; returns the objective per epoch.
+) -> TrainingHistory:
+    """Train μ and per-weight σ of ``network`` in place.
 
     The prior scale is a free continuous parameter during training; the caller snaps it to
-    the grid afterwards (and pays ln G). Raises :class:`NumericalError` naming the epoch
-    and step if the objective or the KL becomes NaN/Inf.
+    the grid afterwards (and pays ln G). With ``recipe.keep_best`` and a ``select`` function,
+    the network ends in the state (before training or after some epoch) with the smallest
+    estimated bound. Raises :class:`NumericalError` naming the epoch and step if the
+    objective or the KL becomes NaN/Inf.
     """
     network.to(device).train()
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
-    network.set_mode("shared", gen)
     log_prior_scale = torch.tensor(math.log(initial_prior_scale), device=device, requires_grad=True)
-    opt = torch.optim.Adam(
-        [
-            {"params": network.mean_parameters(), "lr": recipe.lr},
-            {"params": [*network.log_sigma_parameters(), log_prior_scale], "lr": recipe.sigma_lr},
-        ]
+    mean_opt = _mean_optimizer(network.mean_parameters(), recipe)
+    sigma_opt = torch.optim.Adam(
+        [*network.log_sigma_parameters(), log_prior_scale], lr=recipe.sigma_lr
     )
     shuffle = torch.Generator().manual_seed(recipe.seed)
     priors = [m.to(device) for m in prior_means]
     n = x.shape[0]
     history: list[float] = []
+    selecting = recipe.keep_best and select is not None
+    estimates: list[float] = []
+    best_state: dict[str, Tensor] | None = None
+    kept = 0
+    if selecting:
+        assert select is not None
+        estimates.append(select(network))
+        best_state = _snapshot(network)
     for epoch in range(recipe.epochs):
+        network.train()
+        network.set_mode("shared", gen)
         perm = torch.randperm(n, generator=shuffle)
         total, batches = 0.0, 0
         for step, start in enumerate(range(0, n, recipe.batch_size)):
@@ -198,13 +289,28 @@ def train_diagonal_posterior(
             )
             if not torch.isfinite(objective):
                 _diverged(objective, kl, epoch, step)
-            opt.zero_grad(set_to_none=True)
+            mean_opt.zero_grad(set_to_none=True)
+            sigma_opt.zero_grad(set_to_none=True)
             objective.backward()
-            opt.step()
+            mean_opt.step()
+            sigma_opt.step()
             total += float(objective.detach())
             batches += 1
             if progress is not None:
                 progress(int(idx.numel()))
         history.append(total / max(batches, 1))
+        if selecting:
+            assert select is not None
+            network.eval()
+            estimates.append(select(network))
+            if estimates[-1] < estimates[kept]:
+                kept = epoch + 1
+                best_state = _snapshot(network)
+    if selecting and best_state is not None and kept != recipe.epochs:
+        network.load_state_dict(best_state)
     network.eval()
-    return history
+    return TrainingHistory(tuple(history), tuple(estimates), kept if selecting else recipe.epochs)
+
+
+def _snapshot(network: StochasticNetwork) -> dict[str, Tensor]:
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}

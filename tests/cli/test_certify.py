@@ -129,6 +129,7 @@ def test_same_seed_identical_results_block(task: Path) -> None:
         (("--prior", "data", "--prior-fraction", "1"), False, r"--prior-fraction must be in"),
         (("--prior", "data", "--prior-fraction", "0"), False, r"--prior-fraction must be in"),
         (("--prior-scales", "x:y"), False, r"--prior-scales must be"),
+        (("--prior", "data", "--prior-augment-shift", "2"), False, r"need N×C×H×W"),
     ],
 )
 def test_bad_options_exit_3(
@@ -274,6 +275,8 @@ def test_compression_methods_report_and_artifact(
         ("quantize", ("--posterior", "diagonal"), "--posterior"),
         ("subspace", ("--init", "x.safetensors"), "--init"),
         ("gaussian", ("--levels", "4"), "--levels"),
+        ("quantize", ("--posterior-optimizer", "adam"), "--posterior-optimizer"),
+        ("subspace", ("--prior-augment-shift", "2"), "--prior-augment-shift"),
     ],
 )
 def test_options_of_the_other_method_are_refused(
