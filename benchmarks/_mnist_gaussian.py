@@ -26,7 +26,7 @@ from pacbound.certify.gaussian import (  # noqa: E402
     stochastic_error,
 )
 from pacbound.io import load_dataset, resolve_device  # noqa: E402
-from pacbound.models import mlp  # noqa: E402
+from pacbound.models import convnet, mlp  # noqa: E402
 from pacbound.posterior.fit import TrainingRecipe  # noqa: E402
 from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe  # noqa: E402
 
@@ -50,7 +50,8 @@ def run(
     args: argparse.Namespace,
     *,
     name: str,
-    hidden: list[int],
+    hidden: list[int] | None = None,
+    arch: str = "mlp",
     label_map: str | None,
     prior: PriorMean,
     delta: float,
@@ -66,7 +67,11 @@ def run(
     test_set = load_dataset(DATA, split="test", label_map=label_map)
     num_classes = train_set.num_classes
     torch.manual_seed(args.seed)
-    model: nn.Module = mlp(hidden=hidden, num_classes=num_classes)
+    model: nn.Module = (
+        convnet(num_classes=num_classes)
+        if arch == "convnet"
+        else mlp(hidden=hidden or [600], num_classes=num_classes)
+    )
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
     train(
@@ -118,6 +123,9 @@ def run(
             p.copy_(m)
     return {
         "benchmark": name,
+        "architecture": arch
+        if arch == "convnet"
+        else f"mlp 784-{'-'.join(map(str, hidden or [600]))}",
         "published": published,
         "bound": cert.value,
         "kl_nats": cert.kl_nats,

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -281,7 +280,7 @@ def certify(**kw: Any) -> None:
     inputs: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
     if heldout is not None:
         inputs["heldout"] = heldout.provenance.to_dict()
-    with _progress(term) as progress:
+    with term.progress_callbacks() as progress:
         if method == "gaussian":
             outcome = _run_gaussian(kw, loaded, data, heldout, device, progress)
         else:
@@ -406,20 +405,6 @@ def _run_gaussian(
         files=files,
         render=_render,
     )
-
-
-@contextmanager
-def _progress(term: Terminal) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    with term.progress() as bar:
-        if bar is None:
-            yield lambda description, total: lambda advance: None
-            return
-
-        def factory(description: str, total: int) -> Callable[[int], None]:
-            task = bar.add_task(description, total=total)
-            return lambda advance: bar.advance(task, advance)
-
-        yield factory
 
 
 def _render(term: Terminal, res: dict[str, Any]) -> None:

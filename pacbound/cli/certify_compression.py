@@ -5,8 +5,7 @@ Shared with ``pacbound compress``: the options, the run, and the table.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -307,21 +306,6 @@ def run_compression(
         files=files,
         render=render_compression,
     )
-
-
-@contextmanager
-def progress_callbacks(term: Terminal) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
-    """``(description, total) ↦ advance`` callbacks drawing on ``term``'s progress bar."""
-    with term.progress() as bar:
-        if bar is None:
-            yield lambda description, total: lambda advance: None
-            return
-
-        def factory(description: str, total: int) -> Callable[[int], None]:
-            task = bar.add_task(description, total=total)
-            return lambda advance: bar.advance(task, advance)
-
-        yield factory
 
 
 def render_compression(term: Terminal, res: dict[str, Any]) -> None:

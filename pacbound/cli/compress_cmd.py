@@ -13,7 +13,6 @@ import click
 
 from pacbound.cli.certify_compression import (
     compression_tuning_options,
-    progress_callbacks,
     render_compression,
     run_compression,
 )
@@ -113,7 +112,7 @@ def compress(**kw: Any) -> None:
         f"compressing ({kw['method']}) {loaded.num_parameters} parameters, scored on "
         f"n = {data.n} examples on {device}"
     )
-    with progress_callbacks(term) as progress:
+    with term.progress_callbacks() as progress:
         outcome = run_compression({**kw, "artifact": kw["output"]}, loaded, data, device, progress)
     for path, payload, _ in outcome.files:
         write_atomic(path, payload, "--output")

@@ -7,7 +7,7 @@ JSON never goes through rich (it wraps long lines); :func:`emit_json` writes it 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -70,6 +70,21 @@ class Terminal:
         )
         with bar:
             yield bar
+
+    @contextmanager
+    def progress_callbacks(self) -> Iterator[Callable[[str, int], Callable[[int], None]]]:
+        """``(description, total) ↦ advance`` callbacks for the library's progress hooks, each
+        drawing one task on :meth:`progress` (no-ops when progress is off)."""
+        with self.progress() as bar:
+            if bar is None:
+                yield lambda description, total: lambda advance: None
+                return
+
+            def factory(description: str, total: int) -> Callable[[int], None]:
+                task = bar.add_task(description, total=total)
+                return lambda advance: bar.advance(task, advance)
+
+            yield factory
 
 
 def dumps_json(document: Any) -> str:

@@ -372,7 +372,9 @@ class GaussianDataMethod:
     mc_passes: int = 5
     hidden: int = 16
     recipe: PriorTrainingRecipe = field(
-        default_factory=lambda: PriorTrainingRecipe(epochs=5, lr=0.05, batch_size=100)
+        default_factory=lambda: PriorTrainingRecipe(
+            epochs=5, lr=0.05, batch_size=100, lr_schedule="constant"
+        )
     )
     prior_scales: ScaleGrid = POINT_GRID
     truth_examples: int = TRUE_RISK_EXAMPLES
