@@ -29,7 +29,12 @@ from pacbound.cli.model_options import (
 from pacbound.cli.options import FLOAT, INT, json_option
 from pacbound.cli.terminal import Terminal, dumps_json, emit_json
 from pacbound.errors import InvalidInputError
-from pacbound.report.files import check_writable, write_atomic
+from pacbound.report.files import (
+    MIN_FREE_BYTES,
+    check_free_space,
+    check_writable,
+    write_atomic,
+)
 
 EXAMPLES = """\b
 Examples:
@@ -269,6 +274,10 @@ def certify(**kw: Any) -> None:
     )
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
     check_model_data(loaded, data, device=device)
+    if kw.get("save_posterior") is not None:
+        # μ, σ and the prior mean in float32, plus the safetensors header.
+        needed = 3 * 4 * loaded.num_parameters + MIN_FREE_BYTES
+        check_free_space(kw["save_posterior"], needed, "--save-posterior")
     heldout = None
     if kw["heldout"] is not None:
         heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)

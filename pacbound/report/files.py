@@ -9,9 +9,33 @@ from pathlib import Path
 
 from pacbound.errors import InvalidInputError
 
+#: Free space every output needs at least (reports are kilobytes; this leaves headroom).
+MIN_FREE_BYTES = 1 << 20
 
-def check_writable(path: Path, option: str = "--output") -> None:
-    """Fail early (before minutes of work) if ``path`` cannot be written."""
+
+def check_free_space(path: Path, needed_bytes: int, option: str = "--output") -> None:
+    """Fail early if the file system holding ``path`` has less than ``needed_bytes`` free."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        stats = os.statvfs(parent)
+    except (OSError, AttributeError):  # no statvfs (Windows): the probe write still runs
+        return
+    free = stats.f_bavail * stats.f_frsize
+    if free < needed_bytes:
+        raise InvalidInputError(
+            f"{option}: only {free / 2**20:.1f} MiB free on the disk holding {parent}, "
+            f"about {needed_bytes / 2**20:.1f} MiB needed; free some space or choose "
+            "another path",
+            param=option,
+        )
+
+
+def check_writable(
+    path: Path, option: str = "--output", needed_bytes: int = MIN_FREE_BYTES
+) -> None:
+    """Fail early (before minutes of work) if ``path`` cannot be written: a missing folder,
+    a directory in the way, no permission, or a full disk (free space is checked, and a
+    probe file of up to 64 KiB is written and synced)."""
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise InvalidInputError(f"{option} {path} is a directory; give a file name", param=option)
@@ -19,15 +43,23 @@ def check_writable(path: Path, option: str = "--output") -> None:
         raise InvalidInputError(
             f"{option}: the folder {parent} does not exist; create it first", param=option
         )
+    check_free_space(path, needed_bytes, option)
+    probe: str | None = None
     try:
         fd, probe = tempfile.mkstemp(prefix=".pacbound-probe-", dir=parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(b"\0" * min(needed_bytes, 1 << 16))
+            handle.flush()
+            os.fsync(handle.fileno())
     except OSError as exc:
         raise InvalidInputError(
             f"{option}: cannot write in {parent} ({exc.strerror}); choose another path",
             param=option,
         ) from None
-    os.close(fd)
-    os.unlink(probe)
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
 
 
 def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:

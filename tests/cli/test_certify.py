@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -307,3 +308,63 @@ def test_vacuous_subspace_bound_exits_1_only_under_a_gate(task: Path) -> None:
     gated = runner.invoke(cli, [*args, "--fail-if-vacuous"])
     assert gated.exit_code == 1
     assert "vacuous" in gated.stderr
+
+
+class _FullDisk:
+    """What os.statvfs reports for a file system with 100 KiB free."""
+
+    f_bavail = 25
+    f_frsize = 4096
+
+
+def test_full_disk_is_reported_before_work(
+    task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pacbound.report.files as files
+
+    monkeypatch.setattr(files.os, "statvfs", lambda path: _FullDisk())
+    result = CliRunner().invoke(cli, _args(task, "--output", str(tmp_path / "r.json")))
+    assert result.exit_code == 3
+    line = result.stderr.strip()
+    assert line.startswith("Error: --output: only 0.1 MiB free on the disk holding")
+    assert "\n" not in line
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_probe_write_failure_is_reported_before_work(
+    task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk whose statvfs looks fine but refuses writes (ENOSPC on the probe)."""
+    import errno
+
+    import pacbound.report.files as files
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(files.os, "fsync", no_space)
+    result = CliRunner().invoke(cli, _args(task, "--save-posterior", str(tmp_path / "p.st")))
+    assert result.exit_code == 3
+    assert result.stderr.strip() == (
+        f"Error: --save-posterior: cannot write in {tmp_path} (No space left on device); "
+        "choose another path"
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_posterior_too_large_for_the_free_space(
+    task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """1 MiB + 100 bytes free passes the early check, not the posterior's 3·4 bytes/weight."""
+    import pacbound.report.files as files
+
+    class Tight:
+        f_bavail = (1 << 20) + 100
+        f_frsize = 1
+
+    monkeypatch.setattr(files.os, "statvfs", lambda path: Tight())
+    result = CliRunner().invoke(cli, _args(task, "--save-posterior", str(tmp_path / "p.st")))
+    assert result.exit_code == 3
+    assert "--save-posterior: only 1.0 MiB free" in result.stderr
+    assert "about 1.0 MiB needed" in result.stderr
+    assert list(tmp_path.iterdir()) == []
