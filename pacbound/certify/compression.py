@@ -2,7 +2,8 @@
 
 Pipeline (MATH.md §6, §8):
 
-1. subspace: θ = θ₀ + P w with θ₀ = ``factory(seed)``'s initialisation and P regenerated from
+1. subspace: θ = θ₀ + P w with θ₀ = ``factory(seed)``'s initialisation (or the weights of
+   an init file fixed before the data, :class:`InitFileFactory`) and P regenerated from
    the same seed; w is trained from 0, or from the least-squares projection of a checkpoint's
    θ − θ₀ (``SubspaceRecipe``); quantize: the checkpoint's weights themselves;
 2. for each predeclared candidate (d, L): a codebook with L levels, optional
@@ -32,6 +33,7 @@ import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -100,6 +102,65 @@ def seeded_factory(build: Callable[[], nn.Module]) -> ModelFactory:
             return build()
 
     return factory
+
+
+@dataclass(frozen=True)
+class InitFileFactory:
+    """``seed ↦`` the architecture with θ₀ = the weights of an init file; the seed then only
+    regenerates P.
+
+    The file must be fixed before the data are seen (e.g. saved before training): the
+    decoder needs it as side information that the code length does not pay for, exactly
+    like the architecture. Its sha256 goes into the message's architecture fingerprint,
+    so decoding with another (or no) init file is refused.
+    """
+
+    build: Callable[[], nn.Module]
+    state: Mapping[str, Tensor]
+    init_sha256: str
+
+    def __call__(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = self.build()
+        module.load_state_dict(dict(self.state), strict=True)
+        return module
+
+
+def theta0_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 over θ₀'s content (names, dtypes, shapes and bytes in name order), so the
+    same weights saved in another file format give the same hash."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
+    return h.hexdigest()
+
+
+def architecture_factory(
+    arch: str,
+    arch_kwargs: Mapping[str, Any] | None,
+    *,
+    init: str | Path | None = None,
+    unsafe_allow_pickle: bool = False,
+) -> ModelFactory:
+    """The factory that encoder and decoder share: ``--arch``/``--arch-kwargs`` seeded by the
+    message's seed, or with θ₀ from the ``init`` file (checked against the architecture)."""
+    from pacbound.io.architectures import build_module, parse_arch
+    from pacbound.io.models import load_init_state
+
+    spec = parse_arch(arch)
+    kwargs = dict(arch_kwargs or {})
+
+    def build() -> nn.Module:
+        return build_module(spec, kwargs)
+
+    if init is None:
+        return seeded_factory(build)
+    state = load_init_state(init, build(), allow_unsafe_pickle=unsafe_allow_pickle)
+    state = {k: v.detach().to("cpu") for k, v in state.items()}
+    return InitFileFactory(build, state, theta0_sha256(state))
 
 
 @dataclass(frozen=True)

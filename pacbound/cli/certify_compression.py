@@ -24,7 +24,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 #: Options that only make sense for one family of methods (given on the command line for
 #: the other family, they are contradictory input: exit 3).
 GAUSSIAN_ONLY = (
-    "init",
     "prior",
     "prior_fraction",
     "prior_epochs",
@@ -233,24 +232,41 @@ def compression_options_from(kw: dict[str, Any]) -> Any:
 
 
 def model_factory(kw: dict[str, Any]) -> Any:
-    """``seed ↦ fresh model`` from --arch/--arch-kwargs: the decoder rebuilds θ₀ from it."""
+    """``seed ↦ fresh model`` from --arch/--arch-kwargs (and --init for subspace): the
+    decoder rebuilds θ₀ from it."""
     if kw["arch"] is None:
         raise InvalidInputError(
             f"--method {kw['method']} needs --arch: the decoder rebuilds the architecture "
             "(and θ₀) from it",
             param="--arch",
         )
-    return factory_from_arch(kw["arch"], kw["arch_kwargs"])
+    if kw["method"] == "quantize" and kw.get("init") is not None:
+        raise InvalidInputError(
+            "--init applies to --method gaussian (prior mean) and subspace (θ₀) only; "
+            "--method quantize codes the checkpoint's own weights: drop it",
+            param="--init",
+        )
+    return factory_from_arch(
+        kw["arch"],
+        kw["arch_kwargs"],
+        init=kw.get("init"),
+        unsafe_allow_pickle=kw.get("unsafe_allow_pickle", False),
+    )
 
 
-def factory_from_arch(arch: str, arch_kwargs: dict[str, Any] | None) -> Any:
-    """The seeded architecture factory that encoder and decoder share."""
-    from pacbound.certify.compression import seeded_factory
-    from pacbound.io.architectures import build_module, parse_arch
+def factory_from_arch(
+    arch: str,
+    arch_kwargs: dict[str, Any] | None,
+    *,
+    init: str | None = None,
+    unsafe_allow_pickle: bool = False,
+) -> Any:
+    """The factory that encoder and decoder share (θ₀ from the seed, or from --init)."""
+    from pacbound.certify.compression import architecture_factory
 
-    spec = parse_arch(arch)
-    kwargs = dict(arch_kwargs or {})
-    return seeded_factory(lambda: build_module(spec, kwargs))
+    return architecture_factory(
+        arch, arch_kwargs, init=init, unsafe_allow_pickle=unsafe_allow_pickle
+    )
 
 
 def run_compression(
@@ -289,6 +305,14 @@ def run_compression(
         )
     payload = cert.message.to_bytes()
     inputs: dict[str, Any] = {}
+    if kw.get("init") is not None:
+        from pacbound.io import sha256_file
+
+        inputs["init"] = {
+            "path": str(kw["init"]),
+            "sha256": sha256_file(kw["init"]),
+            "theta0_sha256": factory.init_sha256,
+        }
     files: list[tuple[Path, bytes, str]] = []
     if kw.get("artifact") is not None:
         inputs["artifact"] = {

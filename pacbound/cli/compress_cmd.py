@@ -16,7 +16,7 @@ from pacbound.cli.certify_compression import (
     render_compression,
     run_compression,
 )
-from pacbound.cli.model_options import arch_options, data_options, resolve_dataset, resolve_model
+from pacbound.cli.model_options import data_options, model_options, resolve_dataset, resolve_model
 from pacbound.cli.options import FLOAT, INT, json_option
 from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.report.files import check_writable, write_atomic
@@ -52,12 +52,7 @@ least 1 − δ, the true 0-1 error of the DECODED model is at most the printed b
     help="subspace: θ₀ + P w with w trained in a random subspace; quantize: the checkpoint's "
     "own weights, quantized.",
 )
-@arch_options
-@click.option(
-    "--device",
-    metavar="DEVICE",
-    help="cpu, cuda or cuda:N (default: cuda when available, else cpu).",
-)
+@model_options
 @data_options
 @compression_tuning_options
 @click.option(
@@ -122,7 +117,11 @@ def compress(**kw: Any) -> None:
             {
                 "command": "compress",
                 "artifact": outcome.inputs["artifact"],
-                "inputs": {"model": loaded.to_dict(), "data": data.provenance.to_dict()},
+                "inputs": {
+                    "model": loaded.to_dict(),
+                    "data": data.provenance.to_dict(),
+                    **({"init": outcome.inputs["init"]} if "init" in outcome.inputs else {}),
+                },
                 "options": outcome.options,
                 "results": res,
             }

@@ -103,7 +103,8 @@ def model_options(func: F) -> F:
         "--init",
         metavar="PATH",
         help="Weights at initialization (same formats and architecture), saved before "
-        "training; the centre of an initialization prior.",
+        "training: the centre of an initialization prior (gaussian), or θ₀ of the subspace "
+        "(subspace; the decoder then needs the same file).",
     )(func)
     return arch_options(func)
 

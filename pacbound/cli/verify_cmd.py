@@ -54,6 +54,7 @@ report (exit 1 on any disagreement); --delta and --batch-size then default to th
 ARTIFACT_ONLY = (
     "arch",
     "arch_kwargs",
+    "init",
     "data",
     "split",
     "label_map",
@@ -97,6 +98,13 @@ def _optional_data_options(func: Any) -> Any:
     default=None,
     metavar="JSON",
     help="ARTIFACT: keyword arguments of the architecture factory, a JSON object.",
+)
+@click.option(
+    "--init",
+    metavar="PATH",
+    default=None,
+    help="ARTIFACT: the init file a subspace artifact's θ₀ was taken from (certify/compress "
+    "--init).",
 )
 @_optional_data_options
 @click.option(
@@ -202,7 +210,7 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
 
     payload = kw["target"].read_bytes()
     message = CompressedMessage.from_bytes(payload)  # truncated or corrupted: exit 3 here
-    factory = factory_from_arch(kw["arch"], kw["arch_kwargs"])
+    factory = factory_from_arch(kw["arch"], kw["arch_kwargs"], init=kw["init"])
     report = load_report(kw["against"]) if kw["against"] is not None else None
     recorded = report["options"] if report is not None else {}
     data = resolve_dataset(

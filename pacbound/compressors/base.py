@@ -56,10 +56,13 @@ def load_buffer_vector(module: nn.Module, flat: Tensor) -> None:
             offset += b.numel()
 
 
-def architecture_fingerprint(module: nn.Module) -> int:
-    """32 bits of SHA-256 over the names, shapes and dtypes of parameters and buffers."""
+def architecture_fingerprint(module: nn.Module, theta0_sha256: str | None = None) -> int:
+    """32 bits of SHA-256 over the names, shapes and dtypes of parameters and buffers, and,
+    when θ₀ comes from an init file rather than the seed, that file's sha256."""
     parts = [f"p:{n}:{tuple(p.shape)}:{p.dtype}" for n, p in module.named_parameters()]
     parts += [f"b:{n}:{tuple(b.shape)}:{b.dtype}" for n, b in module.named_buffers()]
+    if theta0_sha256 is not None:
+        parts.append(f"theta0:{theta0_sha256}")
     return int.from_bytes(hashlib.sha256(";".join(parts).encode()).digest()[:4], "big")
 
 
@@ -85,6 +88,11 @@ class Compressor(ABC):
         self.factory = factory
         self.seed = check_seed(seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+
+    def fingerprint(self, module: nn.Module) -> int:
+        """The fingerprint a message of this compressor carries: the architecture of
+        ``module`` and, for a factory with a fixed θ₀ (``init_sha256``), that θ₀'s file."""
+        return architecture_fingerprint(module, getattr(self.factory, "init_sha256", None))
 
     def build(self, seed: int | None = None) -> nn.Module:
         """A fresh model from the factory (initialised with ``seed``, default ``self.seed``)."""
@@ -119,10 +127,11 @@ class Compressor(ABC):
 
     def _check_architecture(self, message: CompressedMessage, module: nn.Module) -> None:
         D = sum(p.numel() for p in module.parameters())
-        fingerprint = architecture_fingerprint(module)
+        fingerprint = self.fingerprint(module)
         if message.num_parameters != D or fingerprint != message.architecture:
             raise InvalidInputError(
-                f"this artifact is for another architecture (D={message.num_parameters}, "
+                f"this artifact is for another architecture or θ₀ (D={message.num_parameters}, "
                 f"fingerprint {message.architecture:08x}); the given one has D={D}, "
-                f"fingerprint {fingerprint:08x}"
+                f"fingerprint {fingerprint:08x}: pass the --arch, --arch-kwargs (and, for a "
+                "subspace artifact made with --init, the same --init file) it was made with"
             )

@@ -147,7 +147,7 @@ class SubspaceQuantizeCompressor(_QuantizingCompressor):
         codebook = codebook or self.fit_codebook(w)
         return CompressedMessage(
             self.kind,
-            architecture_fingerprint(reference),
+            self.fingerprint(reference),
             D,
             codebook,
             quantize(w, codebook),
@@ -211,7 +211,7 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
         codebook = codebook or self.fit_codebook(theta)
         return CompressedMessage(
             self.kind,
-            architecture_fingerprint(reference),
+            self.fingerprint(reference),
             theta.numel(),
             codebook,
             quantize(theta, codebook),

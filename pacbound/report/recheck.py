@@ -194,15 +194,16 @@ def _hash_check(report: dict[str, Any]) -> FieldCheck:
 def _recheck_compression(
     report: dict[str, Any], *, root: Path, device: torch.device
 ) -> list[FieldCheck]:
-    from pacbound.certify.compression import seeded_factory, verify_artifact
-    from pacbound.io import parse_arch
-    from pacbound.io.architectures import build_module
+    from pacbound.certify.compression import architecture_factory, verify_artifact
 
     res, opts = report["results"], report["options"]
     prov = report["inputs"]["model"]["provenance"]
-    spec = parse_arch(prov["architecture"])
-    kwargs = prov["arch_kwargs"] or {}
-    factory = seeded_factory(lambda: build_module(spec, kwargs))
+    init = report["inputs"].get("init")
+    factory = architecture_factory(
+        prov["architecture"],
+        prov["arch_kwargs"],
+        init=None if init is None else _resolve(init["path"], root),
+    )
     data = load_recorded_dataset(report["inputs"]["data"], root)
     artifact = _resolve(report["inputs"]["artifact"]["path"], root).read_bytes()
     cert = verify_artifact(

@@ -231,3 +231,27 @@ def test_post_hoc_quantization_certificate() -> None:
     assert dataclasses.asdict(checked.search[0])["code_length_bits"] == cert.code_length_bits
     with pytest.raises(InvalidInputError, match="does not have the architecture"):
         certify_quantized(OTHER(0), FACTORY, x, y, num_classes=2, options=options)
+
+
+def test_init_file_factory_fixes_theta0_and_hashes_content(tmp_path: Any) -> None:
+    from safetensors.torch import save_file
+
+    from pacbound.certify.compression import architecture_factory, theta0_sha256
+
+    kwargs = {"in_features": 6, "hidden": [8], "num_classes": 2}
+    torch.manual_seed(123)
+    init = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    state = {k: v.detach().contiguous() for k, v in init.state_dict().items()}
+    save_file(state, str(tmp_path / "init.safetensors"))
+    torch.save(state, tmp_path / "init.pt")
+    from_st = architecture_factory("mlp", kwargs, init=tmp_path / "init.safetensors")
+    from_pt = architecture_factory("mlp", kwargs, init=tmp_path / "init.pt")
+    seeded = architecture_factory("mlp", kwargs)
+    for seed in (0, 7):
+        model = from_st(seed)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, state[name])  # θ₀ is the file's, whatever the seed
+    assert not torch.equal(seeded(0).state_dict()["1.weight"], state["1.weight"])
+    assert from_st.init_sha256 == from_pt.init_sha256 == theta0_sha256(state)  # type: ignore[attr-defined]
+    state["1.bias"] = state["1.bias"] + 1e-3
+    assert theta0_sha256(state) != from_st.init_sha256  # type: ignore[attr-defined]

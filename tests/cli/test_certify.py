@@ -274,7 +274,7 @@ def test_compression_methods_report_and_artifact(
     ("method", "extra", "flag"),
     [
         ("quantize", ("--posterior", "diagonal"), "--posterior"),
-        ("subspace", ("--init", "x.safetensors"), "--init"),
+        ("quantize", ("--init", "x.safetensors"), "--init"),
         ("gaussian", ("--levels", "4"), "--levels"),
         ("quantize", ("--posterior-optimizer", "adam"), "--posterior-optimizer"),
         ("subspace", ("--prior-augment-shift", "2"), "--prior-augment-shift"),

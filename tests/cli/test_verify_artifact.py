@@ -215,3 +215,71 @@ def test_report_mode_unchanged(task: Path, certified: tuple[Path, Path]) -> None
     result = CliRunner().invoke(cli, ["verify", str(certified[1]), "--json"])
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["agree"] is True
+
+
+@pytest.fixture(scope="module")
+def subspace_with_init(task: Path) -> tuple[Path, Path]:
+    """A subspace artifact around θ₀ = init.safetensors (not the seed's init), its report."""
+    art, report = task / "si.pbcm", task / "si.json"
+    args = [
+        "certify",
+        str(task / "final.safetensors"),
+        "--method",
+        "subspace",
+        "--subspace-init",
+        "checkpoint",
+        "--d",
+        "20",
+        "--levels",
+        "8",
+        "--subspace-epochs",
+        "1",
+        *_model("--init", str(task / "init.safetensors"), "--data", str(task / "train.npz")),
+        "--artifact",
+        str(art),
+        "--output",
+        str(report),
+        "--quiet",
+    ]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    return art, report
+
+
+def test_subspace_theta0_from_init_file_is_recorded_and_verified(
+    task: Path, subspace_with_init: tuple[Path, Path]
+) -> None:
+    from pacbound.io import sha256_file
+
+    art, report_path = subspace_with_init
+    report = json.loads(report_path.read_text())
+    init = report["inputs"]["init"]
+    assert init["sha256"] == sha256_file(task / "init.safetensors")
+    assert len(init["theta0_sha256"]) == 64
+    ok = _verify(task, art, "--init", str(task / "init.safetensors"), "--report", str(report_path))
+    assert ok.exit_code == 0, ok.stderr + ok.stdout
+    again = CliRunner().invoke(cli, ["verify", str(report_path), "--root", "/"])
+    assert again.exit_code == 0, again.stderr + again.stdout
+
+
+def test_subspace_artifact_from_init_file_needs_that_file(
+    task: Path, subspace_with_init: tuple[Path, Path], tmp_path: Path
+) -> None:
+    art, _ = subspace_with_init
+    missing = _verify(task, art)
+    assert missing.exit_code == 3
+    assert "another architecture or θ₀" in missing.stderr and "--init" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+    # Same architecture, other θ₀: the final weights used as if they were the init file.
+    other = _verify(task, art, "--init", str(task / "final.safetensors"))
+    assert other.exit_code == 3
+    assert "another architecture or θ₀" in other.stderr
+
+
+def test_seeded_subspace_artifact_refuses_an_init_file(
+    task: Path, subspace: tuple[Path, dict[str, object]]
+) -> None:
+    art, _ = subspace
+    result = _verify(task, art, "--init", str(task / "init.safetensors"))
+    assert result.exit_code == 3
+    assert "another architecture or θ₀" in result.stderr
