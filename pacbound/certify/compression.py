@@ -158,7 +158,9 @@ def architecture_factory(
 
     if init is None:
         return seeded_factory(build)
-    state = load_init_state(init, build(), allow_unsafe_pickle=unsafe_allow_pickle)
+    with torch.random.fork_rng(devices=[]):
+        reference = build()
+    state = load_init_state(init, reference, allow_unsafe_pickle=unsafe_allow_pickle)
     state = {k: v.detach().to("cpu") for k, v in state.items()}
     return InitFileFactory(build, state, theta0_sha256(state))
 

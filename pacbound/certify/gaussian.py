@@ -149,6 +149,18 @@ class GaussianOptions:
         }
 
 
+def _check_training_seed(training_seed: int, seed: int) -> None:
+    """The training noise must not replay the search, selection or Monte-Carlo streams
+    (the certificate's draws must be independent of how Q was chosen)."""
+    taken = {seed + SEED_OFFSETS[k] for k in ("search", "monte_carlo", "selection")}
+    if training_seed in taken:
+        raise InvalidInputError(
+            f"TrainingRecipe.seed {training_seed} would replay a random stream of the "
+            f"certificate (seed {seed} + 1, 3 or 5); use another training seed",
+            param="--seed",
+        )
+
+
 def _part(name: str, delta: float, grid: int, description: str) -> Any:
     from pacbound.bounds import DeltaPart
 
@@ -326,6 +338,7 @@ def certify_gaussian(
         history: TrainingHistory | None = None
         if options.posterior is Posterior.DIAGONAL:
             recipe = options.training
+            _check_training_seed(recipe.seed, options.seed)
             log_term = math.log(2.0 * math.sqrt(n_bound) / delta_pb)
             hook = progress("training diagonal posterior", recipe.epochs * int(x.shape[0]))
             select_gen = torch.Generator(device=dev).manual_seed(

@@ -275,8 +275,9 @@ def certify(**kw: Any) -> None:
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
     check_model_data(loaded, data, device=device)
     if kw.get("save_posterior") is not None:
-        # μ, σ and the prior mean in float32, plus the safetensors header.
-        needed = 3 * 4 * loaded.num_parameters + MIN_FREE_BYTES
+        # μ, σ and the prior mean at the parameters' precision, plus headroom.
+        param_bytes = sum(p.numel() * p.element_size() for p in loaded.module.parameters())
+        needed = 3 * param_bytes + MIN_FREE_BYTES
         check_free_space(kw["save_posterior"], needed, "--save-posterior")
     heldout = None
     if kw["heldout"] is not None:

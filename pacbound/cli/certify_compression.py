@@ -280,6 +280,10 @@ def run_compression(
 
     options = compression_options_from(kw)
     factory = model_factory(kw)
+    if kw.get("init") is not None:
+        from pacbound.io.models import refuse_trained_init
+
+        refuse_trained_init(factory.state, loaded)
     if kw["method"] == "subspace":
         checkpoint = loaded.module if kw["subspace_init"] == "checkpoint" else None
         cert = certify_subspace(

@@ -27,6 +27,7 @@ from pacbound.io import (
     parse_arch_kwargs,
     parse_label_map,
     parse_normalization,
+    refuse_trained_init,
 )
 from pacbound.models import builtin_help
 
@@ -179,7 +180,9 @@ def resolve_init(
     """The ``--init`` weights checked against ``model``, or ``None`` without ``--init``."""
     if init is None:
         return None
-    return load_init_state(init, model, allow_unsafe_pickle=unsafe_allow_pickle)
+    state = load_init_state(init, model, allow_unsafe_pickle=unsafe_allow_pickle)
+    refuse_trained_init(state, model)
+    return state
 
 
 def resolve_dataset(

@@ -240,7 +240,11 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
         from pacbound.report.recheck import verify_artifact_report
 
         outcome = verify_artifact_report(
-            report, cert, artifact_sha256=sha256, data=data.provenance.to_dict()
+            report,
+            cert,
+            artifact_sha256=sha256,
+            data=data.provenance.to_dict(),
+            theta0_sha256=getattr(factory, "init_sha256", None),
         )
     if kw["as_json"]:
         checked = {} if outcome is None else outcome.to_dict()

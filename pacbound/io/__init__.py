@@ -18,6 +18,7 @@ from pacbound.io.models import (
     inspect_checkpoint,
     load_init_state,
     load_model,
+    refuse_trained_init,
 )
 from pacbound.io.provenance import (
     CheckpointProvenance,
@@ -57,6 +58,7 @@ __all__ = [
     "parse_label_map",
     "parse_normalization",
     "read_checkpoint",
+    "refuse_trained_init",
     "resolve_device",
     "sha256_file",
 ]

@@ -135,6 +135,29 @@ def load_model(
     return LoadedModel(module, params, buffers, provenance, dev)
 
 
+def refuse_trained_init(
+    init_state: Mapping[str, Tensor], model: LoadedModel | nn.Module, option: str = "--init"
+) -> None:
+    """Refuse initial weights identical to the checkpoint's parameters.
+
+    An init prior centred at the trained weights (or a subspace around them) is fitted to the
+    data while the bound treats it as fixed in advance: the certificate would be optimistic.
+    Only exact equality can be caught; the init must be saved before training.
+    """
+    module = model.module if isinstance(model, LoadedModel) else model
+    params = list(module.named_parameters())
+    if params and all(
+        name in init_state and torch.equal(init_state[name].to(p.device, p.dtype), p.detach())
+        for name, p in params
+    ):
+        raise InvalidInputError(
+            f"{option} holds exactly the checkpoint's trained weights; it must be the "
+            "initialization saved BEFORE training (a prior or θ₀ fitted to the data would make "
+            "the bound invalid)",
+            param=option,
+        )
+
+
 def load_init_state(
     path: str | os.PathLike[str],
     model: LoadedModel | nn.Module,

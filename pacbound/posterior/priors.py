@@ -191,7 +191,7 @@ def _check_recipe(recipe: PriorTrainingRecipe, x: Tensor) -> None:
             f"--prior-augment-shift must be >= 0, got {recipe.augment_shift}",
             param="--prior-augment-shift",
         )
-    if recipe.augment_shift > 0 and x.dim() != 4:
+    if recipe.augment_shift > 0 and len(x.shape) != 4:
         raise InvalidInputError(
             f"--prior-augment-shift {recipe.augment_shift} shifts images, but the data have "
             f"shape {tuple(x.shape)} (need N×C×H×W); drop the option for non-image data",

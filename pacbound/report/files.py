@@ -53,7 +53,7 @@ def check_writable(
             os.fsync(handle.fileno())
     except OSError as exc:
         raise InvalidInputError(
-            f"{option}: cannot write in {parent} ({exc.strerror}); choose another path",
+            f"{option}: cannot write in {parent} ({exc.strerror or exc}); choose another path",
             param=option,
         ) from None
     finally:
@@ -79,7 +79,7 @@ def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
         tmp = None
     except OSError as exc:
         raise InvalidInputError(
-            f"{option}: could not write {path} ({exc.strerror}); nothing was written",
+            f"{option}: could not write {path} ({exc.strerror or exc}); nothing was written",
             param=option,
         ) from None
     finally:

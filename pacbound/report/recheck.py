@@ -255,6 +255,7 @@ def verify_artifact_report(
     *,
     artifact_sha256: str,
     data: dict[str, Any],
+    theta0_sha256: str | None = None,
 ) -> Verification:
     """Check an artifact re-derived by ``pacbound verify ARTIFACT`` against a saved report.
 
@@ -262,7 +263,8 @@ def verify_artifact_report(
     artifact whose bytes have ``artifact_sha256``, on the data set recorded as ``data``
     (``DatasetProvenance.to_dict()``). Beyond the recomputed fields of REPORT mode, the
     artifact's sha256 must be the one in ``inputs.artifact`` (when the report records one) and
-    the data must be the recorded sample.
+    the data must be the recorded sample, and θ₀'s content hash (``theta0_sha256``, for an
+    artifact decoded with ``--init``) the one in ``inputs.init``.
     """
     res = report["results"]
     if res["method"] == "gaussian":
@@ -278,5 +280,14 @@ def verify_artifact_report(
     checks.append(
         FieldCheck("inputs.data", _data_identity(report["inputs"]["data"]), _data_identity(data))
     )
+    recorded_init = report["inputs"].get("init")
+    if recorded_init is not None or theta0_sha256 is not None:
+        checks.append(
+            FieldCheck(
+                "inputs.init.theta0_sha256",
+                None if recorded_init is None else recorded_init.get("theta0_sha256"),
+                theta0_sha256,
+            )
+        )
     checks.extend(compression_checks(res, certificate.to_dict()))
     return Verification(res["method"], tuple(checks))

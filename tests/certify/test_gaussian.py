@@ -197,3 +197,17 @@ def test_heldout_bound_is_for_the_checkpoint() -> None:
     assert cert.heldout.terms["errors"] == errors
     assert cert.heldout.n == 400
     assert "point weights" in cert.to_dict()["heldout"]["certified_classifier"]
+
+
+@pytest.mark.parametrize("offset", [1, 3, 5])
+def test_training_seed_must_not_replay_a_certificate_stream(offset: int) -> None:
+    model, init = _trained()
+    x, y = _task()
+    opts = GaussianOptions(
+        **FAST,
+        posterior=Posterior.DIAGONAL,
+        training=TrainingRecipe(epochs=1, seed=10 + offset),
+        seed=10,
+    )
+    with pytest.raises(InvalidInputError, match="would replay a random stream"):
+        certify_gaussian(model, x, y, num_classes=2, options=opts, init_state=init)

@@ -368,3 +368,20 @@ def test_posterior_too_large_for_the_free_space(
     assert "--save-posterior: only 1.0 MiB free" in result.stderr
     assert "about 1.0 MiB needed" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("method", ["gaussian", "subspace"])
+def test_trained_weights_as_init_are_refused(task: Path, tmp_path: Path, method: str) -> None:
+    """A prior (or θ₀) at the trained weights would be fitted to the data: exit 3."""
+    final = str(task / "final.safetensors")
+    extra = ("--d", "5", "--levels", "4") if method == "subspace" else ()
+    args = [*_compression_args(task, method, *extra), "--init", final]
+    args += ["--output", str(tmp_path / "r.json")]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.stderr
+    assert result.stderr.strip() == (
+        "Error: --init holds exactly the checkpoint's trained weights; it must be the "
+        "initialization saved BEFORE training (a prior or θ₀ fitted to the data would make "
+        "the bound invalid)"
+    )
+    assert list(tmp_path.iterdir()) == []

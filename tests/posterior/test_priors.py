@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
@@ -80,3 +82,20 @@ def test_bad_recipes_are_refused_before_training(
         train_prior_mean(model, x, y, recipe, device=torch.device("cpu"))
     for a, b in zip(before, model.parameters(), strict=True):
         assert torch.equal(a, b)
+
+
+def test_shift_augmentation_works_on_streamed_features(tmp_path: Path) -> None:
+    """A memory-mapped x.npy folder (LazyFeatures, no .dim()) trains like in-memory data."""
+    import numpy as np
+
+    from pacbound.io import load_dataset
+
+    x, y = _task()
+    np.save(tmp_path / "x.npy", x.numpy())
+    np.save(tmp_path / "y.npy", y.numpy())
+    streamed = load_dataset(tmp_path)
+    recipe = PriorTrainingRecipe(epochs=1, lr=0.1, batch_size=50, augment_shift=1)
+    a = train_prior_mean(_model(), streamed.x, streamed.y, recipe, device=torch.device("cpu"))
+    b = train_prior_mean(_model(), x, y, recipe, device=torch.device("cpu"))
+    for p, q in zip(a.parameters(), b.parameters(), strict=True):
+        assert torch.equal(p, q)
