@@ -264,6 +264,35 @@ def _initial_model(model: nn.Module, init_state: dict[str, Tensor] | None, seed:
     return fresh
 
 
+def data_dependent_prior(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    *,
+    prior_fraction: float,
+    recipe: PriorTrainingRecipe,
+    seed: int,
+    init_state: dict[str, Tensor] | None,
+    device: torch.device,
+    progress: ProgressFactory = no_progress,
+) -> tuple[DataSplit, nn.Module]:
+    """The seeded split of S and the prior mean trained on S_prior only (from the init
+    weights, or a seeded fresh initialisation). Deterministic for a seed, so ``pacbound
+    verify`` re-runs it to check a saved prior mean."""
+    split = split_data(x.shape[0], prior_fraction=prior_fraction, seed=seed)
+    prior_model = _initial_model(model, init_state, seed).to(device)
+    hook = progress("training prior on S_prior", recipe.epochs * len(split.prior_indices))
+    train_prior_mean(
+        prior_model,
+        take_rows(x, split.prior_indices),
+        y[split.prior_indices],
+        recipe,
+        device=device,
+        progress=hook,
+    )
+    return split, prior_model
+
+
 def certify_gaussian(
     model: nn.Module,
     x: Tensor,
@@ -290,18 +319,16 @@ def certify_gaussian(
     prior_info: dict[str, Any] = {"mean": options.prior.value}
     with timer.phase("prior"):
         if options.prior is PriorMean.DATA:
-            split = split_data(x.shape[0], prior_fraction=options.prior_fraction, seed=options.seed)
-            prior_model = _initial_model(model, init_state, options.seed).to(dev)
-            hook = progress(
-                "training prior on S_prior", options.prior_recipe.epochs * len(split.prior_indices)
-            )
-            train_prior_mean(
-                prior_model,
-                take_rows(x, split.prior_indices),
-                y[split.prior_indices],
-                options.prior_recipe,
+            split, prior_model = data_dependent_prior(
+                model,
+                x,
+                y,
+                prior_fraction=options.prior_fraction,
+                recipe=options.prior_recipe,
+                seed=options.seed,
+                init_state=init_state,
                 device=dev,
-                progress=hook,
+                progress=progress,
             )
             prior_means = [p.detach().clone() for p in prior_model.parameters()]
             x_bound = take_rows(x, split.bound_indices)

@@ -37,13 +37,16 @@ HELP = """Re-derive the certificate in REPORT, or of a compressed ARTIFACT, and 
 
 REPORT (a JSON report): checks that every input file still has the sha256 the report
 recorded (a changed or missing file exits 3, naming it), then recomputes the certificate:
-for the Gaussian method from the posterior file (KL, σ_p choice, the Monte-Carlo draws
-replayed with the same seeds, bounds, held-out bound); for compression methods by decoding
-the artifact and recounting its errors. Prints each field with the reported and recomputed
-value. Exit 0 when every field agrees exactly, 1 when any disagrees.
+for the Gaussian method from the posterior file (the prior mean: init weights, zero, or a
+data-dependent prior retrained on S_prior with the recorded recipe and seed; KL, σ_p choice,
+the Monte-Carlo draws replayed with the same seeds, bounds, held-out bound); for
+compression methods by decoding the artifact and recounting its errors. Prints each field
+with the reported and recomputed value. Exit 0 when every field agrees exactly, 1 when any
+disagrees.
 
 ARTIFACT (a file written by `compress` or `certify --artifact`, recognised by its magic
-bytes): decodes it against --arch/--arch-kwargs (θ₀ and the seed come from the artifact),
+bytes): decodes it against --arch/--arch-kwargs (and --init for a subspace artifact made
+with one; otherwise θ₀ and the seed come from the artifact),
 counts the decoded model's errors on --data and recomputes its code length and Occam bound.
 A truncated or corrupted artifact, or one made for another architecture, exits 3. With
 --report, the artifact's sha256, the data and every certificate field are compared with the

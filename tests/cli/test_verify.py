@@ -59,11 +59,47 @@ def test_gaussian_table_output(gauss: Path) -> None:
     assert "field" in out and "recomputed" in out and "NO" not in out
 
 
-def test_data_prior_agrees(task: Path) -> None:
-    report = gaussian_report(task, task / "d", "--prior", "data", "--prior-epochs", "1")
-    code, out, err = _verify(report, "--json")
+@pytest.fixture(scope="module")
+def data_prior(task: Path) -> Path:
+    return gaussian_report(task, task / "d", "--prior", "data", "--prior-epochs", "2")
+
+
+def test_data_prior_agrees_and_the_prior_is_retrained(data_prior: Path) -> None:
+    code, out, err = _verify(data_prior, "--json")
     assert code == 0, err
-    assert _fields(out)["prior.split.indices_sha256"]["agree"] is True
+    fields = _fields(out)
+    assert fields["prior.split.indices_sha256"]["agree"] is True
+    assert fields["prior.mean (retrained on S_prior)"]["agree"] is True
+
+
+def test_data_prior_not_trained_on_s_prior_is_caught(data_prior: Path, tmp_path: Path) -> None:
+    """A forger shifts the saved prior mean and fixes the file's recorded sha256: the prior
+    retrained on S_prior no longer matches (and the KL neither)."""
+    from safetensors.torch import load_file, save_file
+
+    from pacbound.io import sha256_file
+
+    doc = json.loads(data_prior.read_text())
+    posterior = Path(doc["inputs"]["posterior"]["path"])
+    if not posterior.is_absolute():
+        posterior = data_prior.parent / posterior
+    tensors = load_file(str(posterior))
+    from safetensors import safe_open
+
+    with safe_open(str(posterior), framework="pt") as handle:
+        metadata = handle.metadata()
+    forged = {k: (v + 0.05 if k.startswith("prior.mu/") else v) for k, v in tensors.items()}
+    target = tmp_path / "posterior.safetensors"
+    save_file(forged, str(target), metadata=metadata)
+    doc["inputs"]["posterior"]["path"] = str(target)
+    doc["inputs"]["posterior"]["sha256"] = sha256_file(target)
+    edited = tmp_path / "forged.json"
+    edited.write_text(json.dumps(doc))
+    code, out, err = _verify(edited, "--json", "--root", str(data_prior.parent))
+    assert code == 1, err
+    fields = _fields(out)
+    assert fields["prior.mean (retrained on S_prior)"]["agree"] is False
+    assert str(fields["prior.mean (retrained on S_prior)"]["recomputed"]).startswith("≠ file")
 
 
 @pytest.mark.parametrize(
