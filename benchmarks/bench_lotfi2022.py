@@ -16,6 +16,7 @@ The (d, L) search is paid in the code length (see ``pacbound.certify.compression
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -62,13 +63,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="examples/data/mnist")
     parser.add_argument("--artifact", type=Path, default=None, help="save the message here")
+    parser.add_argument("--epochs", type=int, default=OPTIONS.training.epochs)
+    parser.add_argument("--lr", type=float, default=OPTIONS.training.lr)
+    parser.add_argument(
+        "--lr-schedule", choices=["constant", "cosine"], default=OPTIONS.training.lr_schedule
+    )
+    parser.add_argument("--d", type=int, default=OPTIONS.d)
     args = parser.parse_args()
+    options = dataclasses.replace(
+        OPTIONS,
+        d=args.d,
+        training=dataclasses.replace(
+            OPTIONS.training, epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule
+        ),
+    )
     start, load_start = time.perf_counter(), os.getloadavg()
     train = load_dataset(args.data, split="train")
     test = load_dataset(args.data, split="test")
     factory = seeded_factory(lambda: convnet(**ARCH))  # type: ignore[arg-type]
     cert = certify_subspace(
-        factory, train.x, train.y, num_classes=train.num_classes, options=OPTIONS
+        factory, train.x, train.y, num_classes=train.num_classes, options=options
     )
     decoded = decoder_for(cert.message, factory).decompress(cert.message.to_bytes())
     test_count = count_errors(decoded, test.x, test.y)
@@ -91,7 +105,7 @@ def main() -> None:
         "levels": cert.message.codebook.levels,
         "num_parameters": cert.message.num_parameters,
         "architecture": {"name": "convnet", **ARCH},
-        "delta": OPTIONS.delta,
+        "delta": options.delta,
         "search": report["search"],
         "certificate": report,
         "timings_s": cert.timings,

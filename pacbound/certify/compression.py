@@ -173,6 +173,7 @@ class SubspaceRecipe:
     lr: float = 1e-2
     batch_size: int = 128
     optimizer: Optimizer = Optimizer.ADAM
+    lr_schedule: str = "constant"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,6 +181,7 @@ class SubspaceRecipe:
             "lr": self.lr,
             "batch_size": self.batch_size,
             "optimizer": Optimizer(self.optimizer).value,
+            "lr_schedule": self.lr_schedule,
         }
 
 
@@ -505,6 +507,7 @@ def certify_subspace(
                 seed=options.seed + SEED_OFFSETS["training"],
                 optimizer=recipe.optimizer,
                 w0=w0,
+                lr_schedule=recipe.lr_schedule,
             )
             hook(recipe.epochs * int(x.shape[0]))
         model.module.eval()

@@ -7,6 +7,7 @@ the decoder from the architecture factory and the seed); P is a
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from enum import Enum
 
@@ -83,12 +84,14 @@ def train_subspace(
     optimizer: Optimizer | str = Optimizer.ADAM,
     w0: Tensor | None = None,
     loss_fn: Callable[[Tensor, Tensor], Tensor] = F.cross_entropy,
+    lr_schedule: str = "constant",
 ) -> Tensor:
     """Train w with θ = θ₀ + P w, θ₀ = ``model``'s current parameters; returns w (length d).
 
     Recipe: ``epochs`` passes over (x, y) in minibatches of ``batch_size``, reshuffled each
     epoch by a CPU generator seeded with ``seed``; Adam (β = 0.9, 0.999) or SGD with momentum
-    0.9 at a constant learning rate ``lr``; cross-entropy by default; w starts at ``w0`` or 0.
+    0.9 at learning rate ``lr``, constant or (``lr_schedule="cosine"``) decayed to 0 along a
+    half cosine over all steps; cross-entropy by default; w starts at ``w0`` or 0.
     The defaults (Adam, lr 1e-2, 20 epochs, batch 128) follow Lotfi et al. (2022) for small
     MLPs on MNIST-sized data. Computation runs on the projector's device; ``model``'s buffers
     (BatchNorm statistics) update in place. Raises NumericalError if the loss becomes NaN.
@@ -100,6 +103,13 @@ def train_subspace(
             f"need epochs ≥ 0, batch_size ≥ 1, lr > 0; got {epochs}, {batch_size}, {lr}"
         )
     choice = parse_enum(Optimizer, optimizer, "optimizer")
+    if lr_schedule not in ("constant", "cosine"):
+        raise InvalidInputError(
+            f"unknown subspace learning-rate schedule {lr_schedule!r}; valid: constant, cosine",
+            param="--subspace-lr-schedule",
+        )
+    total_steps = max(1, epochs * math.ceil(len(x) / batch_size))
+    step = 0
     subspace = SubspaceModel(model, projector, w0)
     subspace.train()
     if choice is Optimizer.ADAM:
@@ -112,6 +122,10 @@ def train_subspace(
         order = torch.randperm(len(x), generator=generator)
         for start in range(0, len(x), batch_size):
             idx = order[start : start + batch_size]
+            if lr_schedule == "cosine":
+                for group in opt.param_groups:
+                    group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
+            step += 1
             opt.zero_grad()
             loss = loss_fn(subspace(x[idx].to(device)), y[idx].to(device))
             if not torch.isfinite(loss):

@@ -278,6 +278,7 @@ def test_compression_methods_report_and_artifact(
         ("gaussian", ("--levels", "4"), "--levels"),
         ("quantize", ("--posterior-optimizer", "adam"), "--posterior-optimizer"),
         ("subspace", ("--prior-augment-shift", "2"), "--prior-augment-shift"),
+        ("gaussian", ("--subspace-lr-schedule", "cosine"), "--subspace-lr-schedule"),
     ],
 )
 def test_options_of_the_other_method_are_refused(

@@ -93,3 +93,21 @@ def test_pipeline_train_compress_decode_gives_the_quantized_subspace_model() -> 
         accuracy = float((decoded(x).argmax(1) == y).float().mean())
     assert accuracy > 0.9
     assert message.code_length_bits < 24 * 4 + 16 * 32 + 200
+
+
+def test_cosine_schedule_is_deterministic_and_differs_from_constant() -> None:
+    x, y = data(64)
+    projector = make_projector("kronecker", D=130, d=24, seed=0)
+    runs = {
+        schedule: train_subspace(
+            mlp(0), projector, x, y, epochs=5, lr=3e-2, batch_size=64, lr_schedule=schedule
+        )
+        for schedule in ("constant", "cosine")
+    }
+    assert not torch.equal(runs["constant"], runs["cosine"])
+    again = train_subspace(
+        mlp(0), projector, x, y, epochs=5, lr=3e-2, batch_size=64, lr_schedule="cosine"
+    )
+    assert torch.equal(runs["cosine"], again)
+    with pytest.raises(InvalidInputError, match="unknown subspace learning-rate schedule"):
+        train_subspace(mlp(0), projector, x, y, epochs=1, lr_schedule="step")
