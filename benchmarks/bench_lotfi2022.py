@@ -69,10 +69,14 @@ def main() -> None:
         "--lr-schedule", choices=["constant", "cosine"], default=OPTIONS.training.lr_schedule
     )
     parser.add_argument("--d", type=int, default=OPTIONS.d)
+    parser.add_argument("--qat-steps", type=int, default=OPTIONS.qat_steps)
+    parser.add_argument("--qat-examples", type=int, default=OPTIONS.qat_examples)
     args = parser.parse_args()
     options = dataclasses.replace(
         OPTIONS,
         d=args.d,
+        qat_steps=args.qat_steps,
+        qat_examples=args.qat_examples,
         training=dataclasses.replace(
             OPTIONS.training, epochs=args.epochs, lr=args.lr, lr_schedule=args.lr_schedule
         ),
