@@ -7,9 +7,9 @@ every predeclared candidate, wall time, peak resident memory and the load averag
 
 Recipe (fixed for all runs; chosen on training-set bounds only): ``convnet(channels=[8, 16],
 hidden=32)`` built by ``seeded_factory`` with seed 0, so θ₀ is data-independent (no transfer);
-a Kronecker random subspace; w trained from 0 with Adam; k-means codebooks with the levels
-below, QAT, adaptive arithmetic coding; δ = 0.05 (believed to be Lotfi et al.'s value; not
-checked against the paper's text here).
+a Kronecker random subspace; w trained from 0 with Adam (12 epochs, cosine learning rate);
+k-means codebooks with the levels below, QAT, adaptive arithmetic coding; δ = 0.05 (believed
+to be Lotfi et al.'s value; not checked against the paper's text here).
 The (d, L) search is paid in the code length (see ``pacbound.certify.compression``).
 """
 
@@ -46,7 +46,7 @@ OPTIONS = CompressionOptions(
     codebook="kmeans",  # type: ignore[arg-type]
     precision="float16",  # type: ignore[arg-type]
     seed=0,
-    training=SubspaceRecipe(epochs=8, lr=0.05, batch_size=256),
+    training=SubspaceRecipe(epochs=12, lr=0.05, batch_size=256, lr_schedule="cosine"),
     qat_steps=200,
     qat_lr=3e-3,
     qat_examples=2000,
