@@ -130,9 +130,20 @@ def _optional_data_options(func: Any) -> Any:
     help=f"ARTIFACT: evaluation batch size. [default: the report's, else {DEFAULT_BATCH_SIZE}]",
 )
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda or cuda:N.")
+@click.option(
+    "--unsafe-allow-pickle",
+    is_flag=True,
+    help="DANGEROUS: let the checkpoint or init file be fully unpickled (can run arbitrary "
+    "code); only for files you trust that certify also needed this flag for.",
+)
 @json_option
 def verify(**kw: Any) -> None:
     ctx = click.get_current_context()
+    if kw["unsafe_allow_pickle"]:
+        Terminal().warn(
+            "--unsafe-allow-pickle: checkpoint and init files may be fully unpickled, which "
+            "can run arbitrary code; use it only for files you trust"
+        )
     target: Path = kw["target"]
     if _is_artifact(target, expected=_given(ctx, ARTIFACT_ONLY) is not None):
         if (name := _given(ctx, ("root",))) is not None:
@@ -187,7 +198,12 @@ def _verify_report(report: Path, kw: dict[str, Any]) -> bool:
     from pacbound.io import resolve_device
     from pacbound.report.recheck import verify_report
 
-    outcome = verify_report(document, root=kw["root"], device=resolve_device(kw["device"]))
+    outcome = verify_report(
+        document,
+        root=kw["root"],
+        device=resolve_device(kw["device"]),
+        allow_unsafe_pickle=kw["unsafe_allow_pickle"],
+    )
     if kw["as_json"]:
         emit_json({"report": str(report), **outcome.to_dict()})
     else:
@@ -213,7 +229,12 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
 
     payload = kw["target"].read_bytes()
     message = CompressedMessage.from_bytes(payload)  # truncated or corrupted: exit 3 here
-    factory = factory_from_arch(kw["arch"], kw["arch_kwargs"], init=kw["init"])
+    factory = factory_from_arch(
+        kw["arch"],
+        kw["arch_kwargs"],
+        init=kw["init"],
+        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
+    )
     report = load_report(kw["against"]) if kw["against"] is not None else None
     recorded = report["options"] if report is not None else {}
     data = resolve_dataset(

@@ -144,7 +144,9 @@ def load_recorded_dataset(record: dict[str, Any], root: Path) -> Any:
     )
 
 
-def load_recorded_model(report: dict[str, Any], root: Path, device: torch.device) -> Any:
+def load_recorded_model(
+    report: dict[str, Any], root: Path, device: torch.device, *, allow_unsafe_pickle: bool = False
+) -> Any:
     from pacbound.io import load_model
 
     prov = report["inputs"]["model"]["provenance"]
@@ -152,12 +154,17 @@ def load_recorded_model(report: dict[str, Any], root: Path, device: torch.device
         _resolve(prov["checkpoint"]["path"], root),
         arch=prov["architecture"],
         arch_kwargs=prov["arch_kwargs"],
+        allow_unsafe_pickle=allow_unsafe_pickle,
         device=device,
     )
 
 
 def verify_report(
-    report: dict[str, Any], *, root: Path, device: torch.device | None = None
+    report: dict[str, Any],
+    *,
+    root: Path,
+    device: torch.device | None = None,
+    allow_unsafe_pickle: bool = False,
 ) -> Verification:
     """Check the input files, then re-derive every certificate field (see module docstring)."""
     dev = device or torch.device("cpu")
@@ -177,9 +184,13 @@ def verify_report(
     if method == "gaussian":
         from pacbound.report.recheck_gaussian import recheck_gaussian
 
-        checks = recheck_gaussian(report, root=root, device=dev)
+        checks = recheck_gaussian(
+            report, root=root, device=dev, allow_unsafe_pickle=allow_unsafe_pickle
+        )
     else:
-        checks = _recheck_compression(report, root=root, device=dev)
+        checks = _recheck_compression(
+            report, root=root, device=dev, allow_unsafe_pickle=allow_unsafe_pickle
+        )
     return Verification(method, (_hash_check(report), *checks))
 
 
@@ -192,7 +203,7 @@ def _hash_check(report: dict[str, Any]) -> FieldCheck:
 
 
 def _recheck_compression(
-    report: dict[str, Any], *, root: Path, device: torch.device
+    report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool
 ) -> list[FieldCheck]:
     from pacbound.certify.compression import architecture_factory, verify_artifact
 
@@ -203,6 +214,7 @@ def _recheck_compression(
         prov["architecture"],
         prov["arch_kwargs"],
         init=None if init is None else _resolve(init["path"], root),
+        unsafe_allow_pickle=allow_unsafe_pickle,
     )
     data = load_recorded_dataset(report["inputs"]["data"], root)
     artifact = _resolve(report["inputs"]["artifact"]["path"], root).read_bytes()

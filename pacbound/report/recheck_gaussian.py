@@ -50,7 +50,9 @@ def _network(model: torch.nn.Module, saved: Any, device: torch.device) -> Any:
     return network
 
 
-def _prior_mean_check(report: dict[str, Any], saved: Any, loaded: Any, root: Path) -> FieldCheck:
+def _prior_mean_check(
+    report: dict[str, Any], saved: Any, loaded: Any, root: Path, allow_unsafe_pickle: bool
+) -> FieldCheck:
     """Is the prior mean in the file the one the report names (init weights or zero)?"""
     kind = report["results"]["prior"]["mean"]
     if kind == "zero":
@@ -61,13 +63,15 @@ def _prior_mean_check(report: dict[str, Any], saved: Any, loaded: Any, root: Pat
         init = report["inputs"].get("init")
         if init is None:
             raise InvalidInputError("the report's prior is 'init' but it records no init file")
-        state = load_init_state(_resolve(init["path"], root), loaded)
+        state = load_init_state(
+            _resolve(init["path"], root), loaded, allow_unsafe_pickle=allow_unsafe_pickle
+        )
         same = all(
             torch.equal(state[n].detach().cpu().to(saved.prior_mu[n].dtype), saved.prior_mu[n])
             for n in saved.names
         )
     else:
-        return _retrained_prior_check(report, saved, loaded, root)
+        return _retrained_prior_check(report, saved, loaded, root, allow_unsafe_pickle)
     return FieldCheck("prior.mean (file)", kind, kind if same else "≠ file")
 
 
@@ -91,7 +95,7 @@ def _prior_recipe(recorded: dict[str, Any]) -> Any:
 
 
 def _retrained_prior_check(
-    report: dict[str, Any], saved: Any, loaded: Any, root: Path
+    report: dict[str, Any], saved: Any, loaded: Any, root: Path, allow_unsafe_pickle: bool
 ) -> FieldCheck:
     """Retrain the data-dependent prior mean on S_prior with the recorded recipe and seed, and
     compare it with the prior mean in the posterior file."""
@@ -100,7 +104,13 @@ def _retrained_prior_check(
 
     opts = report["options"]
     init = report["inputs"].get("init")
-    init_state = None if init is None else load_init_state(_resolve(init["path"], root), loaded)
+    init_state = (
+        None
+        if init is None
+        else load_init_state(
+            _resolve(init["path"], root), loaded, allow_unsafe_pickle=allow_unsafe_pickle
+        )
+    )
     data = load_recorded_dataset(report["inputs"]["data"], root)
     device = next(loaded.module.parameters()).device
     _, prior_model = data_dependent_prior(
@@ -125,7 +135,7 @@ def _retrained_prior_check(
 
 
 def recheck_gaussian(
-    report: dict[str, Any], *, root: Path, device: torch.device
+    report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool = False
 ) -> list[FieldCheck]:
     from pacbound.bounds import (
         mc_upper_per_example,
@@ -143,12 +153,12 @@ def recheck_gaussian(
     from pacbound.posterior.risk import count_errors, count_stochastic_errors
 
     res, opts = report["results"], report["options"]
-    loaded = load_recorded_model(report, root, device)
+    loaded = load_recorded_model(report, root, device, allow_unsafe_pickle=allow_unsafe_pickle)
     model = loaded.module.to(device).eval()
     data = load_recorded_dataset(report["inputs"]["data"], root)
     saved = load_posterior(_resolve(report["inputs"]["posterior"]["path"], root))
     network = _network(model, saved, device)
-    checks = [_prior_mean_check(report, saved, loaded, root)]
+    checks = [_prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)]
 
     x, y = data.x, data.y
     if res["prior"]["mean"] == "data":

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from pacbound.cli.main import cli
 from pacbound.report.document import results_hash
-from tests.report._tiny import gaussian_report, make_task, quantize_report
+from tests.report._tiny import certify_args, gaussian_report, make_task, quantize_report
 
 
 @pytest.fixture(scope="module")
@@ -182,3 +182,31 @@ def test_bad_reports_exit_3(gauss: Path, tmp_path: Path, content: str | None, me
 def test_missing_report_file(tmp_path: Path) -> None:
     code, _, err = _verify(tmp_path / "nope.json")
     assert code == 3 and "does not exist" in err
+
+
+class TrustedMeta:
+    """A non-tensor object that only full unpickling rebuilds (harmless)."""
+
+    def __init__(self, value: int) -> None:
+        self.value = value
+
+
+def test_pickled_checkpoint_needs_the_unsafe_flag_again(task: Path, tmp_path: Path) -> None:
+    import torch
+    from safetensors.torch import load_file
+
+    state = load_file(str(task / "final.safetensors"))
+    pickled = tmp_path / "final_full.pt"
+    torch.save({"state_dict": state, "meta": TrustedMeta(1)}, pickled)
+    args = certify_args(task, tmp_path, "--unsafe-allow-pickle")
+    args[1] = str(pickled)
+    made = CliRunner().invoke(cli, args)
+    assert made.exit_code == 0, made.stderr
+    report = tmp_path / "report.json"
+    code, _, err = _verify(report)
+    assert code == 3
+    assert err.startswith("Error:") and "--unsafe-allow-pickle" in err
+    code, out, err = _verify(report, "--unsafe-allow-pickle", "--json")
+    assert code == 0, err
+    assert "Warning:" in err and "arbitrary code" in err
+    assert all(f["agree"] for f in json.loads(out)["fields"])
