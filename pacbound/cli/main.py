@@ -61,8 +61,25 @@ class Terminated(BaseException):
     """Raised by the SIGTERM handler so that clean-up runs and the exit code is 143."""
 
 
+class Interrupted(BaseException):
+    """Raised by the SIGINT handler instead of KeyboardInterrupt.
+
+    CPython remembers a KeyboardInterrupt that escapes any ``exec``/``eval`` of source text
+    (libraries do that at run time) and, under ``python -m pacbound``, then ends the process
+    by SIGINT at exit whatever exit code was asked for (seen as a flaky exit of -2 instead of
+    130); our own exception type keeps the documented exit code 130.
+    """
+
+
 def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise Terminated()
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    raise Interrupted()
+
+
+_HANDLERS = {signal.SIGTERM: _on_sigterm, signal.SIGINT: _on_sigint}
 
 
 class PacboundGroup(click.Group):
@@ -82,11 +99,13 @@ class PacboundGroup(click.Group):
     ) -> NoReturn:
         argv = list(sys.argv[1:] if args is None else args)
         debug = "--debug" in argv
-        previous = signal.getsignal(signal.SIGTERM)
+        previous: dict[int, Any] = {}
         try:
-            signal.signal(signal.SIGTERM, _on_sigterm)
-        except ValueError:  # not the main thread: leave SIGTERM alone
-            previous = None
+            for signum, handler in _HANDLERS.items():
+                previous[signum] = signal.getsignal(signum)
+                signal.signal(signum, handler)
+        except ValueError:  # not the main thread: leave the signals alone
+            previous = {}
         try:
             rv = super().main(
                 args=argv,
@@ -95,7 +114,7 @@ class PacboundGroup(click.Group):
                 standalone_mode=False,
                 **extra,
             )
-        except (click.exceptions.Abort, KeyboardInterrupt):
+        except (click.exceptions.Abort, KeyboardInterrupt, Interrupted):
             _fail(EXIT_INTERRUPTED, "interrupted; no report was written.", debug=debug)
         except Terminated:
             _fail(EXIT_TERMINATED, "terminated (SIGTERM); no report was written.", debug=debug)
@@ -116,8 +135,8 @@ class PacboundGroup(click.Group):
                 debug=debug,
             )
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGTERM, previous)
+            for restored, handler in previous.items():
+                signal.signal(restored, handler)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
