@@ -190,7 +190,8 @@ class TrainingRecipe:
 @dataclass(frozen=True)
 class TrainingHistory:
     """What training did: the mean objective per epoch and, with ``keep_best``, the estimated
-    bound before training (index 0) and after each epoch, and the epoch kept (0 = none)."""
+    bound before training (index 0) and after each epoch, and the epoch kept (0 = the state
+    before training)."""
 
     objective_per_epoch: tuple[float, ...]
     estimated_bound_per_epoch: tuple[float, ...]
