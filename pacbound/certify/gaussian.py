@@ -261,6 +261,19 @@ def _initial_model(model: nn.Module, init_state: dict[str, Tensor] | None, seed:
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()
+    kept = [
+        name
+        for (name, p), q in zip(fresh.named_parameters(), model.parameters(), strict=True)
+        if torch.equal(p, q)
+    ]
+    if kept:
+        # Those would start the prior at the trained weights, which have seen S_bound.
+        raise InvalidInputError(
+            f"--prior data without --init: {len(kept)} parameter(s) could not be re-initialized "
+            f"(no reset_parameters), e.g. {', '.join(kept[:3])}; pass --init PATH with the "
+            "weights saved before training",
+            param="--init",
+        )
     return fresh
 
 

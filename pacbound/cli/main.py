@@ -61,13 +61,14 @@ class Terminated(BaseException):
     """Raised by the SIGTERM handler so that clean-up runs and the exit code is 143."""
 
 
-class Interrupted(BaseException):
+class Interrupted(KeyboardInterrupt):
     """Raised by the SIGINT handler instead of KeyboardInterrupt.
 
     CPython remembers a KeyboardInterrupt that escapes any ``exec``/``eval`` of source text
     (libraries do that at run time) and, under ``python -m pacbound``, then ends the process
     by SIGINT at exit whatever exit code was asked for (seen as a flaky exit of -2 instead of
-    130); our own exception type keeps the documented exit code 130.
+    130); CPython checks for exactly KeyboardInterrupt, so this subclass keeps the documented
+    exit code 130 while code that cleans up on KeyboardInterrupt still sees it.
     """
 
 
@@ -76,6 +77,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not break clean-up
     raise Interrupted()
 
 
@@ -114,7 +116,7 @@ class PacboundGroup(click.Group):
                 standalone_mode=False,
                 **extra,
             )
-        except (click.exceptions.Abort, KeyboardInterrupt, Interrupted):
+        except (click.exceptions.Abort, KeyboardInterrupt):
             _fail(EXIT_INTERRUPTED, "interrupted; no report was written.", debug=debug)
         except Terminated:
             _fail(EXIT_TERMINATED, "terminated (SIGTERM); no report was written.", debug=debug)

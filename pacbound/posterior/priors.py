@@ -216,6 +216,24 @@ def train_prior_mean(
 ) -> nn.Module:
     """Train ``model`` in place on (x, y) = S_prior only and return it."""
     _check_recipe(recipe, x)
+    cuda = []
+    if device.type == "cuda":
+        cuda = [device.index if device.index is not None else torch.cuda.current_device()]
+    with torch.random.fork_rng(devices=cuda):
+        # Dropout and other layers draw from the global generator: seed it too.
+        torch.manual_seed(recipe.seed)
+        return _train_prior_mean(model, x, y, recipe, device=device, progress=progress)
+
+
+def _train_prior_mean(
+    model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    recipe: PriorTrainingRecipe,
+    *,
+    device: torch.device,
+    progress: object | None,
+) -> nn.Module:
     model.to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     gen = torch.Generator().manual_seed(recipe.seed)

@@ -216,6 +216,13 @@ def _recheck_compression(
         init=None if init is None else _resolve(init["path"], root),
         unsafe_allow_pickle=allow_unsafe_pickle,
     )
+    if init is not None:  # certify's rule: θ₀ must not be the trained weights
+        from pacbound.io import refuse_trained_init
+
+        loaded = load_recorded_model(
+            report, root, torch.device("cpu"), allow_unsafe_pickle=allow_unsafe_pickle
+        )
+        refuse_trained_init(factory.state, loaded)  # type: ignore[attr-defined]
     data = load_recorded_dataset(report["inputs"]["data"], root)
     artifact = _resolve(report["inputs"]["artifact"]["path"], root).read_bytes()
     cert = verify_artifact(

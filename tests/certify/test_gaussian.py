@@ -211,3 +211,25 @@ def test_training_seed_must_not_replay_a_certificate_stream(offset: int) -> None
     )
     with pytest.raises(InvalidInputError, match="would replay a random stream"):
         certify_gaussian(model, x, y, num_classes=2, options=opts, init_state=init)
+
+
+class _FrozenLinear(nn.Linear):
+    """A layer whose reset_parameters does nothing (like a custom raw nn.Parameter)."""
+
+    def reset_parameters(self) -> None:
+        pass
+
+
+def test_seeded_fresh_init_must_reinitialize_every_parameter() -> None:
+    """Without --init the data prior starts from a re-initialized copy of the model; a
+    parameter that cannot be re-initialized would start it at the trained weights."""
+    x, y = _task()
+    torch.manual_seed(0)
+    frozen = _FrozenLinear(8, 2)
+    with torch.no_grad():
+        frozen.weight.normal_()
+        frozen.bias.zero_()
+    model = nn.Sequential(nn.Linear(x.shape[1], 8), nn.ReLU(), frozen)
+    opts = GaussianOptions(**FAST, prior=PriorMean.DATA, prior_fraction=0.5)
+    with pytest.raises(InvalidInputError, match=r"2 parameter\(s\) could not be re-initialized"):
+        certify_gaussian(model, x, y, num_classes=2, options=opts)

@@ -59,6 +59,9 @@ def test_gaussian_table_output(gauss: Path) -> None:
     assert "field" in out and "recomputed" in out and "NO" not in out
 
 
+RETRAINED = "prior.mean (retrained on S_prior, bit for bit)"
+
+
 @pytest.fixture(scope="module")
 def data_prior(task: Path) -> Path:
     return gaussian_report(task, task / "d", "--prior", "data", "--prior-epochs", "2")
@@ -69,12 +72,16 @@ def test_data_prior_agrees_and_the_prior_is_retrained(data_prior: Path) -> None:
     assert code == 0, err
     fields = _fields(out)
     assert fields["prior.split.indices_sha256"]["agree"] is True
-    assert fields["prior.mean (retrained on S_prior)"]["agree"] is True
+    assert fields[RETRAINED]["agree"] is True
 
 
-def test_data_prior_not_trained_on_s_prior_is_caught(data_prior: Path, tmp_path: Path) -> None:
-    """A forger shifts the saved prior mean and fixes the file's recorded sha256: the prior
-    retrained on S_prior no longer matches (and the KL neither)."""
+@pytest.mark.parametrize("shift", [0.05, 1e-6])
+def test_data_prior_not_trained_on_s_prior_is_caught(
+    data_prior: Path, tmp_path: Path, shift: float
+) -> None:
+    """A forger moves the saved prior mean (even by 1e-6) and fixes the file's recorded
+    sha256: the prior retrained on S_prior no longer matches it, and the KL is recomputed
+    against the retrained prior, not the file's."""
     from safetensors.torch import load_file, save_file
 
     from pacbound.io import sha256_file
@@ -88,7 +95,7 @@ def test_data_prior_not_trained_on_s_prior_is_caught(data_prior: Path, tmp_path:
 
     with safe_open(str(posterior), framework="pt") as handle:
         metadata = handle.metadata()
-    forged = {k: (v + 0.05 if k.startswith("prior.mu/") else v) for k, v in tensors.items()}
+    forged = {k: (v + shift if k.startswith("prior.mu/") else v) for k, v in tensors.items()}
     target = tmp_path / "posterior.safetensors"
     save_file(forged, str(target), metadata=metadata)
     doc["inputs"]["posterior"]["path"] = str(target)
@@ -98,8 +105,10 @@ def test_data_prior_not_trained_on_s_prior_is_caught(data_prior: Path, tmp_path:
     code, out, err = _verify(edited, "--json", "--root", str(data_prior.parent))
     assert code == 1, err
     fields = _fields(out)
-    assert fields["prior.mean (retrained on S_prior)"]["agree"] is False
-    assert str(fields["prior.mean (retrained on S_prior)"]["recomputed"]).startswith("≠ file")
+    assert fields[RETRAINED]["agree"] is False
+    assert str(fields[RETRAINED]["recomputed"]).startswith("≠ file")
+    # The KL is recomputed against the retrained prior: the forged file does not change it.
+    assert fields["kl_nats"]["agree"] is True
 
 
 @pytest.mark.parametrize(
@@ -210,3 +219,19 @@ def test_pickled_checkpoint_needs_the_unsafe_flag_again(task: Path, tmp_path: Pa
     assert code == 0, err
     assert "Warning:" in err and "arbitrary code" in err
     assert all(f["agree"] for f in json.loads(out)["fields"])
+
+
+def test_report_whose_init_is_the_trained_checkpoint_is_refused(
+    task: Path, gauss: Path, tmp_path: Path
+) -> None:
+    """verify applies certify's rule: an init prior at the trained weights is invalid."""
+    from pacbound.io import sha256_file
+
+    doc = json.loads(gauss.read_text())
+    final = task / "final.safetensors"
+    doc["inputs"]["init"] = {"path": str(final), "sha256": sha256_file(final)}
+    edited = tmp_path / "edited.json"
+    edited.write_text(json.dumps(doc))
+    code, _, err = _verify(edited, "--root", str(gauss.parent))
+    assert code == 3
+    assert err.strip().startswith("Error: --init holds exactly the checkpoint's trained weights")
