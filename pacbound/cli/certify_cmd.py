@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from pacbound.bounds import format_up
 from pacbound.cli.certify_compression import (
@@ -27,7 +26,7 @@ from pacbound.cli.model_options import (
     resolve_model,
 )
 from pacbound.cli.options import FLOAT, INT, json_option
-from pacbound.cli.terminal import Terminal, dumps_json, emit_json
+from pacbound.cli.terminal import Terminal, certificate_table, dumps_json, emit_json
 from pacbound.errors import InvalidInputError
 from pacbound.report.files import (
     MIN_FREE_BYTES,
@@ -419,21 +418,7 @@ def _run_gaussian(
 
 def _render(term: Terminal, res: dict[str, Any]) -> None:
     emp = res["empirical_risk"]
-    verdict = res["verdict"]
-    table = Table(
-        title="pacbound certificate (PAC-Bayes-kl, Gaussian posterior)",
-        show_header=False,
-        title_justify="left",
-    )
-    table.add_column("quantity", style="bold")
-    table.add_column("value")
-    table.add_row("certified classifier", res["certified_classifier"])
-    table.add_row("bound on true 0-1 error", f"{format_up(res['bound'], 4)}  (rounded up)")
-    table.add_row(
-        "verdict",
-        ("NON-VACUOUS" if verdict["non_vacuous"] else "VACUOUS")
-        + f" (chance error 1 − 1/{verdict['num_classes']} = {verdict['chance_error']:.4g})",
-    )
+    table = certificate_table("pacbound certificate (PAC-Bayes-kl, Gaussian posterior)", res)
     table.add_row("n (examples in the bound)", str(res["n"]))
     table.add_row("KL(Q‖P)", f"{format_up(res['kl_nats'], 2)} nats")
     table.add_row("empirical risk of Q", f"{emp['estimate']:.6f} (Monte-Carlo estimate)")

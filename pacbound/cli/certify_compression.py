@@ -12,11 +12,9 @@ from typing import Any, TypeVar
 
 import click
 from click.core import ParameterSource
-from rich.table import Table
 
-from pacbound.bounds import format_up
 from pacbound.cli.options import FLOAT, INT
-from pacbound.cli.terminal import Terminal
+from pacbound.cli.terminal import Terminal, certificate_table
 from pacbound.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -346,21 +344,9 @@ def run_compression(
 
 
 def render_compression(term: Terminal, res: dict[str, Any]) -> None:
-    verdict = res["verdict"]
     comp = res["compression"]
-    table = Table(
-        title=f"pacbound certificate (Occam bound, {res['method']} compression)",
-        show_header=False,
-        title_justify="left",
-    )
-    table.add_column("quantity", style="bold")
-    table.add_column("value")
-    table.add_row("certified classifier", res["certified_classifier"])
-    table.add_row("bound on true 0-1 error", f"{format_up(res['bound'], 4)}  (rounded up)")
-    table.add_row(
-        "verdict",
-        ("NON-VACUOUS" if verdict["non_vacuous"] else "VACUOUS")
-        + f" (chance error 1 − 1/{verdict['num_classes']} = {verdict['chance_error']:.4g})",
+    table = certificate_table(
+        f"pacbound certificate (Occam bound, {res['method']} compression)", res
     )
     table.add_row("n (training examples)", str(res["n"]))
     table.add_row("errors of the decoded model", f"{res['errors']} ({res['empirical_risk']:.6f})")

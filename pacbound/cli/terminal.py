@@ -87,6 +87,25 @@ class Terminal:
             yield factory
 
 
+def certificate_table(title: str, res: dict[str, Any]) -> Table:
+    """The rows every certificate table starts with: what is certified, the bound (rounded
+    up) and the verdict. Method-specific rows are added by the caller."""
+    from pacbound.bounds import format_up
+
+    verdict = res["verdict"]
+    table = Table(title=title, show_header=False, title_justify="left")
+    table.add_column("quantity", style="bold")
+    table.add_column("value")
+    table.add_row("certified classifier", res["certified_classifier"])
+    table.add_row("bound on true 0-1 error", f"{format_up(res['bound'], 4)}  (rounded up)")
+    table.add_row(
+        "verdict",
+        ("NON-VACUOUS" if verdict["non_vacuous"] else "VACUOUS")
+        + f" (chance error 1 − 1/{verdict['num_classes']} = {verdict['chance_error']:.4g})",
+    )
+    return table
+
+
 def dumps_json(document: Any) -> str:
     """Serialize a report: no NaN/Infinity allowed, stable key order, trailing newline."""
     return json.dumps(document, allow_nan=False, indent=2, sort_keys=False) + "\n"
