@@ -6,10 +6,13 @@ import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from pacbound.bounds.checkpoint import checkpoint_bound
+from pacbound.bounds.result import BoundResult
 from pacbound.errors import InvalidInputError
 
 #: ``factory(description, total)`` returns a hook called with the number of items done.
@@ -82,3 +85,64 @@ class Verdict:
             "chance_error": self.chance_error,
             "num_classes": self.num_classes,
         }
+
+
+@torch.no_grad()
+def model_num_outputs(model: nn.Module, x: Tensor, device: torch.device) -> int:
+    """The number of scores the model gives one example (a dry eval-mode pass on ``x[:1]``).
+
+    The verdict's chance level 1 − 1/K uses this K: the classifier chooses among its own
+    outputs, whatever number of classes the data happen to contain.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x[:1].to(device))
+    finally:
+        model.train(was_training)
+    if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != 1 or out.shape[1] < 1:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise InvalidInputError(
+            f"the model must map a batch of B inputs to a (B, classes) tensor of scores; one "
+            f"input gave {shape}. Check --arch/--arch-kwargs and the input format"
+        )
+    return int(out.shape[1])
+
+
+def checkpoint_block(
+    certificate: BoundResult,
+    disagreement: BoundResult,
+    *,
+    source: str,
+    disagreements: int,
+    inputs: int,
+    certified: str,
+    delta_certified: float,
+    draws_per_input: int = 1,
+) -> dict[str, Any]:
+    """``results["checkpoint"]``: L(h) ≤ L(certified) + D(h, certified) (MATH.md §11).
+
+    ``certificate`` bounds the certified classifier (``certified``: ``"Q"`` or
+    ``"decoded"``) with total failure probability ``delta_certified`` (every part of its
+    budget, e.g. PAC-Bayes plus Monte-Carlo); ``disagreement`` bounds D(h, ·) from
+    ``disagreements`` out of ``inputs`` inputs never used for anything else (``source``:
+    ``"heldout"`` or ``"unlabeled"``) at δ_D. The statement holds with probability
+    ≥ 1 − delta_certified − δ_D (``delta_total``).
+    """
+    total = checkpoint_bound(certificate, disagreement)
+    return {
+        "certified_classifier": "the checkpoint's deterministic weights",
+        "bound": total.value,
+        "bound_on_certified": certificate.value,
+        "disagreement": {
+            "source": source,
+            "inputs": inputs,
+            "disagreements": disagreements,
+            "rate": disagreements / inputs,
+            "upper_bound": disagreement.value,
+            "delta": disagreement.delta,
+            "draws_per_input": draws_per_input,
+        },
+        "delta_total": delta_certified + disagreement.delta,
+        "statement": f"L(h) ≤ L({certified}) + D(h, {certified})",
+    }

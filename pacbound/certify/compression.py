@@ -48,6 +48,7 @@ from pacbound.certify.common import (
     Timer,
     Verdict,
     check_deterministic,
+    model_num_outputs,
     no_progress,
 )
 from pacbound.compressors import (
@@ -389,17 +390,21 @@ def _score(
     batch_size: int,
     deterministic: bool,
     dev: torch.device,
-) -> tuple[int, BoundResult]:
-    """Decode the message's *bytes*, count the decoded model's errors, bound them."""
+) -> tuple[int, BoundResult, int]:
+    """Decode the message's *bytes*, count the decoded model's errors, bound them.
+
+    Also returns the decoded model's number of outputs (the verdict's K).
+    """
     decoded = decoder.decompress(message.to_bytes())
     if deterministic:
         check_deterministic(decoded, x, dev)
+    outputs = model_num_outputs(decoded, x, dev)
     count = count_errors(decoded, x, y, batch_size=batch_size, device=dev)
     if count.evaluations != x.shape[0]:
         raise AssertionError(f"counted {count.evaluations} of {x.shape[0]} examples")
     n = int(x.shape[0])
     kl = bits_to_nats(message.code_length_bits)
-    return count.errors, occam_binomial(count.errors / n, kl=kl, n=n, delta=delta)
+    return count.errors, occam_binomial(count.errors / n, kl=kl, n=n, delta=delta), outputs
 
 
 def _check_data(x: Tensor, y: Tensor, num_classes: int) -> None:
@@ -421,16 +426,15 @@ def _check_factory(factory: ModelFactory, seed: int) -> nn.Module:
 
 def _finish(
     method: Method,
-    best: tuple[CompressedMessage, int, BoundResult],
+    best: tuple[CompressedMessage, int, BoundResult, int],
     search: list[Candidate],
     *,
     start: str,
     budget: DeltaBudget,
-    num_classes: int,
     timer: Timer,
     options: CompressionOptions | None,
 ) -> CompressionCertificate:
-    message, errors, bound = best
+    message, errors, bound, num_outputs = best
     return CompressionCertificate(
         method=method,
         certificate=bound,
@@ -439,7 +443,7 @@ def _finish(
         errors=errors,
         n=bound.n,
         budget=budget,
-        verdict=Verdict(bound.value, num_classes),
+        verdict=Verdict(bound.value, num_outputs),
         search=tuple(search),
         start=start,
         timings=dict(timer.seconds),
@@ -476,7 +480,7 @@ def certify_subspace(
     recipe = options.training
     qx, qy = _qat_subset(x, y, options, dev)
     search: list[Candidate] = []
-    best: tuple[CompressedMessage, int, BoundResult] | None = None
+    best: tuple[CompressedMessage, int, BoundResult, int] | None = None
     for d in options.d_grid:
         base = SubspaceQuantizeCompressor(
             factory,
@@ -530,7 +534,7 @@ def certify_subspace(
                 tuned = SubspaceModel(model.module, projector, wq)
                 message = coder.compress(tuned, codebook=codebook)
             with timer.phase("evaluate"):
-                errors, bound = _score(
+                errors, bound, outputs = _score(
                     message,
                     coder,
                     x,
@@ -542,7 +546,7 @@ def certify_subspace(
                 )
             search.append(Candidate(d, levels, message.code_length_bits, errors, bound.value))
             if best is None or bound.value < best[2].value:
-                best = (message, errors, bound)
+                best = (message, errors, bound, outputs)
     assert best is not None
     start = "zero" if checkpoint_model is None else "checkpoint-lstsq"
     return _finish(
@@ -551,7 +555,6 @@ def certify_subspace(
         search,
         start=start,
         budget=budget,
-        num_classes=num_classes,
         timer=timer,
         options=options,
     )
@@ -592,7 +595,7 @@ def certify_quantized(
     qx, qy = _qat_subset(x, y, options, dev)
     loss = _qat_loss(model, lambda v: v, qx, qy)
     search: list[Candidate] = []
-    best: tuple[CompressedMessage, int, BoundResult] | None = None
+    best: tuple[CompressedMessage, int, BoundResult, int] | None = None
     hook = progress("quantizing", len(options.levels_grid))
     for levels in options.levels_grid:
         coder = DirectQuantizeCompressor(
@@ -611,7 +614,7 @@ def certify_quantized(
             load_buffer_vector(tuned, buffer_vector(model).to(dev))
             message = coder.compress(tuned, codebook=codebook)
         with timer.phase("evaluate"):
-            errors, bound = _score(
+            errors, bound, outputs = _score(
                 message,
                 coder,
                 x,
@@ -625,7 +628,7 @@ def certify_quantized(
             Candidate(theta.numel(), levels, message.code_length_bits, errors, bound.value)
         )
         if best is None or bound.value < best[2].value:
-            best = (message, errors, bound)
+            best = (message, errors, bound, outputs)
         hook(1)
     assert best is not None
     return _finish(
@@ -634,7 +637,6 @@ def certify_quantized(
         search,
         start="checkpoint",
         budget=budget,
-        num_classes=num_classes,
         timer=timer,
         options=options,
     )
@@ -699,7 +701,7 @@ def verify_artifact(
         check_delta(delta, "--delta"), (DeltaPart("occam", delta, 1, SEARCH_PAYMENT),)
     )
     with timer.phase("evaluate"):
-        errors, bound = _score(
+        errors, bound, outputs = _score(
             message, decoder, x, y, delta=delta, batch_size=batch_size, deterministic=True, dev=dev
         )
     method = Method.SUBSPACE if message.kind is CompressorKind.SUBSPACE else Method.QUANTIZE
@@ -708,11 +710,10 @@ def verify_artifact(
     )
     return _finish(
         method,
-        (message, errors, bound),
+        (message, errors, bound, outputs),
         [candidate],
         start="artifact",
         budget=budget,
-        num_classes=num_classes,
         timer=timer,
         options=None,
     )

@@ -19,6 +19,7 @@ from pacbound.cli.certify_compression import (
 )
 from pacbound.cli.gate import evaluate_gate, gate_options
 from pacbound.cli.model_options import (
+    data_kwargs,
     data_options,
     model_options,
     resolve_dataset,

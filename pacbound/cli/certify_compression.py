@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from pacbound.bounds import format_up
 from pacbound.cli.options import FLOAT, INT
 from pacbound.cli.terminal import Terminal, certificate_table
 from pacbound.errors import InvalidInputError
@@ -39,9 +40,6 @@ GAUSSIAN_ONLY = (
     "p_min",
     "mc_passes",
     "mc_delta",
-    "heldout",
-    "heldout_split",
-    "heldout_delta",
     "save_posterior",
 )
 COMPRESSION_ONLY = (
@@ -282,10 +280,20 @@ def run_compression(
     data: Any,
     device: Any,
     progress: Callable[[str, int], Callable[[int], None]],
+    *,
+    heldout: Any = None,
+    unlabeled: Any = None,
 ) -> RunOutcome:
+    """Certify the decoded model, then compare it with the checkpoint: training errors and
+    disagreements, the held-out bound (``heldout``, a labeled data set) and the certificate
+    for the checkpoint itself from held-out or ``unlabeled`` inputs (MATH.md §11)."""
+    from pacbound.certify.compressed_checkpoint import statement_deltas
     from pacbound.certify.compression import certify_quantized, certify_subspace
 
     options = compression_options_from(kw)
+    delta_h, delta_d = statement_deltas(
+        options.delta, kw.get("heldout_delta"), kw.get("disagreement_delta")
+    )
     factory = model_factory(kw)
     if kw.get("init") is not None:
         from pacbound.io.models import refuse_trained_init
@@ -314,6 +322,9 @@ def run_compression(
             device=device,
             progress=progress,
         )
+    statements = _checkpoint_statements(
+        cert, kw, loaded, data, factory, device, heldout, unlabeled, (delta_h, delta_d)
+    )
     payload = cert.message.to_bytes()
     inputs: dict[str, Any] = {}
     if kw.get("init") is not None:
@@ -334,12 +345,46 @@ def run_compression(
         }
         files.append((kw["artifact"], payload, "--artifact"))
     return RunOutcome(
-        results=cert.to_dict(),
-        options={**options.to_dict(), "delta": options.delta},
+        results={**cert.to_dict(), **statements.to_dict()},
+        options={
+            **options.to_dict(),
+            "delta": options.delta,
+            "heldout_delta": delta_h,
+            "disagreement_delta": delta_d,
+        },
         inputs=inputs,
         timings=dict(cert.timings),
         files=files,
         render=render_compression,
+    )
+
+
+def _checkpoint_statements(
+    cert: Any,
+    kw: dict[str, Any],
+    loaded: Any,
+    data: Any,
+    factory: Any,
+    device: Any,
+    heldout: Any,
+    unlabeled: Any,
+    deltas: tuple[float, float],
+) -> Any:
+    from pacbound.certify.compressed_checkpoint import compare_with_checkpoint
+
+    return compare_with_checkpoint(
+        cert,
+        loaded.module,
+        factory,
+        data.x,
+        data.y,
+        heldout=None if heldout is None else (heldout.x, heldout.y),
+        unlabeled=None if unlabeled is None else unlabeled.x,
+        heldout_delta=deltas[0],
+        disagreement_delta=deltas[1],
+        batch_size=kw["batch_size"],
+        check_determinism=not kw["allow_nondeterministic"],
+        device=device,
     )
 
 
@@ -357,4 +402,36 @@ def render_compression(term: Terminal, res: dict[str, Any]) -> None:
     table.add_row("compression", f"{comp['kind']}: {dim}L = {comp['levels']}, seed {comp['seed']}")
     for part in res["delta_budget"]["parts"]:
         table.add_row(f"δ: {part['name']}", f"{part['delta']:.6g}")
+    _checkpoint_rows(table, res)
     term.table(table)
+
+
+def _checkpoint_rows(table: Any, res: dict[str, Any]) -> None:
+    """The checkpoint's side: training comparison, held-out bound, certificate (rounded up)."""
+    train = res.get("checkpoint_on_training")
+    if train is not None:
+        table.add_row(
+            "errors of the checkpoint",
+            f"{train['errors']} ({train['empirical_risk']:.6f}, training data)",
+        )
+        table.add_row(
+            "decoded ≠ checkpoint",
+            f"{train['disagreements_with_decoded']} predictions "
+            f"({train['disagreement_rate']:.6f}, training data)",
+        )
+    h = res.get("heldout")
+    if h is not None:
+        table.add_row(
+            "held-out bound (checkpoint)",
+            f"{format_up(h['bound'], 4)}  ({h['errors']}/{h['n']} errors, δ = {h['delta']:g}, "
+            "separate statement)",
+        )
+    c = res.get("checkpoint")
+    if c is not None:
+        d = c["disagreement"]
+        table.add_row(
+            "bound on the checkpoint itself",
+            f"{format_up(c['bound'], 4)}  (decoded {format_up(c['bound_on_certified'], 4)} + "
+            f"disagreement {format_up(d['upper_bound'], 4)} from {d['disagreements']}/"
+            f"{d['inputs']} {d['source']} inputs; δ = {c['delta_total']:.6g} in all)",
+        )
