@@ -19,7 +19,6 @@ from pacbound.cli.certify_compression import (
 )
 from pacbound.cli.gate import evaluate_gate, gate_options
 from pacbound.cli.model_options import (
-    data_kwargs,
     data_options,
     model_options,
     resolve_dataset,
@@ -294,7 +293,7 @@ def certify(**kw: Any) -> None:
         if method == "gaussian":
             outcome = _run_gaussian(kw, loaded, data, heldout, device, progress)
         else:
-            outcome = run_compression(kw, loaded, data, device, progress)
+            outcome = run_compression(kw, loaded, data, device, progress, heldout=heldout)
     inputs.update(outcome.inputs)
     gate = evaluate_gate(
         outcome.results["bound"],
