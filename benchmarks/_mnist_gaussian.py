@@ -108,7 +108,6 @@ def run(
         model,
         train_set.x,
         train_set.y,
-        num_classes=num_classes,
         options=options,
         init_state=init_state,
         device=device,

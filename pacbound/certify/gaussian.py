@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -40,8 +41,14 @@ from pacbound.certify.common import (
     Timer,
     Verdict,
     check_deterministic,
+    model_num_outputs,
     no_progress,
     take_rows,
+)
+from pacbound.certify.gaussian_checkpoint import (
+    CheckpointInputs,
+    agreement_on_bound_data,
+    checkpoint_certificate,
 )
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.fit import (
@@ -72,7 +79,15 @@ CERTIFIED_CLASSIFIER = (
 )
 
 #: Offsets that give each random stream of a run its own seed.
-SEED_OFFSETS = {"search": 1, "training": 2, "monte_carlo": 3, "prior_init": 4, "selection": 5}
+SEED_OFFSETS = {
+    "search": 1,
+    "training": 2,
+    "monte_carlo": 3,
+    "prior_init": 4,
+    "selection": 5,
+    "agreement": 6,
+    "disagreement": 7,
+}
 
 
 #: Prior-scale grid size. The KL is very sensitive to σ_p when there are many weights
@@ -102,6 +117,7 @@ class GaussianOptions:
     delta: float = 0.05
     mc_delta: float | None = None  # default: delta / 5
     heldout_delta: float | None = None  # default: delta (a separate statement)
+    disagreement_delta: float | None = None  # default: delta / 5 (checkpoint certificate)
     seed: int = 0
     batch_size: int = 1024
     search_examples: int = 10000
@@ -129,6 +145,12 @@ class GaussianOptions:
             ),
         )
 
+    @property
+    def resolved_disagreement_delta(self) -> float:
+        if self.disagreement_delta is None:
+            return self.delta / 5.0
+        return check_delta(self.disagreement_delta, "--disagreement-delta")
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "prior": self.prior.value,
@@ -142,6 +164,7 @@ class GaussianOptions:
             "mc_passes": self.mc_passes,
             "mc_delta": self.budget().part("monte-carlo").delta,
             "heldout_delta": self.delta if self.heldout_delta is None else self.heldout_delta,
+            "disagreement_delta": self.resolved_disagreement_delta,
             "seed": self.seed,
             "batch_size": self.batch_size,
             "search_examples": self.search_examples,
@@ -150,13 +173,14 @@ class GaussianOptions:
 
 
 def _check_training_seed(training_seed: int, seed: int) -> None:
-    """The training noise must not replay the search, selection or Monte-Carlo streams
-    (the certificate's draws must be independent of how Q was chosen)."""
-    taken = {seed + SEED_OFFSETS[k] for k in ("search", "monte_carlo", "selection")}
+    """The training noise must not replay the search, selection, Monte-Carlo or
+    disagreement streams (the certificate's draws must be independent of how Q was chosen)."""
+    streams = ("search", "monte_carlo", "selection", "agreement", "disagreement")
+    taken = {seed + SEED_OFFSETS[k] for k in streams}
     if training_seed in taken:
         raise InvalidInputError(
             f"TrainingRecipe.seed {training_seed} would replay a random stream of the "
-            f"certificate (seed {seed} + 1, 3 or 5); use another training seed",
+            f"certificate (seed {seed} + 1, 3, 5, 6 or 7); use another training seed",
             param="--seed",
         )
 
@@ -183,6 +207,8 @@ class GaussianCertificate:
     posterior: dict[str, Any]
     heldout: BoundResult | None
     heldout_budget: DeltaBudget | None
+    agreement: dict[str, Any]
+    checkpoint: dict[str, Any] | None
     timings: dict[str, float]
     network: StochasticNetwork = field(repr=False)
     prior_means: list[Tensor] = field(repr=False)
@@ -224,6 +250,8 @@ class GaussianCertificate:
                 "delta": self.heldout.delta,
                 "note": "a separate statement with its own delta",
             }
+        out["agreement"] = self.agreement
+        out["checkpoint"] = self.checkpoint
         return out
 
 
@@ -311,14 +339,21 @@ def certify_gaussian(
     x: Tensor,
     y: Tensor,
     *,
-    num_classes: int,
     options: GaussianOptions,
     init_state: dict[str, Tensor] | None = None,
+    fixed_buffers: Mapping[str, Tensor] | None = None,
     heldout: tuple[Tensor, Tensor] | None = None,
+    checkpoint_inputs: CheckpointInputs | None = None,
     device: torch.device | None = None,
     progress: ProgressFactory = no_progress,
 ) -> GaussianCertificate:
-    """Run the whole Gaussian pipeline on the training sample (x, y) = S."""
+    """Run the whole Gaussian pipeline on the training sample (x, y) = S.
+
+    ``fixed_buffers``: the data-independent values of the model's buffers (default: those
+    in ``init_state``); every buffer must equal them. ``checkpoint_inputs``: inputs never
+    used for anything else on which Q's disagreement with the checkpoint is bounded, giving
+    a certificate for the checkpoint itself (MATH.md §11).
+    """
     dev = device or torch.device("cpu")
     budget = options.budget()
     check_count(options.mc_passes, "--mc-passes")
@@ -326,6 +361,14 @@ def certify_gaussian(
     model = model.to(dev).eval()
     if options.check_deterministic:
         check_deterministic(model, x, dev)
+    num_outputs = model_num_outputs(model, x, dev)
+    network = build_stochastic_network(
+        model, fixed_buffers=init_state if fixed_buffers is None else fixed_buffers
+    ).to(dev)
+    network.check_coverage(
+        take_rows(x, torch.arange(min(3, int(x.shape[0])))).to(dev),
+        batch_independence=options.check_deterministic,
+    )
     grid = options.prior_scales
     delta_pb = budget.part("pac-bayes").per_choice
     split: DataSplit | None = None
@@ -350,13 +393,11 @@ def certify_gaussian(
             prior_info["init_source"] = (
                 "init weights" if init_state is not None else "seeded fresh init"
             )
-            start_model = prior_model if options.posterior is Posterior.DIAGONAL else model
         else:
             prior_means = _prior_means(options.prior, model, init_state)
             x_bound, y_bound = x, y
-            start_model = model
+    # Q starts at the checkpoint for every prior: the certificate is about the user's model.
     n_bound = int(x_bound.shape[0])
-    network = build_stochastic_network(start_model).to(dev)
     search_gen = torch.Generator(device=dev).manual_seed(options.seed + SEED_OFFSETS["search"])
     perm = torch.randperm(n_bound, generator=torch.Generator().manual_seed(options.seed))
     subset = perm[: min(options.search_examples, n_bound)]
@@ -443,6 +484,29 @@ def certify_gaussian(
         "quad": pac_bayes_quad(mc.value, kl=kl, n=n_bound, delta=delta_pb),
         "catoni_grid": pac_bayes_catoni_grid(mc.value, kl=kl, n=n_bound, delta=delta_pb),
     }
+    with timer.phase("agreement"):
+        agreement = agreement_on_bound_data(
+            network,
+            model,
+            x_bound,
+            y_bound,
+            generator=_stream(options.seed, "agreement", dev),
+            batch_size=options.batch_size,
+            device=dev,
+        )
+        checkpoint = None
+        if checkpoint_inputs is not None:
+            checkpoint = checkpoint_certificate(
+                network,
+                model,
+                certificate,
+                checkpoint_inputs,
+                delta_certified=budget.total,
+                delta_disagreement=options.resolved_disagreement_delta,
+                generator=_stream(options.seed, "disagreement", dev),
+                batch_size=options.batch_size,
+                device=dev,
+            )
     heldout_result = heldout_budget = None
     if heldout is not None:
         with timer.phase("heldout"):
@@ -477,7 +541,7 @@ def certify_gaussian(
         monte_carlo=mc,
         information=information,
         budget=budget,
-        verdict=Verdict(certificate.value, num_classes),
+        verdict=Verdict(certificate.value, num_outputs),
         kl_nats=kl,
         n_bound=n_bound,
         empirical_risk_estimate=count.rate,
@@ -485,12 +549,18 @@ def certify_gaussian(
         posterior=posterior_info,
         heldout=heldout_result,
         heldout_budget=heldout_budget,
+        agreement=agreement,
+        checkpoint=checkpoint,
         timings=dict(timer.seconds),
         network=network,
         prior_means=prior_means,
         prior_scale=sigma_p,
         options=options,
     )
+
+
+def _stream(seed: int, purpose: str, device: torch.device) -> torch.Generator:
+    return torch.Generator(device=device).manual_seed(seed + SEED_OFFSETS[purpose])
 
 
 @torch.no_grad()

@@ -338,7 +338,7 @@ class GaussianInitMethod:
             batch_size=1024,
         )
         cert = certify_gaussian(
-            model, x, y, num_classes=self.task.num_classes, options=options,
+            model, x, y, options=options,
             init_state=_state(self._init),
         )  # fmt: skip
         truth = self.task.true_risk_stochastic(
@@ -408,9 +408,7 @@ class GaussianDataMethod:
             init, x[split.prior_indices], y[split.prior_indices], self.recipe,
             device=torch.device("cpu"),
         )  # fmt: skip
-        cert = certify_gaussian(
-            model, x, y, num_classes=self.task.num_classes, options=options, init_state=init_state
-        )
+        cert = certify_gaussian(model, x, y, options=options, init_state=init_state)
         truth = self.task.true_risk_stochastic(
             cert.network,
             examples=self.truth_examples,

@@ -3,10 +3,12 @@
 Two sampling modes:
 
 ``"per_example"`` (certification). Every example gets its own independent weight draw:
-  * :class:`GaussianLinear` uses the local reparameterization (Kingma, Salimans & Welling
-    2015): the pre-activation b_j ~ N(Σ_i x_i μ_ij, Σ_i x_i² σ²_ij), which is *exactly* the
-    distribution under a fresh weight draw for that example, since output columns are
-    independent.
+  * :class:`GaussianLinear` on 2-D input (batch, features) uses the local reparameterization
+    (Kingma, Salimans & Welling 2015): the pre-activation b_j ~ N(Σ_i x_i μ_ij, Σ_i x_i² σ²_ij),
+    which is *exactly* the distribution under a fresh weight draw for that example, since
+    output columns are independent. On N-D input (batch, positions…, features) one weight
+    matrix is drawn per example and shared by all its positions (a batched matmul): local
+    reparameterization there would draw per position, not per example (MATH.md §10).
   * :class:`GaussianConv2d` draws real per-example kernels and applies them with a grouped
     convolution. Local reparameterization is **not** exact for convolutions (spatial
     positions share weights), so it is never used there.
@@ -15,23 +17,65 @@ Two sampling modes:
 Linear layers still use the local reparameterization. Never used for certificates.
 
 ``"mean"``: deterministic forward with the posterior mean.
+
+Inside a :class:`~pacbound.posterior.network.StochasticNetwork` every layer checks, on every
+call, the two facts that make its draws per-example draws of one hypothesis (MATH.md §10):
+its input's leading dimension is the network's batch (examples, not positions or a reshaped
+batch), and it is called at most once per forward pass (a second call would draw its weights
+a second time for the same example). Either failure refuses the model.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from pacbound.errors import InvalidInputError
+
 SampleMode = Literal["per_example", "shared", "mean"]
+
+
+class ForwardGuard:
+    """The state of one forward pass of a stochastic network, shared by its layers."""
+
+    def __init__(self) -> None:
+        self.batch: int | None = None
+        self.called: set[str] = set()
+
+    def start(self, batch: int) -> None:
+        self.batch = batch
+        self.called = set()
+
+    def enter(self, layer: str, x: Tensor) -> None:
+        if self.batch is None:
+            return
+        if layer in self.called:
+            raise InvalidInputError(
+                f"module {layer!r} is called twice in one forward pass: its weights would be "
+                "drawn twice for the same example, but they are one coordinate of the "
+                "hypothesis. Certify this model with a compression method (or unroll the "
+                "reuse into separate modules)"
+            )
+        self.called.add(layer)
+        if x.dim() == 0 or x.shape[0] != self.batch:
+            lead = "a scalar" if x.dim() == 0 else f"leading dimension {x.shape[0]}"
+            raise InvalidInputError(
+                f"module {layer!r} receives input of shape {list(x.shape)} ({lead}) for a "
+                f"batch of {self.batch} examples: its per-example weight draws would not be "
+                "per example. Keep the batch as the first dimension through the network, or "
+                "certify with a compression method"
+            )
 
 
 class _GaussianModule(nn.Module):
     """Mean and log-σ parameters for a module's ``weight`` (and optional ``bias``)."""
 
     mode: SampleMode
+    layer_name: str = "<layer>"
+    guard: ForwardGuard | None = None
 
     def __init__(self, weight: Tensor, bias: Tensor | None, log_sigma_init: float) -> None:
         super().__init__()
@@ -48,6 +92,21 @@ class _GaussianModule(nn.Module):
         self.mode = "per_example"
         self.generator: torch.Generator | None = None
 
+    def __getattr__(self, name: str) -> Any:
+        if name in ("weight", "bias"):
+            # The model reads the layer's tensor outside the layer's own forward (a raw op,
+            # a tie): that use would compute with the checkpoint's point weights.
+            raise InvalidInputError(
+                f"the model reads {self.layer_name}.{name} outside that module's forward "
+                "(a functional call or a tied use); every use of a weight must go through its "
+                "module to be covered by the posterior. Certify with a compression method"
+            )
+        return super().__getattr__(name)
+
+    def _enter(self, x: Tensor) -> None:
+        if self.guard is not None:
+            self.guard.enter(self.layer_name, x)
+
     def _noise(self, shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
         return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
@@ -59,14 +118,36 @@ class GaussianLinear(_GaussianModule):
         super().__init__(base.weight, base.bias, log_sigma_init)
 
     def forward(self, x: Tensor) -> Tensor:
+        self._enter(x)
         mean = F.linear(x, self.weight_mu, self.bias_mu)
         if self.mode == "mean":
             return mean
+        if x.dim() != 2 and self.mode == "per_example":
+            return self._per_example_nd(x)
         # σ = exp(log σ) exactly as the KL computation takes it, then squared.
         var = F.linear(x * x, torch.exp(self.weight_log_sigma) ** 2)
         if self.bias_log_sigma is not None:
             var = var + torch.exp(self.bias_log_sigma) ** 2
         return mean + torch.sqrt(var) * self._noise(mean.shape, mean)
+
+    def _per_example_nd(self, x: Tensor) -> Tensor:
+        """One weight matrix (and bias) per example, shared by all positions of it."""
+        if x.dim() < 2:
+            raise InvalidInputError(
+                f"module {self.layer_name!r} receives a 1-D input of shape {list(x.shape)}: "
+                "there is no batch dimension to draw weights per example"
+            )
+        b = x.shape[0]
+        noise = self._noise((b, *self.weight_mu.shape), x)
+        weights = self.weight_mu + torch.exp(self.weight_log_sigma) * noise
+        flat = x.reshape(b, -1, x.shape[-1])
+        out = torch.bmm(flat, weights.transpose(1, 2))
+        if self.bias_mu is not None and self.bias_log_sigma is not None:
+            bias = self.bias_mu + torch.exp(self.bias_log_sigma) * self._noise(
+                (b, *self.bias_mu.shape), x
+            )
+            out = out + bias.unsqueeze(1)
+        return out.reshape(*x.shape[:-1], self.weight_mu.shape[0])
 
 
 class GaussianConv2d(_GaussianModule):
@@ -85,6 +166,7 @@ class GaussianConv2d(_GaussianModule):
         return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
 
     def forward(self, x: Tensor) -> Tensor:
+        self._enter(x)
         if self.mode == "mean":
             return self._conv(x, self.weight_mu, self.bias_mu, self.groups)
         sigma_w = torch.exp(self.weight_log_sigma)
@@ -97,6 +179,11 @@ class GaussianConv2d(_GaussianModule):
                 )
             return self._conv(x, weight, bias, self.groups)
         # Per-example kernels: B independent draws, applied with a grouped convolution.
+        if x.dim() != 4:
+            raise InvalidInputError(
+                f"module {self.layer_name!r} receives input of shape {list(x.shape)}; "
+                "per-example kernels need a batched (B, C, H, W) input"
+            )
         b = x.shape[0]
         weights = self.weight_mu + sigma_w * self._noise((b, *self.weight_mu.shape), x)
         out_ch = self.weight_mu.shape[0]

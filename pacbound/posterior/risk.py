@@ -91,6 +91,35 @@ def count_stochastic_errors(
     return ErrorCount(errors, total)
 
 
+@torch.no_grad()
+def count_disagreements(
+    network: StochasticNetwork,
+    reference: nn.Module,
+    x: Tensor,
+    *,
+    passes: int,
+    generator: torch.Generator,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> ErrorCount:
+    """How often n·K independent per-example draws from the posterior predict another class
+    than the deterministic ``reference`` (the checkpoint); labels are not needed."""
+    network.set_mode("per_example", generator)
+    network.eval()
+    reference.eval()
+    disagreements = total = 0
+    dev = device or x.device
+    for _ in range(passes):
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size].to(dev, non_blocking=True)
+            target = reference(xb)
+            if not torch.all(torch.isfinite(target)):
+                raise NumericalError("the checkpoint produced NaN/Inf outputs")
+            d, m = batch_errors(network(xb), target.argmax(dim=1))
+            disagreements, total = disagreements + d, total + m
+    return ErrorCount(disagreements, total)
+
+
 def bounded_cross_entropy(logits: Tensor, y: Tensor, p_min: float) -> Tensor:
     """Cross-entropy with log-probabilities clamped at ln p_min, scaled into [0, 1].
 

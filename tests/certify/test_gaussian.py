@@ -51,9 +51,7 @@ FAST = dict(
 def test_isotropic_certificate_is_consistent() -> None:
     model, init = _trained()
     x, y = _task()
-    cert = certify_gaussian(
-        model, x, y, num_classes=2, options=GaussianOptions(**FAST), init_state=init
-    )
+    cert = certify_gaussian(model, x, y, options=GaussianOptions(**FAST), init_state=init)
     budget = cert.budget
     assert math.isclose(budget.spent, 0.05)
     # The certificate is exactly the kl bound at the Monte-Carlo upper bound, n = 600.
@@ -72,15 +70,9 @@ def test_isotropic_certificate_is_consistent() -> None:
 def test_same_seed_same_certificate_and_seed_matters() -> None:
     model, init = _trained()
     x, y = _task()
-    a = certify_gaussian(
-        model, x, y, num_classes=2, options=GaussianOptions(**FAST), init_state=init
-    )
-    b = certify_gaussian(
-        model, x, y, num_classes=2, options=GaussianOptions(**FAST), init_state=init
-    )
-    c = certify_gaussian(
-        model, x, y, num_classes=2, options=GaussianOptions(**FAST, seed=1), init_state=init
-    )
+    a = certify_gaussian(model, x, y, options=GaussianOptions(**FAST), init_state=init)
+    b = certify_gaussian(model, x, y, options=GaussianOptions(**FAST), init_state=init)
+    c = certify_gaussian(model, x, y, options=GaussianOptions(**FAST, seed=1), init_state=init)
     assert a.to_dict() == b.to_dict()
     assert a.empirical_risk_estimate != c.empirical_risk_estimate or a.value != c.value
 
@@ -96,7 +88,7 @@ def test_data_dependent_prior_counts_only_the_bound_part() -> None:
         posterior=Posterior.DIAGONAL,
         training=TrainingRecipe(epochs=2, batch_size=100),
     )
-    cert = certify_gaussian(model, x, y, num_classes=2, options=opts, init_state=init)
+    cert = certify_gaussian(model, x, y, options=opts, init_state=init)
     assert cert.n_bound == 450  # 600 − ⌊0.25·600⌋, never 600
     assert cert.certificate.n == 450
     assert cert.monte_carlo.n == 450 * 3
@@ -113,7 +105,7 @@ def test_zero_prior_and_diagonal_training_run() -> None:
         posterior=Posterior.DIAGONAL,
         training=TrainingRecipe(epochs=1, batch_size=200),
     )
-    cert = certify_gaussian(model, x, y, num_classes=2, options=opts)
+    cert = certify_gaussian(model, x, y, options=opts)
     assert 0.0 < cert.value <= 1.0
     assert cert.posterior["sigma_min"] <= cert.posterior["sigma_max"]
 
@@ -122,7 +114,7 @@ def test_init_prior_needs_init() -> None:
     model, _ = _trained()
     x, y = _task()
     with pytest.raises(InvalidInputError, match="--init"):
-        certify_gaussian(model, x, y, num_classes=2, options=GaussianOptions(**FAST))
+        certify_gaussian(model, x, y, options=GaussianOptions(**FAST))
 
 
 def test_mc_delta_must_leave_room_for_pac_bayes() -> None:
@@ -133,7 +125,6 @@ def test_mc_delta_must_leave_room_for_pac_bayes() -> None:
             model,
             x,
             y,
-            num_classes=2,
             options=GaussianOptions(**FAST, delta=0.05, mc_delta=0.05),
             init_state=init,
         )
@@ -153,14 +144,11 @@ def test_nondeterministic_model_is_refused_unless_opted_out() -> None:
     init = {k: v.clone() for k, v in model.state_dict().items()}
     x, y = _task()
     with pytest.raises(InvalidInputError, match="not deterministic"):
-        certify_gaussian(
-            model, x, y, num_classes=2, options=GaussianOptions(**FAST), init_state=init
-        )
+        certify_gaussian(model, x, y, options=GaussianOptions(**FAST), init_state=init)
     cert = certify_gaussian(
         model,
         x,
         y,
-        num_classes=2,
         options=GaussianOptions(**FAST, check_deterministic=False),
         init_state=init,
     )
@@ -176,7 +164,7 @@ def test_diverging_training_raises_numerical_error_with_step() -> None:
         training=TrainingRecipe(epochs=3, lr=1e30, sigma_lr=1e30, batch_size=100),
     )
     with pytest.raises(NumericalError, match=r"epoch \d+, step \d+"):
-        certify_gaussian(model, x, y, num_classes=2, options=opts, init_state=init)
+        certify_gaussian(model, x, y, options=opts, init_state=init)
 
 
 def test_heldout_bound_is_for_the_checkpoint() -> None:
@@ -187,7 +175,6 @@ def test_heldout_bound_is_for_the_checkpoint() -> None:
         model,
         x,
         y,
-        num_classes=2,
         options=GaussianOptions(**FAST),
         init_state=init,
         heldout=(xt, yt),
@@ -210,7 +197,7 @@ def test_training_seed_must_not_replay_a_certificate_stream(offset: int) -> None
         seed=10,
     )
     with pytest.raises(InvalidInputError, match="would replay a random stream"):
-        certify_gaussian(model, x, y, num_classes=2, options=opts, init_state=init)
+        certify_gaussian(model, x, y, options=opts, init_state=init)
 
 
 class _FrozenLinear(nn.Linear):
@@ -232,4 +219,4 @@ def test_seeded_fresh_init_must_reinitialize_every_parameter() -> None:
     model = nn.Sequential(nn.Linear(x.shape[1], 8), nn.ReLU(), frozen)
     opts = GaussianOptions(**FAST, prior=PriorMean.DATA, prior_fraction=0.5)
     with pytest.raises(InvalidInputError, match=r"2 parameter\(s\) could not be re-initialized"):
-        certify_gaussian(model, x, y, num_classes=2, options=opts)
+        certify_gaussian(model, x, y, options=opts)

@@ -80,9 +80,7 @@ def test_correct_reassembly_equals_the_pipeline() -> None:
 
     init = _pretrained(TASK, 16, 500, 0)
     x, y = TASK.sample(200, torch.Generator().manual_seed(0))
-    cert = certify_gaussian(
-        init, x, y, num_classes=2, options=GaussianOptions(delta=0.2), init_state=_state(init)
-    )
+    cert = certify_gaussian(init, x, y, options=GaussianOptions(delta=0.2), init_state=_state(init))
     value = controls.gaussian_bound(
         cert.empirical_risk_estimate,
         draws=cert.monte_carlo.n,

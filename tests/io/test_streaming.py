@@ -37,7 +37,7 @@ def _images(n: int = 60, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 def test_lazy_features_read_only_the_requested_rows() -> None:
     x, _ = _images()
-    lazy = LazyFeatures(x)
+    lazy = LazyFeatures(x, example_shape=(1, 4, 4))
     full = torch.from_numpy(np.divide(x, np.float32(255.0), dtype=np.float32)).unsqueeze(1)
     assert len(lazy) == 60 and lazy.shape == (60, 1, 4, 4) and lazy.ndim == 4
     assert lazy.dtype == torch.float32 and lazy.scaled
@@ -153,7 +153,6 @@ def test_gaussian_pipeline_never_reads_the_whole_set_at_once(prior: PriorMean) -
         mlp(in_features=16, hidden=[4], num_classes=3),
         features,  # type: ignore[arg-type]
         torch.from_numpy(y),
-        num_classes=3,
         options=options,
     )
     assert 0.0 < cert.value <= 1.0

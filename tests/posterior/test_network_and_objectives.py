@@ -36,12 +36,17 @@ def test_unsupported_parameterized_modules_are_listed() -> None:
         build_stochastic_network(model)
 
 
-def test_data_derived_buffers_are_refused_unless_trusted() -> None:
+def test_buffers_must_equal_their_data_independent_values() -> None:
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.BatchNorm2d(2, affine=False), nn.Flatten())
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
     with pytest.raises(InvalidInputError, match=r"1\.running_mean"):
-        build_stochastic_network(model)
-    net = build_stochastic_network(model, trusted_buffers={"1.running_mean", "1.running_var"})
+        build_stochastic_network(model)  # no reference at all
+    net = build_stochastic_network(model, fixed_buffers=fresh)
     assert net.num_parameters() == sum(p.numel() for p in model.parameters())
+    with torch.no_grad():
+        model[1].running_mean.add_(0.5)  # statistics estimated from data
+    with pytest.raises(InvalidInputError, match=r"1\.running_mean \(float32\)"):
+        build_stochastic_network(model, fixed_buffers=fresh)
 
 
 def test_kl_inverse_gradients_match_finite_differences() -> None:

@@ -1,0 +1,204 @@
+"""The invariant behind every Gaussian certificate (MATH.md §10): every tensor the network
+computes with is covered by the posterior or fixed before the data, and each weight is drawn
+once per example. Each model here got an optimistic certificate before issue #11."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import Tensor, nn
+
+from pacbound.errors import InvalidInputError
+from pacbound.posterior.layers import GaussianLinear
+from pacbound.posterior.network import build_stochastic_network
+
+
+def _x(n: int = 4, d: int = 6) -> Tensor:
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(0))
+
+
+class _Tied(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.dummy = nn.Linear(6, 6)
+        self.hidden = nn.Linear(6, 6)
+        self.out = nn.Linear(6, 6)
+        self.out.weight = self.dummy.weight  # one weight under two names
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(torch.relu(self.hidden(x)))
+
+
+class _CalledTwice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.block = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(torch.relu(self.block(torch.relu(self.block(x)))))
+
+
+class _RawUse(nn.Module):
+    """Reads a layer's weight with a functional op outside the layer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.fc(x) + x @ self.fc.weight.T)
+
+
+class _Closure(nn.Module):
+    """Keeps a hidden reference to a weight (a plain list, invisible to named_parameters)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+        self.hidden_refs = [self.fc.weight]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) + x @ self.hidden_refs[0].T
+
+
+class _IntMemory(nn.Module):
+    """An integer buffer that memorises labels: a classic way to cheat a bound."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+        self.register_buffer("table", torch.zeros(4, dtype=torch.int64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) + self.table[: x.shape[0], None].float()
+
+
+class _BatchMixing(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x - x.mean(dim=0, keepdim=True))
+
+
+class _Flattens(nn.Module):
+    """Reshapes (B, T, F) to (B·T, F) before a Linear: draws would be per token."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        return self.fc(x.reshape(-1, 3)).reshape(b, -1).sum(dim=1, keepdim=True).repeat(1, 2)
+
+
+def test_tied_weights_are_refused_naming_both_names() -> None:
+    with pytest.raises(InvalidInputError, match=r"out\.weight = dummy\.weight"):
+        build_stochastic_network(_Tied())
+
+
+def test_a_module_reached_twice_is_refused() -> None:
+    shared = nn.Linear(6, 6)
+    model = nn.Sequential(shared, nn.ReLU(), shared)
+    with pytest.raises(InvalidInputError, match=r"2 = 0"):
+        build_stochastic_network(model)
+
+
+def test_a_block_called_twice_in_forward_is_refused() -> None:
+    net = build_stochastic_network(_CalledTwice())
+    with pytest.raises(InvalidInputError, match=r"'block' is called twice"):
+        net.check_coverage(_x())
+    net.set_mode("per_example", torch.Generator().manual_seed(1))
+    with pytest.raises(InvalidInputError, match="called twice"), torch.no_grad():
+        net(_x())  # every forward is guarded, not only the probe
+
+
+def test_a_weight_read_outside_its_layer_is_refused() -> None:
+    net = build_stochastic_network(_RawUse())
+    with pytest.raises(InvalidInputError, match=r"reads fc\.weight outside"):
+        net.check_coverage(_x())
+
+
+def test_a_weight_held_outside_the_module_tree_is_refused() -> None:
+    net = build_stochastic_network(_Closure())
+    with pytest.raises(InvalidInputError, match="does not cover"):
+        net.check_coverage(_x())
+
+
+def test_integer_buffers_must_equal_the_reference() -> None:
+    model = _IntMemory()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    model.table.copy_(torch.tensor([1, 0, 1, 1]))  # "trained" on the labels
+    with pytest.raises(InvalidInputError, match=r"table \(int64\)"):
+        build_stochastic_network(model, fixed_buffers=fresh)
+    with pytest.raises(InvalidInputError, match=r"table \(int64\)"):
+        build_stochastic_network(model)
+    model.table.zero_()
+    build_stochastic_network(model, fixed_buffers=fresh)  # equal to the factory: fine
+
+
+def test_batch_mixing_models_are_refused() -> None:
+    net = build_stochastic_network(_BatchMixing())
+    with pytest.raises(InvalidInputError, match="depends on the other examples"):
+        net.check_coverage(_x())
+
+
+def test_a_layer_that_does_not_see_the_batch_first_is_refused() -> None:
+    net = build_stochastic_network(_Flattens())
+    x = torch.randn(3, 4, 3)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"'fc' receives input of shape \[8, 3\] \(leading dimension 8\) for a batch of 2",
+    ):
+        net.check_coverage(x)
+
+
+def test_plain_models_pass_every_check() -> None:
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    net = build_stochastic_network(model)
+    net.check_coverage(_x())
+    with torch.no_grad():
+        net.set_mode("mean")
+        assert torch.allclose(net(_x()), model(_x()), atol=1e-6)
+
+
+def test_sequence_linear_draws_one_weight_per_example() -> None:
+    """On (B, T, F) input every position of an example uses the same weight draw: the
+    per-example output equals x_b W_b^T + c_b with W_b, c_b drawn from N(μ, σ²)."""
+    base = nn.Linear(3, 2)
+    layer = GaussianLinear(base, log_sigma_init=-1.0)
+    layer.mode = "per_example"
+    b, t = 4000, 5
+    x = torch.randn(1, t, 3).expand(b, t, 3).contiguous()  # the same sequence B times
+    layer.generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        out = layer(x)  # (B, T, 2)
+    # Recover each example's weight draw from its T outputs (least squares, exact here).
+    design = torch.cat([x[0], torch.ones(t, 1)], dim=1)  # (T, 4)
+    coef = torch.linalg.lstsq(design.expand(b, t, 4), out).solution  # (B, 4, 2)
+    residual = design @ coef - out
+    assert float(residual.abs().max()) < 1e-4  # one affine map per example, shared by T
+    w = coef[:, :3, :].transpose(1, 2)  # (B, 2, 3)
+    sigma = float(torch.exp(torch.tensor(-1.0)))
+    assert torch.allclose(w.mean(0), base.weight.detach(), atol=5 * sigma / b**0.5)
+    assert torch.allclose(w.std(0), torch.full_like(w.std(0), sigma), rtol=0.06)
+    # Independent across examples: the draws of neighbours are uncorrelated.
+    flat = (w - w.mean(0)).reshape(b, -1)
+    corr = float((flat[:-1] * flat[1:]).sum() / (flat.norm() ** 2))
+    assert abs(corr) < 0.05
+
+
+def test_local_reparameterization_per_position_would_differ() -> None:
+    """The old behaviour (independent noise per position) is not what we draw now: the
+    outputs of two identical positions of one example coincide."""
+    layer = GaussianLinear(nn.Linear(3, 2), log_sigma_init=0.0)
+    layer.mode = "per_example"
+    layer.generator = torch.Generator().manual_seed(0)
+    x = torch.randn(8, 1, 3).repeat(1, 2, 1)
+    with torch.no_grad():
+        out = layer(x)
+    assert torch.equal(out[:, 0], out[:, 1])
