@@ -294,6 +294,8 @@ def run_compression(
     delta_h, delta_d = statement_deltas(
         options.delta, kw.get("heldout_delta"), kw.get("disagreement_delta")
     )
+    if unlabeled is not None:
+        check_same_input_shape(unlabeled, data, "--unlabeled")
     factory = model_factory(kw)
     if kw.get("init") is not None:
         from pacbound.io.models import refuse_trained_init
@@ -357,6 +359,17 @@ def run_compression(
         files=files,
         render=render_compression,
     )
+
+
+def check_same_input_shape(other: Any, data: Any, option: str) -> None:
+    """Refuse inputs whose per-example shape is not the training data's (before any work)."""
+    mine, theirs = tuple(other.x.shape[1:]), tuple(data.x.shape[1:])
+    if mine != theirs:
+        raise InvalidInputError(
+            f"{option} {other.provenance.path}: each input has shape {list(mine)}, but the "
+            f"--data inputs have {list(theirs)}; give inputs in the same format as --data",
+            param=option,
+        )
 
 
 def _checkpoint_statements(
