@@ -4,28 +4,42 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
 from pacbound.bounds.validation import check_risk
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK
 
+if TYPE_CHECKING:
+    from pacbound.report.recheck import FieldCheck
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 @dataclass(frozen=True)
 class GateOutcome:
+    """The gate's verdict and the thresholds it was computed with (recorded in the report,
+    so ``pacbound verify`` can recompute it from the re-derived bound)."""
+
     passed: bool
     reasons: tuple[str, ...]
     exit_zero: bool
+    max_bound: float | None = None
+    fail_if_vacuous: bool = False
 
     @property
     def exit_code(self) -> int:
         return EXIT_OK if self.passed or self.exit_zero else EXIT_GATE_FAILED
 
     def to_dict(self) -> dict[str, Any]:
-        return {"passed": self.passed, "reasons": list(self.reasons), "exit_zero": self.exit_zero}
+        return {
+            "passed": self.passed,
+            "reasons": list(self.reasons),
+            "exit_zero": self.exit_zero,
+            "max_bound": self.max_bound,
+            "fail_if_vacuous": self.fail_if_vacuous,
+        }
 
 
 def evaluate_gate(
@@ -44,7 +58,51 @@ def evaluate_gate(
         )
     if max_bound is not None and bound > max_bound:
         reasons.append(f"the bound {bound!r} is above --max-bound {max_bound!r}")
-    return GateOutcome(not reasons, tuple(reasons), exit_zero)
+    return GateOutcome(not reasons, tuple(reasons), exit_zero, max_bound, fail_if_vacuous)
+
+
+def _argv_value(argv: list[str], flag: str) -> str | None:
+    for i, token in enumerate(argv):
+        if token == flag and i + 1 < len(argv):
+            return argv[i + 1]
+        if token.startswith(flag + "="):
+            return token[len(flag) + 1 :]
+    return None
+
+
+def recorded_gate_options(gate: dict[str, Any], argv: list[str]) -> dict[str, Any]:
+    """The thresholds a report's gate was computed with: from the ``gate`` block, or for a
+    report written before the block recorded them, from its command line."""
+    if "max_bound" in gate and "fail_if_vacuous" in gate:
+        max_bound = gate["max_bound"]
+        fail_if_vacuous = gate["fail_if_vacuous"]
+    else:
+        text = _argv_value(argv, "--max-bound")
+        try:
+            max_bound = None if text is None else float(text)
+        except ValueError:
+            max_bound = None
+        fail_if_vacuous = "--fail-if-vacuous" in argv
+    return {
+        "max_bound": max_bound,
+        "fail_if_vacuous": bool(fail_if_vacuous),
+        "exit_zero": bool(gate["exit_zero"]),
+    }
+
+
+def recheck_gate(
+    gate: dict[str, Any], argv: list[str], bound: float, chance_error: float
+) -> tuple[GateOutcome, list[FieldCheck]]:
+    """The report's gate recomputed from a re-derived ``bound`` and ``chance_error`` with the
+    recorded thresholds: (the recomputed :class:`GateOutcome`, its field checks)."""
+    from pacbound.report.recheck import FieldCheck
+
+    outcome = evaluate_gate(bound, chance_error, **recorded_gate_options(gate, argv))
+    checks = [
+        FieldCheck("gate.passed", gate["passed"], outcome.passed),
+        FieldCheck("gate.reasons", list(gate["reasons"]), list(outcome.reasons)),
+    ]
+    return outcome, checks
 
 
 def gate_options(func: F) -> F:

@@ -150,7 +150,7 @@ def verify(**kw: Any) -> None:
             raise click.UsageError(
                 f"{name} applies to a REPORT only; {target} is an artifact.", ctx=ctx
             )
-        agree = _verify_artifact(ctx, kw)
+        code = _verify_artifact(ctx, kw)
     else:
         if (name := _given(ctx, ARTIFACT_ONLY)) is not None:
             raise click.UsageError(
@@ -158,8 +158,8 @@ def verify(**kw: Any) -> None:
                 "data and δ.",
                 ctx=ctx,
             )
-        agree = _verify_report(target, kw)
-    ctx.exit(EXIT_OK if agree else EXIT_GATE_FAILED)
+        code = _verify_report(target, kw)
+    ctx.exit(code)
 
 
 def _given(ctx: click.Context, names: tuple[str, ...]) -> str | None:
@@ -193,7 +193,7 @@ def _is_artifact(path: Path, *, expected: bool) -> bool:
     return False
 
 
-def _verify_report(report: Path, kw: dict[str, Any]) -> bool:
+def _verify_report(report: Path, kw: dict[str, Any]) -> int:
     document = load_report(report)
     from pacbound.io import resolve_device
     from pacbound.report.recheck import verify_report
@@ -204,15 +204,41 @@ def _verify_report(report: Path, kw: dict[str, Any]) -> bool:
         device=resolve_device(kw["device"]),
         allow_unsafe_pickle=kw["unsafe_allow_pickle"],
     )
+    outcome, gate = _with_gate(document, outcome)
     if kw["as_json"]:
-        emit_json({"report": str(report), **outcome.to_dict()})
+        emit_json({"report": str(report), **outcome.to_dict(), "gate": gate.to_dict()})
     else:
         _render(Terminal(), outcome.checks)
+    return _exit_code(outcome, gate)
+
+
+def _with_gate(document: dict[str, Any], outcome: Any) -> tuple[Any, Any]:
+    """The report's gate recomputed from the re-derived bound and verdict (not the reported
+    ones), with its checks added to the verification."""
+    from pacbound.cli.gate import recheck_gate
+    from pacbound.report.recheck import Verification
+
+    gate, checks = recheck_gate(
+        document["gate"],
+        document["argv"],
+        outcome.recomputed("bound"),
+        outcome.recomputed("verdict")["chance_error"],
+    )
+    return Verification(outcome.method, (*outcome.checks, *checks)), gate
+
+
+def _exit_code(outcome: Any, gate: Any) -> int:
+    """1 when any field disagrees; otherwise the recomputed gate's exit code (as certify's),
+    never the report's say-so."""
     _explain(outcome)
-    return outcome.agree
+    if not outcome.agree:
+        return EXIT_GATE_FAILED
+    for reason in gate.reasons:
+        click.echo(f"Gate failed: {reason}", err=True)
+    return int(gate.exit_code)
 
 
-def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
+def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
     for name, why in (("data", "the training data to count errors on"), ("arch", "its model")):
         if kw[name] is None:
             raise click.UsageError(
@@ -259,19 +285,23 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
     sha256 = hashlib.sha256(payload).hexdigest()
     artifact = {"path": str(kw["target"]), "sha256": sha256, "bytes": len(payload)}
     results = cert.to_dict()
-    outcome = None
+    outcome: Any = None
+    gate: Any = None
     if report is not None:
         from pacbound.report.recheck import verify_artifact_report
 
-        outcome = verify_artifact_report(
+        outcome, gate = _with_gate(
             report,
-            cert,
-            artifact_sha256=sha256,
-            data=data.provenance.to_dict(),
-            theta0_sha256=getattr(factory, "init_sha256", None),
+            verify_artifact_report(
+                report,
+                cert,
+                artifact_sha256=sha256,
+                data=data.provenance.to_dict(),
+                theta0_sha256=getattr(factory, "init_sha256", None),
+            ),
         )
     if kw["as_json"]:
-        checked = {} if outcome is None else outcome.to_dict()
+        checked = {} if outcome is None else {**outcome.to_dict(), "gate": gate.to_dict()}
         report_path = None if kw["against"] is None else str(kw["against"])
         emit_json({"artifact": artifact, "report": report_path, **checked, "results": results})
     else:
@@ -279,10 +309,7 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> bool:
         render_compression(term, results)
         if outcome is not None:
             _render(term, outcome.checks)
-    if outcome is None:
-        return True
-    _explain(outcome)
-    return outcome.agree
+    return EXIT_OK if outcome is None else _exit_code(outcome, gate)
 
 
 def _first(*values: Any) -> Any:

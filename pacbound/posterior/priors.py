@@ -30,9 +30,15 @@ class PriorMean(str, Enum):
 
 @dataclass(frozen=True)
 class ScaleGrid:
-    """Prior standard deviations σ_p, log-spaced, fixed before seeing data."""
+    """Prior standard deviations σ_p, fixed before seeing data: ``LOW:HIGH:COUNT``
+    log-spaced (``kind`` "log") or an explicit list of values (``kind`` "list").
+
+    :meth:`to_dict` records enough to rebuild the exact values (:meth:`from_dict`), so
+    ``pacbound verify`` can check that σ_p is a grid value and that δ paid for the whole grid.
+    """
 
     scales: tuple[float, ...]
+    kind: Literal["log", "list"] = "list"
 
     def __post_init__(self) -> None:
         if not self.scales:
@@ -46,13 +52,13 @@ class ScaleGrid:
         low, high = check_positive(low, "--prior-scales"), check_positive(high, "--prior-scales")
         count = check_count(count, "--prior-scales")
         if count == 1:
-            return cls((low,))
+            return cls((low,), "log")
         if high <= low:
             raise InvalidInputError(
                 f"--prior-scales: the high end {high:g} must exceed the low end {low:g}",
                 param="--prior-scales",
             )
-        return cls(tuple(float(v) for v in np.geomspace(low, high, count)))
+        return cls(tuple(float(v) for v in np.geomspace(low, high, count)), "log")
 
     @classmethod
     def parse(cls, text: str) -> ScaleGrid:
@@ -78,14 +84,35 @@ class ScaleGrid:
         return len(self.scales)
 
     def to_dict(self) -> dict[str, object]:
-        """Size, range and a hash of the exact values (the grid can have thousands)."""
+        """Size, range, a hash of the exact values (a log grid can have thousands), the kind,
+        and for a list grid its values (as typed: short)."""
         digest = hashlib.sha256(np.asarray(self.scales, dtype="<f8").tobytes()).hexdigest()
-        return {
+        out: dict[str, object] = {
             "size": self.size,
             "min": min(self.scales),
             "max": max(self.scales),
             "values_sha256": digest,
+            "kind": self.kind,
         }
+        if self.kind == "list":
+            out["values"] = list(self.scales)
+        return out
+
+    @classmethod
+    def from_dict(cls, recorded: dict[str, object]) -> ScaleGrid:
+        """The grid a :meth:`to_dict` record describes: the list values, or ``size``
+        log-spaced values from ``min`` to ``max`` (also for records without a ``kind``,
+        written before list grids were recorded). The caller compares ``values_sha256``."""
+        if recorded.get("kind") == "list":
+            values = recorded.get("values")
+            if not isinstance(values, list):
+                raise InvalidInputError("a list prior-scale grid record has no values")
+            return cls(tuple(float(v) for v in values), "list")
+        low, high, size = recorded.get("min"), recorded.get("max"), recorded.get("size")
+        numbers = all(isinstance(v, (int, float)) for v in (low, high))
+        if not numbers or not isinstance(size, int):
+            raise InvalidInputError("a prior-scale grid record has no numeric min, max, size")
+        return cls.log_spaced(float(low), float(high), size)  # type: ignore[arg-type]
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,12 +74,31 @@ class Verification:
     def disagreeing(self) -> list[str]:
         return [c.field for c in self.checks if not c.agree]
 
+    def recomputed(self, field: str) -> Any:
+        """The recomputed value of ``field`` (KeyError when it was not checked)."""
+        for check in self.checks:
+            if check.field == field:
+                return check.recomputed
+        raise KeyError(field)
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "method": self.method,
             "agree": self.agree,
             "fields": [c.to_dict() for c in self.checks],
         }
+
+
+@contextmanager
+def import_path(root: Path) -> Iterator[None]:
+    """``root`` first on ``sys.path`` for the block (restored afterwards): a report made with
+    ``--arch mymodule:factory`` finds the user's module next to the report."""
+    saved = list(sys.path)
+    sys.path.insert(0, str(root.resolve()))
+    try:
+        yield
+    finally:
+        sys.path[:] = saved
 
 
 def _resolve(path: str, root: Path) -> Path:
@@ -166,7 +187,19 @@ def verify_report(
     device: torch.device | None = None,
     allow_unsafe_pickle: bool = False,
 ) -> Verification:
-    """Check the input files, then re-derive every certificate field (see module docstring)."""
+    """Check the input files, then re-derive every certificate field (see module docstring).
+
+    ``root`` is where relative input paths start, and is put on ``sys.path`` while the
+    report's architecture is imported."""
+    with import_path(root):
+        return _verify_report(
+            report, root=root, device=device, allow_unsafe_pickle=allow_unsafe_pickle
+        )
+
+
+def _verify_report(
+    report: dict[str, Any], *, root: Path, device: torch.device | None, allow_unsafe_pickle: bool
+) -> Verification:
     dev = device or torch.device("cpu")
     method = report["results"]["method"]
     needed = "posterior" if method == "gaussian" else "artifact"

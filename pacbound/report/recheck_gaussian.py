@@ -22,15 +22,55 @@ from pacbound.report.recheck import (
 )
 
 
-def _budget(res: dict[str, Any], delta: float) -> Any:
-    """The recorded δ parts, rebuilt (which checks that they add up to the total δ)."""
-    from pacbound.bounds import DeltaBudget, DeltaPart
+def _recorded_grid(opts: dict[str, Any]) -> Any:
+    """The prior-scale grid the recorded options describe, rebuilt value for value (a list
+    grid from its values, a log grid from its range and size)."""
+    from pacbound.posterior.priors import ScaleGrid
 
-    parts = tuple(
-        DeltaPart(p["name"], p["delta"], p["grid_size"], p["description"])
-        for p in res["delta_budget"]["parts"]
-    )
-    return DeltaBudget(delta, parts)
+    recorded = opts.get("prior_scales")
+    if not isinstance(recorded, dict):
+        raise InvalidInputError(
+            "the report's options.prior_scales is missing; the prior-scale grid and the δ it "
+            "costs cannot be re-derived"
+        )
+    return ScaleGrid.from_dict(recorded)
+
+
+def _budget(opts: dict[str, Any], grid: Any) -> Any:
+    """The δ budget the recorded options imply (δ, mc_delta, the grid's size), built by the
+    code certify uses: nothing in the reported ``delta_budget`` is taken as given."""
+    from pacbound.certify.gaussian import GaussianOptions
+
+    options = GaussianOptions(prior_scales=grid, delta=opts["delta"], mc_delta=opts.get("mc_delta"))
+    return options.budget()
+
+
+def _grid_identity(recorded: dict[str, Any]) -> dict[str, Any]:
+    return {k: recorded.get(k) for k in ("size", "min", "max", "values_sha256")}
+
+
+def _scale_checks(
+    res: dict[str, Any],
+    opts: dict[str, Any],
+    grid: Any,
+    network: Any,
+    prior_means: list[Tensor],
+    saved: Any,
+) -> tuple[list[FieldCheck], float]:
+    """The grid is the recorded one, σ_p is its KL-minimising value (as certify chooses it),
+    and the posterior file's σ_p is that value. Returns the checks and the re-derived σ_p."""
+    from pacbound.posterior.fit import kl_over_grid, kl_sufficient_stats
+
+    rebuilt = _grid_identity(grid.to_dict())
+    j = int(kl_over_grid(kl_sufficient_stats(network, prior_means), grid).argmin())
+    checks = [
+        FieldCheck("options.prior_scales", _grid_identity(opts["prior_scales"]), rebuilt),
+        FieldCheck("prior.grid", _grid_identity(res["prior"]["grid"]), rebuilt),
+        FieldCheck("prior.scale_index", res["prior"]["scale_index"], j),
+        FieldCheck("prior.scale", res["prior"]["scale"], grid.scales[j]),
+        FieldCheck("prior.scale (file)", grid.scales[j], saved.prior_scale),
+    ]
+    return checks, float(grid.scales[j])
 
 
 def _network(model: torch.nn.Module, saved: Any, device: torch.device) -> Any:
@@ -148,15 +188,14 @@ def recheck_gaussian(
         pac_bayes_classic,
         pac_bayes_kl,
         pac_bayes_quad,
-        test_set_bound,
     )
     from pacbound.certify.common import Verdict
     from pacbound.certify.gaussian import SEED_OFFSETS
-    from pacbound.posterior.fit import kl_over_grid, kl_sufficient_stats
     from pacbound.posterior.io import load_posterior
     from pacbound.posterior.kl import gaussian_kl
-    from pacbound.posterior.priors import ScaleGrid, split_data
-    from pacbound.posterior.risk import count_errors, count_stochastic_errors
+    from pacbound.posterior.priors import split_data
+    from pacbound.posterior.risk import count_stochastic_errors
+    from pacbound.report.recheck_heldout import deterministic_test_set, recheck_heldout
 
     res, opts = report["results"], report["options"]
     loaded = load_recorded_model(report, root, device, allow_unsafe_pickle=allow_unsafe_pickle)
@@ -165,7 +204,7 @@ def recheck_gaussian(
     saved = load_posterior(_resolve(report["inputs"]["posterior"]["path"], root))
     network = _network(model, saved, device)
     prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)
-    checks = [prior_check]
+    checks = [FieldCheck("prior.mean", res["prior"]["mean"], opts.get("prior")), prior_check]
 
     x, y = data.x, data.y
     if res["prior"]["mean"] == "data":
@@ -180,21 +219,15 @@ def recheck_gaussian(
         x, y = x[split.bound_indices], y[split.bound_indices]
     n = int(x.shape[0])
 
-    grid_info = res["prior"]["grid"]
-    grid = ScaleGrid.log_spaced(grid_info["min"], grid_info["max"], grid_info["size"])
-    if grid.to_dict()["values_sha256"] == grid_info["values_sha256"]:
-        prior_means = [prior_mu[name].to(device) for name in saved.names]
-        j = int(kl_over_grid(kl_sufficient_stats(network, prior_means), grid).argmin())
-        checks.append(FieldCheck("prior.scale_index", res["prior"]["scale_index"], j))
-        checks.append(FieldCheck("prior.scale", res["prior"]["scale"], grid.scales[j]))
-    checks.append(FieldCheck("prior.scale (file)", res["prior"]["scale"], saved.prior_scale))
+    grid = _recorded_grid(opts)
+    prior_means = [prior_mu[name].to(device) for name in saved.names]
+    scale_checks, sigma_p = _scale_checks(res, opts, grid, network, prior_means, saved)
+    checks += scale_checks
 
-    budget = _budget(res, opts["delta"])
+    budget = _budget(opts, grid)
     pb, mc_part = budget.part("pac-bayes"), budget.part("monte-carlo")
-    # KL against the re-derived prior mean (equal to the file's when the check above agrees).
-    kl = gaussian_kl(
-        (saved.mu[n], saved.sigma[n], prior_mu[n], saved.prior_scale) for n in saved.names
-    )
+    # KL against the re-derived prior mean and σ_p (the file's when the checks above agree).
+    kl = gaussian_kl((saved.mu[n], saved.sigma[n], prior_mu[n], sigma_p) for n in saved.names)
     generator = torch.Generator(device=device).manual_seed(
         opts["seed"] + SEED_OFFSETS["monte_carlo"]
     )
@@ -217,6 +250,7 @@ def recheck_gaussian(
         FieldCheck("kl_nats", res["kl_nats"], kl),
         FieldCheck("empirical_risk.estimate", emp["estimate"], count.rate),
         FieldCheck("empirical_risk.draws", emp["draws"], count.evaluations),
+        FieldCheck("empirical_risk.mc_passes", emp["mc_passes"], opts["mc_passes"]),
         FieldCheck("empirical_risk.upper_bound", emp["upper_bound"], mc.value),
         FieldCheck("delta_budget", res["delta_budget"], budget.to_dict()),
         FieldCheck("bound", res["bound"], cert.value),
@@ -237,12 +271,17 @@ def recheck_gaussian(
         if name in information:
             value = information[name](mc.value, kl=kl, n=n, delta=pb.per_choice).value
             checks.append(FieldCheck(f"information_only.{name}", reported["value"], value))
-    if res["heldout"] is not None and "heldout" in report["inputs"]:
-        held = load_recorded_dataset(report["inputs"]["heldout"], root)
-        hcount = count_errors(model, held.x, held.y, batch_size=opts["batch_size"], device=device)
-        hbound = test_set_bound(hcount.rate, n=hcount.evaluations, delta=res["heldout"]["delta"])
-        checks += [
-            FieldCheck("heldout.errors", res["heldout"]["errors"], hcount.errors),
-            FieldCheck("heldout.bound", res["heldout"]["bound"], hbound.value),
-        ]
+    heldout_delta = opts.get("heldout_delta")
+    checks += recheck_heldout(
+        report,
+        root,
+        field="heldout",
+        recompute=lambda held: deterministic_test_set(
+            model,
+            held,
+            delta=opts["delta"] if heldout_delta is None else heldout_delta,
+            batch_size=opts["batch_size"],
+            device=device,
+        ),
+    )
     return checks

@@ -2,7 +2,7 @@
 
 A focused validator for the part of JSON Schema (draft 2020-12) that the shipped schema uses:
 ``type``, ``const``, ``enum``, ``required``, ``properties``, ``additionalProperties``,
-``items``, ``minItems``, ``minLength``, ``pattern``, ``minimum``, ``maximum``,
+``items``, ``minItems``, ``minLength``, ``maxLength``, ``pattern``, ``minimum``, ``maximum``,
 ``exclusiveMinimum``, ``exclusiveMaximum``, ``allOf``, ``if``/``then`` and local ``$ref``.
 Any other keyword in the schema is an error (so the schema cannot silently outgrow the
 validator). A dependency on ``jsonschema`` would buy generality we do not need, and its
@@ -28,7 +28,7 @@ SUPPORTED = frozenset(
     {
         "$schema", "$id", "$defs", "title", "description",
         "type", "const", "enum", "required", "properties", "additionalProperties", "items",
-        "minItems", "minLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
+        "minItems", "minLength", "maxLength", "pattern", "minimum", "maximum", "exclusiveMinimum",
         "exclusiveMaximum", "allOf", "if", "then", "$ref",
     }
 )  # fmt: skip
@@ -95,6 +95,8 @@ def iter_errors(
     elif isinstance(instance, str):
         if len(instance) < node.get("minLength", 0):
             yield f"{where}: must not be empty"
+        if "maxLength" in node and len(instance) > node["maxLength"]:
+            yield f"{where}: at most {node['maxLength']} character(s), got {len(instance)}"
         if "pattern" in node and re.search(node["pattern"], instance) is None:
             yield f"{where}: {instance!r} does not match {node['pattern']}"
     elif _is_type(instance, "number"):

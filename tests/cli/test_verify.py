@@ -235,3 +235,305 @@ def test_report_whose_init_is_the_trained_checkpoint_is_refused(
     code, _, err = _verify(edited, "--root", str(gauss.parent))
     assert code == 3
     assert err.strip().startswith("Error: --init holds exactly the checkpoint's trained weights")
+
+
+# --- issue #11: verify re-derives, it does not trust ----------------------------------------
+
+
+def _save(doc: dict[str, object], path: Path) -> Path:
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def _reforge(doc: dict[str, object]) -> dict[str, object]:
+    """What a careful forger does after editing δ parts, the KL or σ_p: recompute every
+    number that follows (the library's own formulas) and fix ``results_sha256``."""
+    from pacbound.bounds import (
+        mc_upper_per_example,
+        pac_bayes_catoni_grid,
+        pac_bayes_classic,
+        pac_bayes_kl,
+        pac_bayes_quad,
+    )
+    from pacbound.certify.common import Verdict
+
+    res: dict[str, object] = doc["results"]  # type: ignore[assignment]
+    parts = {p["name"]: p for p in res["delta_budget"]["parts"]}  # type: ignore[index]
+    for p in parts.values():
+        p["per_choice"] = p["delta"] / p["grid_size"]
+    emp = res["empirical_risk"]
+    mc = mc_upper_per_example(
+        emp["estimate"],  # type: ignore[index]
+        n=res["n"],  # type: ignore[arg-type]
+        passes=emp["mc_passes"],  # type: ignore[index]
+        delta=parts["monte-carlo"]["delta"],
+    )
+    args = {"kl": res["kl_nats"], "n": res["n"], "delta": parts["pac-bayes"]["per_choice"]}
+    cert = pac_bayes_kl(mc.value, **args)  # type: ignore[arg-type]
+    emp["upper_bound"] = mc.value  # type: ignore[index]
+    res["bound"] = cert.value
+    res["certificate_terms"] = cert.to_dict()
+    info = {
+        "classic": pac_bayes_classic,
+        "quad": pac_bayes_quad,
+        "catoni_grid": pac_bayes_catoni_grid,
+    }
+    res["information_only"] = {k: f(mc.value, **args).to_dict() for k, f in info.items()}  # type: ignore[arg-type]
+    res["verdict"] = Verdict(cert.value, 2).to_dict()
+    doc["results_sha256"] = results_hash(res)  # type: ignore[arg-type]
+    return doc
+
+
+def test_reforging_a_genuine_report_changes_nothing(gauss: Path) -> None:
+    """The forger's recomputation is exact: the forgeries below differ only where edited."""
+    doc = json.loads(gauss.read_text())
+    assert _reforge(json.loads(gauss.read_text())) == doc
+
+
+def test_gaussian_agrees_on_budget_and_grid(gauss: Path) -> None:
+    code, out, err = _verify(gauss, "--json")
+    assert code == 0, err
+    fields = _fields(out)
+    for name in ("delta_budget", "options.prior_scales", "prior.grid", "gate.passed"):
+        assert fields[name]["agree"] is True, fields[name]
+    assert fields["delta_budget"]["recomputed"]["parts"][0]["grid_size"] == 61  # type: ignore[index]
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["grid_size_1", "mc_share"],
+)
+def test_forged_delta_budget_exits_1(gauss: Path, tmp_path: Path, forgery: str) -> None:
+    """A grid of 61 σ_p values reported as paid with grid_size 1 (or δ split otherwise than
+    the recorded --mc-delta), every dependent number recomputed and the hash fixed: the
+    budget is re-derived from the recorded options, not read from the report."""
+    doc = json.loads(gauss.read_text())
+    parts = doc["results"]["delta_budget"]["parts"]
+    if forgery == "grid_size_1":
+        parts[0]["grid_size"] = 1
+    else:
+        parts[0]["delta"], parts[1]["delta"] = 0.0499, 0.0001
+    forged = _save(_reforge(doc), tmp_path / "forged.json")
+    code, out, err = _verify(forged, "--json")
+    assert code == 1
+    fields = _fields(out)
+    assert fields["results_sha256"]["agree"] is True
+    assert fields["delta_budget"]["agree"] is False
+    assert fields["bound"]["agree"] is False
+    assert err.count("\n") == 1 and "delta_budget" in err and "bound" in err
+
+
+def _forge_posterior_scale(doc: dict, root: Path, target: Path, scale: float) -> None:  # type: ignore[type-arg]
+    """Rewrite the saved posterior with another σ_p and record its new sha256."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    from pacbound.io import sha256_file
+
+    source = Path(doc["inputs"]["posterior"]["path"])
+    source = source if source.is_absolute() else root / source
+    with safe_open(str(source), framework="pt") as handle:
+        metadata = dict(handle.metadata())
+    metadata["prior_scale"] = repr(scale)
+    save_file(load_file(str(source)), str(target), metadata=metadata)
+    doc["inputs"]["posterior"]["path"] = str(target)
+    doc["inputs"]["posterior"]["sha256"] = sha256_file(target)
+
+
+LIST_GRID = "0.01,0.02,0.05,0.1,0.2,0.3,0.5,1"
+
+
+@pytest.fixture(scope="module")
+def listed(task: Path) -> Path:
+    return gaussian_report(task, task / "l", "--prior-scales", LIST_GRID)
+
+
+def test_explicit_scale_list_is_reproduced_exactly(listed: Path) -> None:
+    doc = json.loads(listed.read_text())
+    grid = doc["results"]["prior"]["grid"]
+    assert grid["kind"] == "list" and grid["values"] == [float(v) for v in LIST_GRID.split(",")]
+    assert doc["results"]["delta_budget"]["parts"][0]["grid_size"] == 8
+    code, out, err = _verify(listed, "--json")
+    assert code == 0, err
+    fields = _fields(out)
+    for name in ("prior.scale_index", "prior.scale", "prior.grid", "delta_budget"):
+        assert fields[name]["agree"] is True, fields[name]
+    assert fields["prior.scale"]["recomputed"] in grid["values"]
+
+
+@pytest.mark.parametrize("which", ["listed", "gauss"])
+def test_sigma_p_off_the_grid_exits_1(
+    request: pytest.FixtureRequest, tmp_path: Path, which: str
+) -> None:
+    """σ_p moved off the recorded grid, in the report and in the posterior file (re-hashed),
+    KL and bound recomputed, hash fixed: σ_p must be the grid's KL-minimising value."""
+    from pacbound.posterior.io import load_posterior
+
+    report: Path = request.getfixturevalue(which)
+    doc = json.loads(report.read_text())
+    scale = doc["results"]["prior"]["scale"] * 1.07
+    target = tmp_path / "posterior.safetensors"
+    _forge_posterior_scale(doc, report.parent, target, scale)
+    doc["results"]["prior"]["scale"] = scale
+    doc["results"]["kl_nats"] = load_posterior(target).kl()
+    forged = _save(_reforge(doc), tmp_path / "forged.json")
+    code, out, err = _verify(forged, "--json")
+    assert code == 1
+    fields = _fields(out)
+    assert fields["prior.scale"]["agree"] is False
+    assert fields["prior.scale (file)"]["agree"] is False
+    assert err.count("\n") == 1 and "prior.scale" in err
+
+
+def test_forged_grid_record_exits_1(listed: Path, tmp_path: Path) -> None:
+    """The reported grid must be the one the options record (values and hash)."""
+    doc = json.loads(listed.read_text())
+    doc["results"]["prior"]["grid"]["size"] = 1
+    doc["results_sha256"] = results_hash(doc["results"])
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and _fields(out)["prior.grid"]["agree"] is False
+    assert "prior.grid" in err
+
+
+def test_heldout_bound_with_a_forged_delta_exits_1(gauss: Path, tmp_path: Path) -> None:
+    """The held-out δ comes from the recorded options (--heldout-delta), not from the
+    statement itself: a looser δ with its (smaller) bound recomputed is caught."""
+    from pacbound.bounds import test_set_bound
+
+    doc = json.loads(gauss.read_text())
+    held = doc["results"]["heldout"]
+    forged_bound = test_set_bound(held["errors"] / held["n"], n=held["n"], delta=0.5)
+    held["delta"], held["bound"] = 0.5, forged_bound.value
+    doc["results_sha256"] = results_hash(doc["results"])
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1
+    fields = _fields(out)
+    assert fields["heldout.delta"]["agree"] is False
+    assert fields["heldout.bound"]["agree"] is False
+    assert fields["heldout.errors"]["agree"] is True
+    assert err.count("\n") == 1 and "heldout.bound" in err
+
+
+def test_heldout_numbers_without_their_set_exit_1(gauss: Path, tmp_path: Path) -> None:
+    doc = json.loads(gauss.read_text())
+    del doc["inputs"]["heldout"]
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1
+    check = _fields(out)["heldout"]
+    assert check["agree"] is False and "inputs.heldout" in str(check["recomputed"])
+    assert err.count("\n") == 1 and err.rstrip().endswith("heldout")
+
+
+def test_recorded_heldout_set_without_its_statement_exits_1(gauss: Path, tmp_path: Path) -> None:
+    doc = json.loads(gauss.read_text())
+    doc["results"]["heldout"] = None
+    doc["results_sha256"] = results_hash(doc["results"])
+    code, out, _ = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and _fields(out)["heldout"]["agree"] is False
+
+
+def test_changed_heldout_set_exits_3(task: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "task"
+    shutil.copytree(task, copy, ignore=shutil.ignore_patterns("g", "d", "q", "l", "m"))
+    report = gaussian_report(copy, copy / "g", "--heldout", str(copy / "test.npz"))
+    target = copy / "test.npz"
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0x01
+    target.write_bytes(bytes(data))
+    code, _, err = _verify(report)
+    assert code == 3
+    assert err.count("\n") == 1 and "heldout file" in err and str(target) in err
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        ({"non_vacuous": False}, "verdict"),
+        ({"chance_error": 0.9}, "verdict"),
+    ],
+)
+def test_forged_verdict_exits_1(
+    gauss: Path, tmp_path: Path, edit: dict[str, object], field: str
+) -> None:
+    doc = json.loads(gauss.read_text())
+    doc["results"]["verdict"].update(edit)
+    doc["results_sha256"] = results_hash(doc["results"])
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and _fields(out)[field]["agree"] is False and field in err
+
+
+@pytest.fixture(scope="module")
+def gated(task: Path) -> Path:
+    """A genuine report whose gate failed: --max-bound 0.01 under a bound of ≈ 0.12."""
+    out = task / "m"
+    out.mkdir()
+    made = CliRunner().invoke(cli, certify_args(task, out, "--max-bound", "0.01"))
+    assert made.exit_code == 1, made.output
+    return out / "report.json"
+
+
+def test_gate_is_recorded_and_recomputed(gated: Path) -> None:
+    doc = json.loads(gated.read_text())
+    assert doc["gate"]["passed"] is False and doc["gate"]["max_bound"] == 0.01
+    assert doc["gate"]["fail_if_vacuous"] is False
+    code, out, err = _verify(gated, "--json")
+    assert code == 1  # every field agrees, and the certificate fails its recorded gate
+    assert all(f["agree"] for f in json.loads(out)["fields"])
+    assert json.loads(out)["gate"]["passed"] is False
+    assert "Verification failed" not in err and "Gate failed" in err and "0.01" in err
+
+
+def test_gate_forged_as_passed_exits_1(gated: Path, tmp_path: Path) -> None:
+    doc = json.loads(gated.read_text())
+    doc["gate"]["passed"], doc["gate"]["reasons"] = True, []
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1
+    assert _fields(out)["gate.passed"]["agree"] is False
+    assert err.startswith("Verification failed") and "gate.passed" in err
+
+
+def test_gate_exit_zero_is_honoured(gated: Path, tmp_path: Path) -> None:
+    doc = json.loads(gated.read_text())
+    doc["gate"]["exit_zero"] = True
+    code, _, err = _verify(_save(doc, tmp_path / "r.json"))
+    assert code == 0 and "Gate failed" in err
+
+
+def test_gate_thresholds_of_older_reports_come_from_argv() -> None:
+    from pacbound.cli.gate import recheck_gate
+
+    old = {"passed": True, "reasons": [], "exit_zero": False}
+    argv = ["pacbound", "certify", "m.pt", "--max-bound=0.05", "--fail-if-vacuous"]
+    gate, checks = recheck_gate(old, argv, 0.2, 0.5)
+    assert gate.passed is False and gate.max_bound == 0.05 and gate.fail_if_vacuous
+    assert [c.agree for c in checks] == [False, False]
+    gate, checks = recheck_gate(old, ["pacbound", "certify"], 0.2, 0.5)
+    assert gate.passed is True and all(c.agree for c in checks)
+
+
+def test_root_puts_a_user_architecture_on_the_import_path(
+    task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A report made with --arch usernet_verify:net (a module next to it) verifies from
+    elsewhere with --root, and sys.path is restored afterwards."""
+    import sys
+
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "usernet_verify.py").write_text(
+        "from pacbound.models import mlp\n\ndef net(**kw):\n    return mlp(**kw)\n"
+    )
+    monkeypatch.chdir(folder)
+    args = certify_args(task, folder)
+    args[args.index("--arch") + 1] = "usernet_verify:net"
+    made = CliRunner().invoke(cli, args)
+    assert made.exit_code == 0, made.output
+    monkeypatch.delitem(sys.modules, "usernet_verify")
+    monkeypatch.chdir(tmp_path)
+    before = list(sys.path)
+    code, _, err = _verify(folder / "report.json", "--root", str(folder))
+    assert code == 0, err
+    assert sys.path == before
+    monkeypatch.delitem(sys.modules, "usernet_verify")
+    code, _, err = _verify(folder / "report.json")
+    assert code == 3 and err.startswith("Error:") and "usernet_verify" in err
