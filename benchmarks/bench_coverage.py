@@ -18,6 +18,7 @@ import time
 import torch
 
 from pacbound.harness.coverage import DEFAULT_ALPHA, make_method, run_coverage
+from pacbound.harness.planted import planted_refusals
 from pacbound.harness.synthetic import TRUE_RISK_EXAMPLES, TeacherTask
 
 #: Methods and their tight-regime δ (see pacbound.harness.coverage for each regime).
@@ -28,6 +29,7 @@ METHODS = {
     "gaussian-data": 0.01,
     "quantize": 0.2,
     "subspace": 0.2,
+    "sequence-linear": 0.01,
 }
 
 
@@ -59,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         "truth_examples": args.truth_examples,
         "seconds_total": time.perf_counter() - start,
         "methods": results,
+        "planted_models_refused": planted_refusals(task),
     }
     print(json.dumps(report, indent=1, allow_nan=False))
     return 0

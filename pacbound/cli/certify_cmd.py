@@ -11,23 +11,25 @@ from typing import Any
 import click
 
 from pacbound.bounds import format_up
+from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.certify_compression import (
     RunOutcome,
     compression_options,
-    reject_foreign_options,
     run_compression,
 )
 from pacbound.cli.gate import evaluate_gate, gate_options
 from pacbound.cli.model_options import (
+    data_kwargs,
     data_options,
     model_options,
     resolve_dataset,
     resolve_init,
     resolve_model,
 )
-from pacbound.cli.options import FLOAT, INT, json_option
+from pacbound.cli.options import FLOAT, INT, json_option, threads_option
+from pacbound.cli.preflight import check_disjoint_inputs, check_option_values
 from pacbound.cli.terminal import Terminal, certificate_table, dumps_json, emit_json
-from pacbound.errors import InvalidInputError
+from pacbound.errors import UsageError
 from pacbound.report.files import (
     MIN_FREE_BYTES,
     check_free_space,
@@ -217,6 +219,28 @@ of guessing, 1 − 1/K.
     default=None,
     help="δ of the held-out bound, a separate statement (default: --delta).",
 )
+@click.option(
+    "--unlabeled",
+    metavar="PATH",
+    default=None,
+    help="Inputs (labels not needed) never used for anything else, on which the certified "
+    "classifier's disagreement with the checkpoint is bounded: adds a certificate for the "
+    "checkpoint itself, L(h) ≤ L(Q) + D(h, Q). Without it, --heldout's inputs are used.",
+)
+@click.option(
+    "--unlabeled-split",
+    type=click.Choice(["train", "test"]),
+    default="test",
+    show_default=True,
+    help="Split of an IDX folder given to --unlabeled.",
+)
+@click.option(
+    "--disagreement-delta",
+    type=FLOAT,
+    default=None,
+    help="δ_D of the disagreement bound in the checkpoint's certificate (default δ/5); "
+    "that certificate holds with probability ≥ 1 − δ − δ_D.",
+)
 @click.option("--seed", type=INT, default=0, show_default=True, help="Seed of every random stream.")
 @click.option(
     "--batch-size", type=INT, default=1024, show_default=True, help="Evaluation batch size."
@@ -243,16 +267,19 @@ of guessing, 1 − 1/K.
 @click.option("--quiet", "-q", is_flag=True, help="No progress or diagnostics on stderr.")
 @gate_options
 @json_option
+@threads_option
 def certify(**kw: Any) -> None:
     start = time.perf_counter()
     term = Terminal(quiet=kw["quiet"] or kw["as_json"])
     method = kw["method"]
-    reject_foreign_options(click.get_current_context(), method)
+    # Cheap checks first: a typo fails in milliseconds, before anything is loaded.
+    reject_inapplicable(click.get_current_context())
+    check_option_values(kw)
     for option in ("output", "save_posterior", "artifact"):
         if kw.get(option) is not None:
             check_writable(kw[option], "--" + option.replace("_", "-"))
     if method == "gaussian" and kw["prior"] == "init" and kw["init"] is None:
-        raise InvalidInputError(
+        raise UsageError(
             "--prior init needs the initial weights: pass --init PATH (saved before training), "
             "or choose --prior zero or --prior data",
             param="--init",
@@ -267,10 +294,10 @@ def certify(**kw: Any) -> None:
         unsafe_allow_pickle=kw["unsafe_allow_pickle"],
         device=kw["device"],
         terminal=term,
+        strip_prefix=kw["strip_prefix"],
+        method=method,
     )
-    data_kw = dict(
-        label_map=kw["label_map"], label_column=kw["label_column"], normalize=kw["normalize"]
-    )
+    data_kw = data_kwargs(kw)
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
     check_model_data(loaded, data, device=device)
     if kw.get("save_posterior") is not None:
@@ -281,7 +308,12 @@ def certify(**kw: Any) -> None:
     heldout = None
     if kw["heldout"] is not None:
         heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
+        check_disjoint_inputs(data.provenance, heldout.provenance, "--heldout")
         check_model_data(loaded, heldout, device=device)
+    unlabeled = None
+    if kw["unlabeled"] is not None:
+        unlabeled = resolve_unlabeled(kw, data_kw)
+        check_disjoint_inputs(data.provenance, unlabeled.provenance, "--unlabeled")
     term.info(
         f"certifying ({method}) {loaded.num_parameters} parameters on n = {data.n} examples "
         f"({data.num_classes} classes) on {device}"
@@ -289,11 +321,15 @@ def certify(**kw: Any) -> None:
     inputs: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
     if heldout is not None:
         inputs["heldout"] = heldout.provenance.to_dict()
+    if unlabeled is not None:
+        inputs["unlabeled"] = unlabeled.provenance.to_dict()
     with term.progress_callbacks() as progress:
         if method == "gaussian":
-            outcome = _run_gaussian(kw, loaded, data, heldout, device, progress)
+            outcome = _run_gaussian(kw, loaded, data, heldout, unlabeled, device, progress)
         else:
-            outcome = run_compression(kw, loaded, data, device, progress, heldout=heldout)
+            outcome = run_compression(
+                kw, loaded, data, device, progress, heldout=heldout, unlabeled=unlabeled
+            )
     inputs.update(outcome.inputs)
     gate = evaluate_gate(
         outcome.results["bound"],
@@ -309,7 +345,7 @@ def certify(**kw: Any) -> None:
     report = build_report(
         command="certify",
         inputs=inputs,
-        options=outcome.options,
+        options={**outcome.options, "threads": kw["threads"]},
         seeds={"seed": kw["seed"]},
         results=outcome.results,
         gate=gate.to_dict(),
@@ -340,10 +376,12 @@ def _run_gaussian(
     loaded: Any,
     data: Any,
     heldout: Any,
+    unlabeled: Any,
     device: Any,
     progress: Callable[[str, int], Callable[[int], None]],
 ) -> RunOutcome:
     from pacbound.certify.gaussian import GaussianOptions, Posterior, certify_gaussian
+    from pacbound.certify.gaussian_checkpoint import CheckpointInputs
     from pacbound.posterior.fit import TrainingRecipe
     from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
 
@@ -373,20 +411,27 @@ def _run_gaussian(
         delta=kw["delta"],
         mc_delta=kw["mc_delta"],
         heldout_delta=kw["heldout_delta"],
+        disagreement_delta=kw["disagreement_delta"],
         seed=kw["seed"],
         batch_size=kw["batch_size"],
         check_deterministic=not kw["allow_nondeterministic"],
     )
     options.budget()  # validates the δ parts before any heavy work
     init_state = resolve_init(kw["init"], loaded, unsafe_allow_pickle=kw["unsafe_allow_pickle"])
+    checkpoint_inputs = None
+    if unlabeled is not None:
+        checkpoint_inputs = CheckpointInputs("unlabeled", unlabeled.x)
+    elif heldout is not None:
+        checkpoint_inputs = CheckpointInputs("heldout", heldout.x)
     cert = certify_gaussian(
         loaded.module,
         data.x,
         data.y,
-        num_classes=data.num_classes,
         options=options,
         init_state=init_state,
+        fixed_buffers=reference_buffers(kw, init_state),
         heldout=None if heldout is None else (heldout.x, heldout.y),
+        checkpoint_inputs=checkpoint_inputs,
         device=device,
         progress=progress,
     )
@@ -416,6 +461,26 @@ def _run_gaussian(
     )
 
 
+def resolve_unlabeled(kw: dict[str, Any], data_kw: dict[str, Any]) -> Any:
+    """``--unlabeled``: inputs only, read with the same format options as --data."""
+    from pacbound.cli.model_options import resolve_features
+
+    return resolve_features(kw["unlabeled"], split=kw["unlabeled_split"], **data_kw)
+
+
+def reference_buffers(kw: dict[str, Any], init_state: dict[str, Any] | None) -> Any:
+    """The data-independent values every buffer must equal: the --init file's, or a fresh
+    build of --arch (``None`` when neither exists: then any buffer is refused)."""
+    if init_state is not None:
+        return init_state
+    if kw.get("arch") is None:
+        return None
+    from pacbound.io.architectures import build_module, parse_arch
+
+    fresh = build_module(parse_arch(kw["arch"]), kw.get("arch_kwargs") or {})
+    return {name: b.detach() for name, b in fresh.named_buffers()}
+
+
 def _render(term: Terminal, res: dict[str, Any]) -> None:
     emp = res["empirical_risk"]
     table = certificate_table("pacbound certificate (PAC-Bayes-kl, Gaussian posterior)", res)
@@ -442,5 +507,19 @@ def _render(term: Terminal, res: dict[str, Any]) -> None:
             "held-out bound (checkpoint)",
             f"{format_up(h['bound'], 4)}  ({h['errors']}/{h['n']} errors, δ = {h['delta']:g}, "
             "separate statement)",
+        )
+    agree = res["agreement"]
+    table.add_row(
+        "Q vs checkpoint (bound data)",
+        f"disagree on {agree['disagreement_rate']:.4f}; checkpoint's error "
+        f"{agree['checkpoint_error_rate']:.4f} (information)",
+    )
+    if res["checkpoint"] is not None:
+        c, d = res["checkpoint"], res["checkpoint"]["disagreement"]
+        table.add_row(
+            "bound on the checkpoint itself",
+            f"{format_up(c['bound'], 4)}  (L(h) ≤ L(Q) + D, D ≤ {format_up(d['upper_bound'], 4)} "
+            f"from {d['disagreements']}/{d['inputs']} {d['source']} inputs; "
+            f"δ total {c['delta_total']:g})",
         )
     term.table(table)

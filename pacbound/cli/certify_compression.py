@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
-from click.core import ParameterSource
 
 from pacbound.bounds import format_up
 from pacbound.cli.options import FLOAT, INT
@@ -19,45 +18,6 @@ from pacbound.cli.terminal import Terminal, certificate_table
 from pacbound.errors import InvalidInputError
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-#: Options that only make sense for one family of methods (given on the command line for
-#: the other family, they are contradictory input: exit 3).
-GAUSSIAN_ONLY = (
-    "prior",
-    "prior_fraction",
-    "prior_epochs",
-    "prior_lr",
-    "prior_lr_schedule",
-    "prior_augment_shift",
-    "prior_scales",
-    "posterior",
-    "posterior_epochs",
-    "posterior_optimizer",
-    "posterior_lr",
-    "keep_best",
-    "sigma_lr",
-    "objective",
-    "p_min",
-    "mc_passes",
-    "mc_delta",
-    "save_posterior",
-)
-COMPRESSION_ONLY = (
-    "d",
-    "levels",
-    "projector",
-    "codebook",
-    "precision",
-    "zero_level",
-    "subspace_epochs",
-    "subspace_lr",
-    "subspace_batch_size",
-    "subspace_optimizer",
-    "subspace_lr_schedule",
-    "subspace_init",
-    "qat_steps",
-    "artifact",
-)
 
 
 @dataclass(frozen=True)
@@ -197,19 +157,6 @@ def compression_options(func: F) -> F:
     return compression_tuning_options(func)
 
 
-def reject_foreign_options(ctx: click.Context, method: str) -> None:
-    """Refuse options of the other method family given on the command line (exit 3)."""
-    foreign = COMPRESSION_ONLY if method == "gaussian" else GAUSSIAN_ONLY
-    for name in foreign:
-        if name in ctx.params and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE:
-            flag = "--" + name.replace("_", "-")
-            family = "subspace/quantize" if method == "gaussian" else "gaussian"
-            raise InvalidInputError(
-                f"{flag} applies to --method {family} only, not --method {method}; drop it",
-                param=flag,
-            )
-
-
 def compression_options_from(kw: dict[str, Any]) -> Any:
     from pacbound.certify.compression import CompressionOptions, SubspaceRecipe
 
@@ -236,20 +183,30 @@ def compression_options_from(kw: dict[str, Any]) -> Any:
     )
 
 
-def model_factory(kw: dict[str, Any]) -> Any:
-    """``seed ↦ fresh model`` from --arch/--arch-kwargs (and --init for subspace): the
-    decoder rebuilds θ₀ from it."""
-    if kw["arch"] is None:
-        raise InvalidInputError(
-            f"--method {kw['method']} needs --arch: the decoder rebuilds the architecture "
-            "(and θ₀) from it",
-            param="--arch",
-        )
+def model_factory(kw: dict[str, Any], loaded: Any = None) -> Any:
+    """``seed ↦ fresh model`` from the ``loaded`` model's architecture (--arch/--arch-kwargs,
+    or the .pt2 program or pickled model itself) and --init for subspace: the decoder rebuilds
+    θ₀ from it (:func:`pacbound.certify.factories.factory_for`)."""
     if kw["method"] == "quantize" and kw.get("init") is not None:
         raise InvalidInputError(
             "--init applies to --method gaussian (prior mean) and subspace (θ₀) only; "
             "--method quantize codes the checkpoint's own weights: drop it",
             param="--init",
+        )
+    if loaded is not None:
+        from pacbound.certify.factories import factory_for
+
+        return factory_for(
+            loaded,
+            kw["method"],
+            init=kw.get("init"),
+            allow_unsafe_pickle=kw.get("unsafe_allow_pickle", False),
+        )
+    if kw["arch"] is None:
+        raise InvalidInputError(
+            f"--method {kw['method']} needs --arch: the decoder rebuilds the architecture "
+            "(and θ₀) from it",
+            param="--arch",
         )
     return factory_from_arch(
         kw["arch"],
@@ -296,11 +253,15 @@ def run_compression(
     )
     if unlabeled is not None:
         check_same_input_shape(unlabeled, data, "--unlabeled")
-    factory = model_factory(kw)
+    factory = model_factory(kw, loaded)
     if kw.get("init") is not None:
         from pacbound.io.models import refuse_trained_init
 
         refuse_trained_init(factory.state, loaded)
+    from pacbound.compressors.base import check_uncoded_buffers
+
+    # Every uncoded tensor of the checkpoint must be the one the decoder rebuilds.
+    check_uncoded_buffers(loaded.module, factory(options.seed))
     if kw["method"] == "subspace":
         checkpoint = loaded.module if kw["subspace_init"] == "checkpoint" else None
         cert = certify_subspace(

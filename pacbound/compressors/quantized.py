@@ -22,6 +22,7 @@ from pacbound.compressors.base import (
     ModelFactory,
     architecture_fingerprint,
     buffer_vector,
+    check_uncoded_buffers,
     load_buffer_vector,
     load_parameter_vector,
     parameter_vector,
@@ -78,6 +79,7 @@ class _QuantizingCompressor(Compressor):
                 "the model does not have the architecture the compressor's factory builds "
                 "(parameter names or shapes differ)"
             )
+        check_uncoded_buffers(model, reference)
         return reference
 
 

@@ -14,6 +14,9 @@ the binomial test rejects it (MATH.md §9).
   the slack.
 * :func:`count_shared_draw_errors` — one weight draw per pass shared by all examples, while
   the Chernoff bound still counts n·K independent draws (MATH.md §3; a peer's bug).
+* :func:`count_per_position_errors` — local reparameterization on a Linear that sees a
+  sequence: noise drawn per position instead of one weight per example (pacbound before
+  issue #11; MATH.md §10).
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ N_FULL = "control:n-full"
 MIDPOINT = "control:midpoint-kl-inverse"
 SHARED_DRAW = "control:shared-draw"
 CONTROLS = (N_FULL, MIDPOINT, SHARED_DRAW)
+#: The sequence-model control (:mod:`pacbound.harness.planted`), not a Gaussian-pipeline one.
+PER_POSITION = "control:per-position-draws"
 
 
 def correct_kl_inverse(q: float, c: float) -> float:
@@ -131,3 +136,17 @@ def count_shared_draw_errors(
             e, m = batch_errors(h(x[start : start + batch_size]), y[start : start + batch_size])
             errors, total = errors + e, total + m
     return ErrorCount(errors, total)
+
+
+@torch.no_grad()
+def count_per_position_errors(
+    network: StochasticNetwork, x: Tensor, y: Tensor, *, generator: torch.Generator
+) -> ErrorCount:
+    """PLANTED BUG: per-position local reparameterization on sequence input (the training
+    mode ``"shared"`` of the Linear layers), counted as n independent per-example draws."""
+    network.set_mode("shared", generator)
+    try:
+        e, m = batch_errors(network(x), y)
+    finally:
+        network.set_mode("per_example")
+    return ErrorCount(e, m)

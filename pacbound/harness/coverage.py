@@ -491,8 +491,12 @@ def make_method(name: str, task: TeacherTask, **kwargs: Any) -> CoverageMethod:
     }
     if name in COMPRESSION_METHODS:
         return CompressionMethod(task, kind=name, **kwargs)
+    if name == "sequence-linear":
+        from pacbound.harness.planted import SequenceMonteCarloMethod
+
+        return SequenceMonteCarloMethod(task, **kwargs)
     if name not in factories:
-        valid = ", ".join([*factories, *COMPRESSION_METHODS])
+        valid = ", ".join([*factories, *COMPRESSION_METHODS, "sequence-linear"])
         raise ValueError(f"unknown coverage method {name!r}; valid: {valid}")
     method: CoverageMethod = factories[name](task, **kwargs)
     return method
