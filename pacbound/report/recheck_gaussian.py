@@ -189,7 +189,7 @@ def recheck_gaussian(
         pac_bayes_kl,
         pac_bayes_quad,
     )
-    from pacbound.certify.common import Verdict
+    from pacbound.certify.common import Verdict, model_num_outputs
     from pacbound.certify.gaussian import SEED_OFFSETS
     from pacbound.posterior.io import load_posterior
     from pacbound.posterior.kl import gaussian_kl
@@ -242,7 +242,8 @@ def recheck_gaussian(
     )
     mc = mc_upper_per_example(count.rate, n=n, passes=opts["mc_passes"], delta=mc_part.delta)
     cert = pac_bayes_kl(mc.value, kl=kl, n=n, delta=pb.per_choice)
-    verdict = Verdict(cert.value, data.num_classes).to_dict()
+    # chance level 1 − 1/K from the model's own outputs, as certify computes it
+    verdict = Verdict(cert.value, model_num_outputs(model, data.x, device)).to_dict()
     sigmas = torch.cat([saved.sigma[name].flatten() for name in saved.names])
     emp = res["empirical_risk"]
     checks += [

@@ -38,6 +38,7 @@ def recheck_heldout(
     recompute: Callable[[Any], Mapping[str, Any]],
     source: str = "heldout",
     expected: bool | None = None,
+    load: Callable[[dict[str, Any], Path], Any] = load_recorded_dataset,
 ) -> list[FieldCheck]:
     """Field checks of the held-out statement ``results[field]``.
 
@@ -47,7 +48,9 @@ def recheck_heldout(
     name, as ``f"{field}.{name}"``. ``expected`` says whether the report's options imply
     the statement (default: whenever the set is recorded): a statement that is expected
     but missing, or reported without a recorded set, is one disagreeing field ``field``.
-    A statement that is neither reported nor expected gives no checks.
+    A statement that is neither reported nor expected gives no checks. ``load(record,
+    root)`` reloads the set (default :func:`load_recorded_dataset`; e.g. an inputs-only
+    loader for unlabeled inputs).
     """
     reported = report["results"].get(field)
     recorded = report["inputs"].get(source)
@@ -56,7 +59,7 @@ def recheck_heldout(
         return [FieldCheck(field, None, NO_STATEMENT.format(source=source))] if expected else []
     if recorded is None:
         return [FieldCheck(field, reported, NO_SET.format(source=source))]
-    dataset = load_recorded_dataset(recorded, root)
+    dataset = load(recorded, root)
     recomputed = recompute(dataset)
     return [
         FieldCheck(f"{field}.{name}", reported.get(name, "(missing)"), value)

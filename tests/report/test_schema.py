@@ -114,6 +114,11 @@ def test_schema_uses_only_supported_keywords() -> None:
         (lambda d: d["results"]["empirical_risk"].__setitem__("draws", 0), "draws: 0 is below"),
         (lambda d: d["timings_seconds"].__setitem__("total", -1.0), "total: -1.0 is below"),
         (lambda d: d.__setitem__("schema_version", 2), "schema_version: must be 1"),
+        (lambda d: d["gate"].__setitem__("max_bound", 1.5), "gate.max_bound: 1.5 is above"),
+        (
+            lambda d: d["results"]["prior"]["grid"].__setitem__("kind", "cubic"),
+            "results.prior.grid.kind: must be one of",
+        ),
     ],
 )
 def test_validator_reports_each_violation(
@@ -124,6 +129,14 @@ def test_validator_reports_each_violation(
     edit(broken)
     errors = validation_errors(broken)
     assert any(message in e for e in errors), errors
+
+
+def test_max_length_is_checked() -> None:
+    from pacbound.report.validate import iter_errors
+
+    node = {"type": "string", "maxLength": 1}
+    assert list(iter_errors(",", node, node)) == []
+    assert list(iter_errors(",;", node, node)) == ["(top): at most 1 character(s), got 2"]
 
 
 def test_compression_results_need_their_fields(reports: dict[str, Path]) -> None:
