@@ -390,7 +390,7 @@ def _checkpoint_rows(table: Any, res: dict[str, Any]) -> None:
         )
         table.add_row(
             "decoded ≠ checkpoint",
-            f"{train['disagreements_with_decoded']} predictions "
+            f"{train['disagreements_with_decoded']} of {train['n']} predictions "
             f"({train['disagreement_rate']:.6f}, training data)",
         )
     h = res.get("heldout")

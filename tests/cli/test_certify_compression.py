@@ -189,7 +189,9 @@ def test_compress_shows_the_training_comparison(task: Path, tmp_path: Path) -> N
     table = CliRunner().invoke(cli, _compress_args(task, art))
     assert table.exit_code == 0, table.stderr
     text = " ".join(table.stdout.split())
-    assert f"decoded ≠ checkpoint │ {differ} predictions ({differ / 400:.6f}, training" in text
+    assert (
+        f"decoded ≠ checkpoint │ {differ} of 400 predictions ({differ / 400:.6f}, training" in text
+    )
     assert f"errors of the checkpoint │ {errors} ({errors / 400:.6f}, training data)" in text
     assert "bound on the checkpoint itself" not in text
 
