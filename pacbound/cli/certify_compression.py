@@ -245,7 +245,6 @@ def run_compression(
     disagreements, the held-out bound (``heldout``, a labeled data set) and the certificate
     for the checkpoint itself from held-out or ``unlabeled`` inputs (MATH.md §11)."""
     from pacbound.certify.compressed_checkpoint import statement_deltas
-    from pacbound.certify.compression import certify_quantized, certify_subspace
 
     options = compression_options_from(kw)
     delta_h, delta_d = statement_deltas(
@@ -262,29 +261,7 @@ def run_compression(
 
     # Every uncoded tensor of the checkpoint must be the one the decoder rebuilds.
     check_uncoded_buffers(loaded.module, factory(options.seed))
-    if kw["method"] == "subspace":
-        checkpoint = loaded.module if kw["subspace_init"] == "checkpoint" else None
-        cert = certify_subspace(
-            factory,
-            data.x,
-            data.y,
-            num_classes=data.num_classes,
-            options=options,
-            checkpoint_model=checkpoint,
-            device=device,
-            progress=progress,
-        )
-    else:
-        cert = certify_quantized(
-            loaded.module,
-            factory,
-            data.x,
-            data.y,
-            num_classes=data.num_classes,
-            options=options,
-            device=device,
-            progress=progress,
-        )
+    cert = _certify_decoded(kw, options, factory, loaded, data, device, progress)
     statements = _checkpoint_statements(
         cert, kw, loaded, data, factory, device, heldout, unlabeled, (delta_h, delta_d)
     )
@@ -319,6 +296,42 @@ def run_compression(
         timings=dict(cert.timings),
         files=files,
         render=render_compression,
+    )
+
+
+def _certify_decoded(
+    kw: dict[str, Any],
+    options: Any,
+    factory: Any,
+    loaded: Any,
+    data: Any,
+    device: Any,
+    progress: Callable[[str, int], Callable[[int], None]],
+) -> Any:
+    """The Occam certificate of the decoded model (subspace training or post-hoc quantize)."""
+    from pacbound.certify.compression import certify_quantized, certify_subspace
+
+    if kw["method"] == "subspace":
+        checkpoint = loaded.module if kw["subspace_init"] == "checkpoint" else None
+        return certify_subspace(
+            factory,
+            data.x,
+            data.y,
+            num_classes=data.num_classes,
+            options=options,
+            checkpoint_model=checkpoint,
+            device=device,
+            progress=progress,
+        )
+    return certify_quantized(
+        loaded.module,
+        factory,
+        data.x,
+        data.y,
+        num_classes=data.num_classes,
+        options=options,
+        device=device,
+        progress=progress,
     )
 
 

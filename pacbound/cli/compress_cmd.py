@@ -16,7 +16,13 @@ from pacbound.cli.certify_compression import (
     render_compression,
     run_compression,
 )
-from pacbound.cli.model_options import data_options, model_options, resolve_dataset, resolve_model
+from pacbound.cli.model_options import (
+    data_kwargs,
+    data_options,
+    model_options,
+    resolve_dataset,
+    resolve_model,
+)
 from pacbound.cli.options import FLOAT, INT, json_option
 from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.report.files import check_writable, write_atomic
@@ -95,13 +101,7 @@ def compress(**kw: Any) -> None:
         device=kw["device"],
         terminal=term,
     )
-    data = resolve_dataset(
-        kw["data"],
-        split=kw["split"],
-        label_map=kw["label_map"],
-        label_column=kw["label_column"],
-        normalize=kw["normalize"],
-    )
+    data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
     check_model_data(loaded, data, device=device)
     term.info(
         f"compressing ({kw['method']}) {loaded.num_parameters} parameters, scored on "

@@ -1,8 +1,9 @@
 """Options shared by the commands that load a model and a data set, and their resolvers.
 
 ``model_options`` adds ``--arch``, ``--arch-kwargs``, ``--init``, ``--unsafe-allow-pickle`` and
-``--device``; ``data_options`` adds ``--data``, ``--split``, ``--label-map``, ``--label-column``
-and ``--normalize``. A badly written value is *bad input* (exit 3), like the numbers in
+``--device``; ``data_options`` adds ``--data``, ``--split``, ``--label-map``, ``--label-column``,
+``--normalize``, ``--x-key``, ``--y-key``, ``--csv-delimiter``, ``--input-shape`` and
+``--scale``. A badly written value is *bad input* (exit 3), like the numbers in
 :mod:`pacbound.cli.options`. The resolvers turn the parsed values into library objects.
 """
 
@@ -12,23 +13,29 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 from torch import Tensor
 
 from pacbound.cli.terminal import Terminal
 from pacbound.io import (
     Dataset,
+    Features,
     LabelMap,
     LoadedModel,
     Normalization,
     Split,
+    data_format,
     load_dataset,
+    load_features,
     load_init_state,
     load_model,
     parse_arch_kwargs,
+    parse_input_shape,
     parse_label_map,
     parse_normalization,
     refuse_trained_init,
 )
+from pacbound.io.tabular import parse_delimiter
 from pacbound.models import builtin_help
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -63,6 +70,29 @@ class _Parsed(click.ParamType):
 JSON_OBJECT = _Parsed("json", parse_arch_kwargs)
 LABEL_MAP = _Parsed("label-map", parse_label_map)
 NORMALIZATION = _Parsed("normalization", parse_normalization)
+INPUT_SHAPE = _Parsed("input-shape", parse_input_shape)
+DELIMITER = _Parsed("delimiter", parse_delimiter)
+
+#: The data options after --data and --split, as resolve_dataset keywords (see data_kwargs).
+DATA_KWARGS = (
+    "label_map",
+    "label_column",
+    "normalize",
+    "x_key",
+    "y_key",
+    "csv_delimiter",
+    "input_shape",
+    "scale",
+)
+#: Options that apply only to some data formats: option name → (formats, what they are).
+FORMAT_OPTIONS = {
+    "x_key": ({"npz", "safetensors"}, ".npz or .safetensors files"),
+    "y_key": ({"npz", "safetensors"}, ".npz or .safetensors files"),
+    "csv_delimiter": ({"csv"}, ".csv files"),
+    "label_column": ({"csv"}, ".csv files"),
+}
+#: Parameters of a command that hold data paths read with the shared data options.
+DATA_PATHS = ("data", "heldout", "unlabeled")
 
 
 def arch_options(func: F) -> F:
@@ -111,7 +141,9 @@ def model_options(func: F) -> F:
 
 
 def data_options(func: F) -> F:
-    """``--data``, ``--split``, ``--label-map``, ``--label-column`` and ``--normalize``."""
+    """``--data``, ``--split``, ``--label-map``, ``--label-column``, ``--normalize`` and the
+    format options ``--x-key``, ``--y-key``, ``--csv-delimiter``, ``--input-shape``,
+    ``--scale``."""
     decorators = [
         click.option(
             "--data",
@@ -147,10 +179,54 @@ def data_options(func: F) -> F:
             help="Subtract MEAN and divide by STD after scaling to [0, 1]; per channel as "
             "M1/M2/M3,S1/S2/S3; 'mnist' is 0.1307,0.3081.",
         ),
+        click.option(
+            "--x-key",
+            default="x",
+            show_default=True,
+            metavar="NAME",
+            help="Name of the features array in a .npz or .safetensors file.",
+        ),
+        click.option(
+            "--y-key",
+            default="y",
+            show_default=True,
+            metavar="NAME",
+            help="Name of the labels array in a .npz or .safetensors file.",
+        ),
+        click.option(
+            "--csv-delimiter",
+            type=DELIMITER,
+            default=",",
+            show_default=True,
+            metavar="CHAR",
+            help="Field separator of a .csv file (';', '|', 'tab', …).",
+        ),
+        click.option(
+            "--input-shape",
+            type=INPUT_SHAPE,
+            metavar="C,H,W",
+            help="Reshape every example to this shape (same number of values), e.g. 1,28,28 "
+            "for 784-column rows. Default: as stored, except that N×H×W images (IDX, uint8) "
+            "get a channel axis.",
+        ),
+        click.option(
+            "--scale",
+            type=click.Choice(["auto", "none"]),
+            default="auto",
+            show_default=True,
+            help="auto: uint8 features are images and are divided by 255; other dtypes are "
+            "used as stored. none: uint8 values as they are.",
+        ),
     ]
     for decorator in reversed(decorators):
         func = decorator(func)
     return func
+
+
+def data_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """The data options of a command's parsed parameters, as :func:`resolve_dataset`
+    keywords (``--data`` and ``--split`` excluded: each data input has its own)."""
+    return {name: kw[name] for name in DATA_KWARGS if name in kw}
 
 
 def resolve_model(
@@ -192,12 +268,75 @@ def resolve_dataset(
     label_map: LabelMap | None,
     label_column: str | None,
     normalize: Normalization | None,
+    x_key: str = "x",
+    y_key: str = "y",
+    csv_delimiter: str = ",",
+    input_shape: tuple[int, ...] | None = None,
+    scale: str = "auto",
 ) -> Dataset:
-    """Load the data set the options describe."""
+    """Load the data set the options describe (format options that fit none of the command's
+    data inputs are a usage error)."""
+    _refuse_inapplicable()
     return load_dataset(
         data,
         split=split,
         label_column=label_column,
         label_map=label_map,
         normalize=normalize,
+        x_key=x_key,
+        y_key=y_key,
+        csv_delimiter=csv_delimiter,
+        input_shape=input_shape,
+        scale=scale,
     )
+
+
+def resolve_features(
+    path: str,
+    *,
+    split: str,
+    label_column: str | None = None,
+    normalize: Normalization | None = None,
+    x_key: str = "x",
+    csv_delimiter: str = ",",
+    input_shape: tuple[int, ...] | None = None,
+    scale: str = "auto",
+    **_labels_only: Any,
+) -> Features:
+    """Load inputs without labels (``--unlabeled``) with the same format options as --data
+    (``--label-map``/``--y-key`` are accepted and have nothing to apply to)."""
+    _refuse_inapplicable()
+    return load_features(
+        path,
+        split=split,
+        label_column=label_column,
+        normalize=normalize,
+        x_key=x_key,
+        csv_delimiter=csv_delimiter,
+        input_shape=input_shape,
+        scale=scale,
+    )
+
+
+def _refuse_inapplicable() -> None:
+    """A format option given on the command line that fits none of the data inputs
+    (``--data``, ``--heldout``, ``--unlabeled``) is a usage error, not silently ignored."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is None:
+        return
+    formats = {
+        fmt.value
+        for name in DATA_PATHS
+        if ctx.params.get(name) is not None and (fmt := data_format(ctx.params[name])) is not None
+    }
+    if not formats:
+        return
+    for name, (applies, what) in FORMAT_OPTIONS.items():
+        given = name in ctx.params and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        if given and not applies & formats:
+            flag = "--" + name.replace("_", "-")
+            raise click.UsageError(
+                f"{flag} applies to {what} only; the data given are "
+                f"{', '.join(sorted(formats))}: drop {flag}",
+                ctx=ctx,
+            )

@@ -8,7 +8,15 @@ from __future__ import annotations
 
 from pacbound.io.architectures import ArchitectureSpec, parse_arch, parse_arch_kwargs
 from pacbound.io.checkpoints import Checkpoint, CheckpointFormat, read_checkpoint
-from pacbound.io.datasets import DataFormat, Dataset, Split, load_dataset
+from pacbound.io.datasets import (
+    DataFormat,
+    Dataset,
+    Features,
+    Split,
+    load_dataset,
+    load_features,
+    recorded_load_options,
+)
 from pacbound.io.device import resolve_device
 from pacbound.io.models import (
     CheckpointReport,
@@ -27,7 +35,14 @@ from pacbound.io.provenance import (
     ModelProvenance,
     sha256_file,
 )
-from pacbound.io.transforms import LabelMap, Normalization, parse_label_map, parse_normalization
+from pacbound.io.readers import data_format
+from pacbound.io.transforms import (
+    LabelMap,
+    Normalization,
+    parse_input_shape,
+    parse_label_map,
+    parse_normalization,
+)
 from pacbound.io.validation import DryRun, check_model_data
 
 __all__ = [
@@ -40,6 +55,7 @@ __all__ = [
     "Dataset",
     "DatasetProvenance",
     "DryRun",
+    "Features",
     "FileRecord",
     "LabelMap",
     "LoadedModel",
@@ -49,15 +65,19 @@ __all__ = [
     "TensorInfo",
     "TensorKind",
     "check_model_data",
+    "data_format",
     "inspect_checkpoint",
     "load_dataset",
+    "load_features",
     "load_init_state",
     "load_model",
     "parse_arch",
     "parse_arch_kwargs",
+    "parse_input_shape",
     "parse_label_map",
     "parse_normalization",
     "read_checkpoint",
+    "recorded_load_options",
     "refuse_trained_init",
     "resolve_device",
     "sha256_file",

@@ -1,63 +1,77 @@
 """Loading a data set offline: MNIST IDX folders, ``.npz``, ``.safetensors``, ``.csv``, and
 folders of ``x.npy``/``y.npy`` that are streamed from disk.
 
-Every reader yields features and integer labels; one pipeline then checks them, scales
-``uint8`` images to [0, 1] float32, maps labels, normalizes, takes a subset, and records all of
-it in the provenance. A ``.npy`` folder goes through the same steps, but its features stay
-memory-mapped (:class:`~pacbound.io.streaming.LazyFeatures`): scaling and normalization happen
-per batch as rows are read. Nothing is ever downloaded.
+Every reader returns the stored arrays (:mod:`pacbound.io.readers`,
+:mod:`pacbound.io.tabular`); one pipeline then checks them and applies the documented rules,
+each recorded in the provenance so that ``verify`` repeats exactly the same load:
+
+* scaling (``scale="auto"``): ``uint8`` features are images, divided by 255 in float32
+  (``scaling: "uint8/255"``); every other dtype is used as stored, as float32
+  (``scaling: "none"``); ``scale="none"`` keeps ``uint8`` values as they are;
+* shape: each example keeps its stored shape, except that N×H×W images (an IDX folder, or a
+  ``uint8`` array) get a channel axis, N×1×H×W; ``input_shape`` (``--input-shape C,H,W``)
+  reshapes every example instead, and must hold the same number of values;
+* then labels are mapped, features normalized, and a subset taken.
+
+A ``.npy`` folder goes through the same steps, but its features stay memory-mapped
+(:class:`~pacbound.io.streaming.LazyFeatures`): scaling, reshaping and normalization happen
+per batch as rows are read. Nothing is ever downloaded. :func:`load_features` reads inputs
+without labels (``--unlabeled``) with the same rules and provenance.
 """
 
 from __future__ import annotations
 
-import csv
 import os
-import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from enum import Enum
+from math import prod
 from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
 import torch
-from safetensors import safe_open
 from torch import Tensor
 
 from pacbound.errors import InvalidInputError
-from pacbound.io.idx import read_idx
 from pacbound.io.provenance import DatasetProvenance, FileRecord, check_file
+from pacbound.io.readers import DataFormat as DataFormat  # re-exported
+from pacbound.io.readers import (
+    RawData,
+    detect_format,
+    read_idx_folder,
+    read_npz,
+    read_safetensors,
+    split_of,
+)
+from pacbound.io.readers import Split as Split  # re-exported
 from pacbound.io.streaming import (
     FEATURES_FILE,
     LABELS_FILE,
     LazyFeatures,
-    is_npy_folder,
     open_npy,
 )
-from pacbound.io.transforms import LabelMap, Normalization, parse_label_map, parse_normalization
+from pacbound.io.tabular import LABEL_COLUMN_NAMES as LABEL_COLUMN_NAMES  # re-exported
+from pacbound.io.tabular import parse_delimiter, read_csv
+from pacbound.io.transforms import (
+    LabelMap,
+    Normalization,
+    parse_input_shape,
+    parse_label_map,
+    parse_normalization,
+)
+from pacbound.io.validation import check_feature_array as _check_feature_array
 from pacbound.io.validation import check_features_finite
+from pacbound.io.validation import check_label_array as _labels
 
-#: Column names taken as the label in a CSV file with a header, when none is given.
-LABEL_COLUMN_NAMES = ("label", "labels", "y", "target", "class")
-_IDX_PREFIXES = {"train": ("train",), "test": ("t10k", "test")}
-
-
-class DataFormat(str, Enum):
-    IDX = "idx"
-    NPZ = "npz"
-    SAFETENSORS = "safetensors"
-    CSV = "csv"
-    NPY = "npy"  # a folder with x.npy and y.npy, streamed
-
-
-class Split(str, Enum):
-    TRAIN = "train"
-    TEST = "test"
+#: ``input_shape`` value that repeats the rule of reports written before the rule above:
+#: every N×H×W array, of any dtype, got a channel axis.
+LEGACY_CHANNEL_AXIS = "legacy-channel-axis"
+SCALES = ("auto", "none")
 
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
-    """Features ``x`` (float32, images as N×C×H×W), labels ``y`` (int64) and provenance.
+    """Features ``x`` (float32, one example per row), labels ``y`` (int64) and provenance.
 
     ``x`` is a tensor in memory, or for a ``.npy`` folder a read-only :class:`LazyFeatures`
     whose ``x[a:b]`` and ``x[indices]`` return float32 tensors of those rows only. It is typed
@@ -80,11 +94,30 @@ class Dataset:
 
 
 @dataclass(frozen=True, eq=False)
-class _Raw:
-    x: np.ndarray
-    y: np.ndarray
-    files: tuple[Path, ...]
-    label_column: str | None = None
+class Features:
+    """Inputs without labels (:func:`load_features`): ``x`` as in :class:`Dataset`, and the
+    provenance (``num_classes`` is ``None``)."""
+
+    x: Tensor
+    provenance: DatasetProvenance
+
+    @property
+    def n(self) -> int:
+        return len(self.x)
+
+    def __len__(self) -> int:
+        return self.n
+
+
+@dataclass(frozen=True)
+class _Options:
+    """The format options of one load, checked."""
+
+    x_key: str
+    y_key: str
+    csv_delimiter: str
+    input_shape: tuple[int, ...] | str | None
+    scale: str
 
 
 def load_dataset(
@@ -95,323 +128,266 @@ def load_dataset(
     label_map: LabelMap | str | None = None,
     normalize: Normalization | str | None = None,
     subset: int | Sequence[int] | None = None,
+    x_key: str = "x",
+    y_key: str = "y",
+    csv_delimiter: str = ",",
+    input_shape: Sequence[int] | str | None = None,
+    scale: str = "auto",
 ) -> Dataset:
     """Read a data set and check it (non-empty, matching counts, integer labels, finite).
 
     ``split`` picks the IDX files (``train`` or ``t10k``/``test``); ``label_column`` names or
-    indexes the CSV label column; ``subset`` is a count (the first k examples) or explicit
-    indices, applied last and recorded.
+    indexes the CSV label column; ``x_key``/``y_key`` name the arrays of a ``.npz`` or
+    ``.safetensors`` file; ``input_shape`` and ``scale`` override the shape and scaling rules
+    (module docstring); ``subset`` is a count (the first k examples) or explicit indices,
+    applied last. Everything is recorded in the provenance.
     """
-    source = Path(path)
-    chosen = _split(split)
-    fmt = _format(source)
-    if fmt is DataFormat.NPY:
-        return _load_npy_folder(source, label_map=label_map, normalize=normalize, subset=subset)
-    if fmt is DataFormat.IDX:
-        raw = _read_idx_folder(source, chosen)
-    elif fmt is DataFormat.NPZ:
-        raw = _read_npz(check_file(source, "--data"))
-    elif fmt is DataFormat.SAFETENSORS:
-        raw = _read_safetensors(check_file(source, "--data"))
-    else:
-        raw = _read_csv(check_file(source, "--data"), label_column)
-    where = f"--data {source}"
-    x, scaled = _features(raw.x, where)
-    y = _labels(raw.y, n=x.shape[0], source=where)
-    check_features_finite(x, where)
+    opts = _options(x_key, y_key, csv_delimiter, input_shape, scale)
     lmap = parse_label_map(label_map) if isinstance(label_map, str) else label_map
+    loaded = _load(path, split, opts, normalize, label_column, labels=True)
+    where = f"--data {loaded.source}"
+    assert loaded.raw_y is not None
+    y = _labels(loaded.raw_y, n=len(loaded.x), source=where)
     if lmap is not None:
         y = lmap.apply(y, source=where)
     num_classes = lmap.num_classes if lmap is not None else int(y.max()) + 1
-    norm = parse_normalization(normalize) if isinstance(normalize, str) else normalize
-    if norm is not None:
-        x = norm.apply(x, source=where)
-    indices = _subset_indices(subset, x.shape[0])
+    x, indices = _subset(loaded.x, subset)
     if indices is not None:
-        x, y = x[indices], y[indices]
-    provenance = DatasetProvenance(
-        path=str(source),
-        format=fmt.value,
-        files=tuple(FileRecord.of(f) for f in raw.files),
-        n=int(y.shape[0]),
-        num_classes=num_classes,
-        split=chosen.value if fmt is DataFormat.IDX else None,
-        label_column=raw.label_column,
-        label_map=lmap.text if lmap is not None else None,
-        normalization=norm.describe() if norm is not None else None,
-        scaled_to_unit=scaled,
-        subset_indices=None if indices is None else tuple(indices.tolist()),
-    )
-    return Dataset(x.contiguous(), y, num_classes, provenance)
+        y = y[indices]
+    provenance = loaded.provenance(x, indices, num_classes=num_classes, label_map=lmap)
+    return Dataset(_contiguous(x), y, num_classes, provenance)
 
 
-def _split(split: str | Split) -> Split:
-    try:
-        return Split(split)
-    except ValueError:
-        raise InvalidInputError(
-            f"--split {split!r}: choose one of {', '.join(s.value for s in Split)}",
-            param="--split",
-        ) from None
-
-
-def _load_npy_folder(
-    source: Path,
+def load_features(
+    path: str | os.PathLike[str],
     *,
-    label_map: LabelMap | str | None,
+    split: str | Split = Split.TRAIN,
+    label_column: str | int | None = None,
+    normalize: Normalization | str | None = None,
+    subset: int | Sequence[int] | None = None,
+    x_key: str = "x",
+    csv_delimiter: str = ",",
+    input_shape: Sequence[int] | str | None = None,
+    scale: str = "auto",
+) -> Features:
+    """Read inputs WITHOUT labels (``--unlabeled``), with :func:`load_dataset`'s rules.
+
+    Only the features are read: the IDX images file (a labels file is ignored), the ``x_key``
+    array of a ``.npz``/``.safetensors`` file (other arrays ignored), ``x.npy`` of a folder,
+    or every CSV column but a label column (``label_column``, or a header column named like a
+    label, :data:`LABEL_COLUMN_NAMES`; dropped and recorded). The provenance lists exactly the
+    files read, with their sha256, and ``num_classes`` ``None``.
+    """
+    opts = _options(x_key, "y", csv_delimiter, input_shape, scale)
+    loaded = _load(path, split, opts, normalize, label_column, labels=False)
+    x, indices = _subset(loaded.x, subset)
+    provenance = loaded.provenance(x, indices, num_classes=None, label_map=None)
+    return Features(_contiguous(x), provenance)
+
+
+def recorded_load_options(record: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`load_dataset` that repeat the load a provenance
+    record (``DatasetProvenance.to_dict()``) describes, except the path and normalization.
+
+    Records written before the shape and scaling fields existed get the rules of that time.
+    """
+    options: dict[str, Any] = {
+        "split": record.get("split") or "train",
+        "label_column": record.get("label_column"),
+        "label_map": record.get("label_map"),
+        "subset": record.get("subset_indices"),
+    }
+    for key in ("x_key", "y_key", "csv_delimiter"):
+        if record.get(key) is not None:
+            options[key] = record[key]
+    shape = record.get("input_shape")
+    options["input_shape"] = LEGACY_CHANNEL_AXIS if shape is None else tuple(shape)
+    options["scale"] = "none" if record.get("scaling") == "none" else "auto"
+    return options
+
+
+def _options(
+    x_key: str, y_key: str, delimiter: str, input_shape: Sequence[int] | str | None, scale: str
+) -> _Options:
+    if scale not in SCALES:
+        raise InvalidInputError(
+            f"--scale {scale!r}: choose auto (uint8 images / 255) or none", param="--scale"
+        )
+    shape: tuple[int, ...] | str | None
+    if isinstance(input_shape, str) and input_shape != LEGACY_CHANNEL_AXIS:
+        shape = parse_input_shape(input_shape)
+    elif input_shape is None or isinstance(input_shape, str):
+        shape = input_shape
+    else:
+        shape = tuple(int(v) for v in input_shape)
+    for option, key in (("--x-key", x_key), ("--y-key", y_key)):
+        if not key:
+            raise InvalidInputError(f"{option} is empty; name an array", param=option)
+    return _Options(x_key, y_key, parse_delimiter(delimiter), shape, scale)
+
+
+@dataclass(frozen=True, eq=False)
+class _Loaded:
+    """Features after the shape and scaling rules, with what the provenance needs."""
+
+    source: Path
+    fmt: DataFormat
+    split: Split
+    opts: _Options
+    x: Any  # a Tensor, or LazyFeatures for a .npy folder
+    files: tuple[Path, ...]
+    raw_y: np.ndarray | None
+    label_column: str | None
+    stored: np.ndarray  # only dtype and shape are used
+    scaled: bool
+    reshape: str | None
+    normalization: Normalization | None
+
+    def provenance(
+        self,
+        x: Any,
+        indices: Tensor | None,
+        *,
+        num_classes: int | None,
+        label_map: LabelMap | None,
+    ) -> DatasetProvenance:
+        keyed = self.fmt in (DataFormat.NPZ, DataFormat.SAFETENSORS)
+        norm = self.normalization
+        return DatasetProvenance(
+            path=str(self.source),
+            format=self.fmt.value,
+            files=tuple(FileRecord.of(f) for f in self.files),
+            n=len(x),
+            num_classes=num_classes,
+            split=self.split.value if self.fmt is DataFormat.IDX else None,
+            label_column=self.label_column,
+            label_map=label_map.text if label_map is not None else None,
+            normalization=norm.describe() if norm is not None else None,
+            scaled_to_unit=self.scaled,
+            subset_indices=None if indices is None else tuple(indices.tolist()),
+            x_key=self.opts.x_key if keyed else None,
+            y_key=self.opts.y_key if keyed and num_classes is not None else None,
+            csv_delimiter=self.opts.csv_delimiter if self.fmt is DataFormat.CSV else None,
+            stored_dtype=str(self.stored.dtype),
+            stored_shape=tuple(int(d) for d in self.stored.shape[1:]),
+            input_shape=tuple(int(d) for d in x.shape[1:]),
+            reshape=self.reshape,
+            scaling="uint8/255" if self.scaled else "none",
+        )
+
+
+def _load(
+    path: str | os.PathLike[str],
+    split: str | Split,
+    opts: _Options,
     normalize: Normalization | str | None,
-    subset: int | Sequence[int] | None,
-) -> Dataset:
-    """The ``.npy`` folder path of :func:`load_dataset`: labels in memory, features mapped."""
+    label_column: str | int | None,
+    *,
+    labels: bool,
+) -> _Loaded:
+    source = Path(path)
+    chosen, fmt = split_of(split), detect_format(source)
     where = f"--data {source}"
-    files = (
-        check_file(source / FEATURES_FILE, "--data"),
-        check_file(source / LABELS_FILE, "--data"),
-    )
-    array = open_npy(source, FEATURES_FILE, mmap=True)
-    _check_feature_array(array, where)
-    y = _labels(open_npy(source, LABELS_FILE, mmap=False), n=array.shape[0], source=where)
-    lmap = parse_label_map(label_map) if isinstance(label_map, str) else label_map
-    if lmap is not None:
-        y = lmap.apply(y, source=where)
-    num_classes = lmap.num_classes if lmap is not None else int(y.max()) + 1
     norm = parse_normalization(normalize) if isinstance(normalize, str) else normalize
-    x = LazyFeatures(array, normalization=norm)
-    x.check_finite(where)
-    x[:1]  # validates the normalization against the channel axis
-    indices = _subset_indices(subset, len(x))
-    if indices is not None:
-        x, y = x.view_rows(indices), y[indices]
-    provenance = DatasetProvenance(
-        path=str(source),
-        format=DataFormat.NPY.value,
-        files=tuple(FileRecord.of(f) for f in files),
-        n=int(y.shape[0]),
-        num_classes=num_classes,
-        label_map=lmap.text if lmap is not None else None,
-        normalization=norm.describe() if norm is not None else None,
-        scaled_to_unit=x.scaled,
-        subset_indices=None if indices is None else tuple(indices.tolist()),
-    )
-    return Dataset(cast(Tensor, x), y, num_classes, provenance)
-
-
-def _format(path: Path) -> DataFormat:
-    if is_npy_folder(path):
-        return DataFormat.NPY
-    if path.is_dir():
-        return DataFormat.IDX
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix in {f.value for f in DataFormat if f not in (DataFormat.IDX, DataFormat.NPY)}:
-        return DataFormat(suffix)
-    if not path.exists():
-        raise InvalidInputError(f"--data: {path} does not exist; check the path", param="--data")
-    raise InvalidInputError(
-        f"--data: cannot tell the format of {path}; give an MNIST IDX folder, a folder with "
-        "x.npy and y.npy (streamed), or a .npz, .safetensors or .csv file",
-        param="--data",
+    if fmt is DataFormat.NPY:
+        names = (FEATURES_FILE, LABELS_FILE) if labels else (FEATURES_FILE,)
+        stored = open_npy(source, FEATURES_FILE, mmap=True)
+        raw_y = open_npy(source, LABELS_FILE, mmap=False) if labels else None
+        files = tuple(check_file(source / name, "--data") for name in names)
+        label_column = None
+    else:
+        raw = _read(source, fmt, chosen, opts, label_column, labels=labels)
+        stored, raw_y, files, label_column = raw.x, raw.y, raw.files, raw.label_column
+    _check_feature_array(stored, where)
+    scaled = opts.scale == "auto" and stored.dtype == np.uint8
+    shape, reshape = example_shape(stored, fmt, opts.input_shape, where)
+    if fmt is DataFormat.NPY:
+        lazy = LazyFeatures(stored, normalization=norm, scale=scaled, example_shape=shape)
+        lazy.check_finite(where)
+        lazy[:1]  # validates the normalization against the channel axis
+        x: Any = lazy
+    else:
+        x = _in_memory(stored, scaled, shape, norm, where)
+    label_name = None if label_column is None else str(label_column)
+    return _Loaded(
+        source, fmt, chosen, opts, x, files, raw_y, label_name, stored, scaled, reshape, norm
     )
 
 
-def _read_idx_folder(folder: Path, split: Split) -> _Raw:
-    images = _find_idx(folder, split, "images")
-    labels = _find_idx(folder, split, "labels")
-    x = read_idx(check_file(images, "--data"), ndim=3)
-    y = read_idx(check_file(labels, "--data"), ndim=1)
-    if x.shape[0] != y.shape[0]:
-        raise InvalidInputError(
-            f"--data {folder}: {images.name} has {x.shape[0]} images but {labels.name} has "
-            f"{y.shape[0]} labels; use files from the same split and release",
-            param="--data",
-        )
-    return _Raw(x, y, (images, labels))
-
-
-def _find_idx(folder: Path, split: Split, kind: str) -> Path:
-    candidates = sorted(
-        p
-        for p in folder.iterdir()
-        if p.name.startswith(tuple(f"{prefix}-{kind}" for prefix in _IDX_PREFIXES[split.value]))
-        and "idx" in p.name
-    )
-    if not candidates:
-        expected = f"{_IDX_PREFIXES[split.value][0]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
-        raise InvalidInputError(
-            f"--data {folder}: no {split.value} {kind} file ({expected}[.gz]) in this folder; "
-            "point --data to a folder with the MNIST IDX files, or change --split",
-            param="--data",
-        )
-    raw = [p for p in candidates if p.suffix != ".gz"]
-    return (raw or candidates)[0]
-
-
-def _read_npz(file: Path) -> _Raw:
-    try:
-        with np.load(file, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in ("x", "y") if key in archive.files}
-            keys = list(archive.files)
-    except ValueError as exc:  # object arrays need pickle, which is refused
-        raise InvalidInputError(
-            f"--data: {file} holds object arrays, which would need pickle ({exc}); save "
-            "numeric arrays with np.savez(path, x=..., y=...)",
-            param="--data",
-        ) from None
-    except (OSError, zipfile.BadZipFile, EOFError) as exc:
-        raise InvalidInputError(
-            f"--data: {file} is not a readable .npz file ({exc}); save it with "
-            "np.savez(path, x=..., y=...)",
-            param="--data",
-        ) from None
-    return _Raw(*_xy(arrays, keys, file), (file,))
-
-
-def _read_safetensors(file: Path) -> _Raw:
-    try:
-        with safe_open(str(file), framework="pt", device="cpu") as handle:
-            keys = list(handle.keys())
-            arrays = {k: handle.get_tensor(k).numpy() for k in ("x", "y") if k in keys}
-    except Exception as exc:  # safetensors raises its own SafetensorError
-        raise InvalidInputError(
-            f"--data: {file} is not a valid safetensors file ({exc}); save it with "
-            "safetensors.torch.save_file({'x': x, 'y': y}, path)",
-            param="--data",
-        ) from None
-    return _Raw(*_xy(arrays, keys, file), (file,))
-
-
-def _xy(arrays: dict[str, Any], keys: list[str], file: Path) -> tuple[np.ndarray, np.ndarray]:
-    missing = [k for k in ("x", "y") if k not in arrays]
-    if missing:
-        raise InvalidInputError(
-            f"--data: {file} has no array {' or '.join(map(repr, missing))} (it has "
-            f"{', '.join(map(repr, keys)) or 'none'}); store features as 'x' and labels as 'y'",
-            param="--data",
-        )
-    return np.asarray(arrays["x"]), np.asarray(arrays["y"])
-
-
-def _read_csv(file: Path, label_column: str | int | None) -> _Raw:
-    with open(file, newline="", encoding="utf-8") as handle:
-        rows = [row for row in csv.reader(handle) if row]
-    if not rows:
-        raise InvalidInputError(f"--data: {file} is empty; it has no rows", param="--data")
-    header = rows[0] if not all(_is_number(c) for c in rows[0]) else None
-    body = rows[1:] if header is not None else rows
-    width = len(rows[0])
-    column = _label_index(label_column, header, width, file)
-    values = np.empty((len(body), width), dtype=np.float64)
-    for r, row in enumerate(body):
-        line = r + (2 if header is not None else 1)
-        if len(row) != width:
-            raise InvalidInputError(
-                f"--data: {file} line {line} has {len(row)} fields, expected {width}; "
-                "every row needs the same columns",
-                param="--data",
-            )
-        for c, cell in enumerate(row):
-            try:
-                values[r, c] = float(cell)
-            except ValueError:
-                name = header[c] if header is not None else str(c)
-                raise InvalidInputError(
-                    f"--data: {file} line {line}, column {name!r} holds {cell!r}, not a "
-                    "number; features must be numeric (encode categories as numbers first)",
-                    param="--data",
-                ) from None
-    name = header[column] if header is not None else str(column)
-    x = np.delete(values, column, axis=1)
-    return _Raw(x, values[:, column], (file,), label_column=name)
-
-
-def _label_index(given: str | int | None, header: list[str] | None, width: int, file: Path) -> int:
-    if given is None:
-        if header is not None:
-            lowered = [h.strip().lower() for h in header]
-            for name in LABEL_COLUMN_NAMES:
-                if name in lowered:
-                    return lowered.index(name)
-        return width - 1
-    if isinstance(given, str) and not given.lstrip("-").isdigit():
-        names = [h.strip() for h in header] if header is not None else []
-        if given in names:
-            return names.index(given)
-        raise InvalidInputError(
-            f"--label-column {given!r} is not a column of {file} (columns: "
-            f"{', '.join(names) if names else 'none named: the file has no header'}); give a "
-            "column name or a 0-based index",
-            param="--label-column",
-        )
-    index = int(given)
-    if not -width <= index < width:
-        raise InvalidInputError(
-            f"--label-column {index} is out of range for {file}, which has {width} columns",
-            param="--label-column",
-        )
-    return index % width
-
-
-def _is_number(cell: str) -> bool:
-    try:
-        float(cell)
-    except ValueError:
-        return False
-    return True
-
-
-def _check_feature_array(x: np.ndarray, source: str) -> None:
-    if x.ndim < 2 or x.shape[0] == 0:
-        raise InvalidInputError(
-            f"{source} has no examples (features of shape {list(x.shape)}); it must hold at "
-            "least one example, one row per example",
-            param="--data",
-        )
-    if x.dtype.kind not in "uifb":
-        raise InvalidInputError(
-            f"{source}: features have dtype {x.dtype}, not numbers; store numeric arrays",
-            param="--data",
-        )
-
-
-def _features(x: np.ndarray, source: str) -> tuple[Tensor, bool]:
-    _check_feature_array(x, source)
-    scaled = x.dtype == np.uint8
+def _in_memory(
+    stored: np.ndarray,
+    scaled: bool,
+    shape: tuple[int, ...],
+    norm: Normalization | None,
+    where: str,
+) -> Tensor:
     # A fresh, writable float32 array in one pass (np.frombuffer views are read-only).
     if scaled:
-        features = np.divide(x, np.float32(255.0), dtype=np.float32)
+        values = np.divide(stored, np.float32(255.0), dtype=np.float32)
     else:
-        features = x.astype(np.float32)
-    tensor = torch.from_numpy(features)
-    if tensor.ndim == 3:  # N×H×W images get their channel axis
-        tensor = tensor.unsqueeze(1)
-    return tensor, scaled
+        values = stored.astype(np.float32)
+    x = torch.from_numpy(values).reshape(values.shape[0], *shape)
+    check_features_finite(x, where)
+    if norm is not None:
+        x = norm.apply(x, source=where)
+    return x
 
 
-def _labels(y: np.ndarray, *, n: int, source: str) -> Tensor:
-    if y.ndim != 1 or y.shape[0] != n:
-        raise InvalidInputError(
-            f"{source}: {n} examples but labels of shape {list(y.shape)}; give one integer "
-            "label per example",
-            param="--data",
-        )
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+def _read(
+    source: Path,
+    fmt: DataFormat,
+    split: Split,
+    opts: _Options,
+    label_column: str | int | None,
+    *,
+    labels: bool,
+) -> RawData:
+    y_key = opts.y_key if labels else None
+    if fmt is DataFormat.IDX:
+        return read_idx_folder(source, split.value, labels=labels)
+    if fmt is DataFormat.NPZ:
+        return read_npz(check_file(source, "--data"), opts.x_key, y_key)
+    if fmt is DataFormat.SAFETENSORS:
+        return read_safetensors(check_file(source, "--data"), opts.x_key, y_key)
+    return read_csv(
+        check_file(source, "--data"), label_column, delimiter=opts.csv_delimiter, labels=labels
+    )
+
+
+def example_shape(
+    array: np.ndarray, fmt: DataFormat, input_shape: tuple[int, ...] | str | None, where: str
+) -> tuple[tuple[int, ...], str | None]:
+    """The shape each example is given to the model in, and why it differs from the stored
+    one (``None`` when it does not)."""
+    stored = tuple(int(d) for d in array.shape[1:])
+    if isinstance(input_shape, tuple):
+        if prod(input_shape) != prod(stored):
             raise InvalidInputError(
-                f"{source}: labels must be whole numbers (class indices), found non-integer values",
-                param="--data",
+                f"--input-shape {','.join(map(str, input_shape))} holds {prod(input_shape)} "
+                f"values per example, but {where} has {prod(stored)} (stored shape "
+                f"{'×'.join(map(str, stored))}); give dimensions whose product is {prod(stored)}",
+                param="--input-shape",
             )
-    elif y.dtype.kind not in "uib":
-        raise InvalidInputError(
-            f"{source}: labels have dtype {y.dtype}; store integer class indices",
-            param="--data",
-        )
-    labels = torch.from_numpy(y.astype(np.int64))
-    if bool((labels < 0).any()):
-        raise InvalidInputError(
-            f"{source}: label {int(labels.min())} is negative; labels are class indices "
-            "0, 1, …, K−1 (use --label-map to renumber)",
-            param="--data",
-        )
-    return labels
+        return input_shape, (None if input_shape == stored else "--input-shape")
+    if len(stored) == 2:
+        if input_shape == LEGACY_CHANNEL_AXIS:
+            return (1, *stored), "channel axis added (N×H×W array)"
+        if fmt is DataFormat.IDX:
+            return (1, *stored), "channel axis added (IDX images)"
+        if array.dtype == np.uint8:
+            return (1, *stored), "channel axis added (uint8 N×H×W images)"
+    return stored, None
+
+
+def _subset(x: Any, subset: int | Sequence[int] | None) -> tuple[Any, Tensor | None]:
+    indices = _subset_indices(subset, len(x))
+    if indices is None:
+        return x, None
+    return (x.view_rows(indices) if isinstance(x, LazyFeatures) else x[indices]), indices
+
+
+def _contiguous(x: Any) -> Tensor:
+    return cast(Tensor, x) if isinstance(x, LazyFeatures) else x.contiguous()
 
 
 def _subset_indices(subset: int | Sequence[int] | None, n: int) -> Tensor | None:

@@ -105,20 +105,33 @@ class DatasetProvenance:
     """A loaded data set: where it came from and every transformation applied to it.
 
     ``subset_indices`` are the indices (into the file's examples, after the split) that were
-    kept, or ``None`` when every example was used.
+    kept, or ``None`` when every example was used. ``num_classes`` is ``None`` for inputs
+    read without labels. ``x_key``/``y_key`` are the arrays read from a ``.npz`` or
+    ``.safetensors`` file, ``csv_delimiter`` the separator of a CSV file (``None`` for other
+    formats). ``stored_dtype`` and ``stored_shape`` (per example) describe the file's
+    features; ``input_shape`` (per example) is what the model was given, ``reshape`` why it
+    differs (``None`` when it does not), ``scaling`` ``"uint8/255"`` or ``"none"``.
     """
 
     path: str
     format: str
     files: tuple[FileRecord, ...]
     n: int
-    num_classes: int
+    num_classes: int | None
     split: str | None = None
     label_column: str | None = None
     label_map: str | None = None
     normalization: str | None = None
     scaled_to_unit: bool = False
     subset_indices: tuple[int, ...] | None = None
+    x_key: str | None = None
+    y_key: str | None = None
+    csv_delimiter: str | None = None
+    stored_dtype: str | None = None
+    stored_shape: tuple[int, ...] | None = None
+    input_shape: tuple[int, ...] | None = None
+    reshape: str | None = None
+    scaling: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         indices = self.subset_indices
@@ -134,4 +147,12 @@ class DatasetProvenance:
             "normalization": self.normalization,
             "scaled_to_unit": self.scaled_to_unit,
             "subset_indices": None if indices is None else list(indices),
+            "x_key": self.x_key,
+            "y_key": self.y_key,
+            "csv_delimiter": self.csv_delimiter,
+            "stored_dtype": self.stored_dtype,
+            "stored_shape": None if self.stored_shape is None else list(self.stored_shape),
+            "input_shape": None if self.input_shape is None else list(self.input_shape),
+            "reshape": self.reshape,
+            "scaling": self.scaling,
         }

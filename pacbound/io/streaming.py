@@ -69,8 +69,9 @@ class LazyFeatures:
     """Rows of a (memory-mapped) array, converted to float32 tensors only when indexed.
 
     ``rows`` selects and orders the examples (a subset or a split) without reading them.
-    ``uint8`` values are scaled to [0, 1] by ``x / 255`` in float32; N×H×W images get a
-    channel axis; ``normalization`` is applied per batch. Indexing returns a fresh tensor;
+    With ``scale`` (default: the array is ``uint8``) values are scaled to [0, 1] by
+    ``x / 255`` in float32; each example is viewed as ``example_shape`` (default: as stored);
+    ``normalization`` is applied per batch. Indexing returns a fresh tensor;
     nothing can be written back.
 
     >>> lazy = LazyFeatures(np.arange(12, dtype=np.uint8).reshape(4, 3))
@@ -91,18 +92,24 @@ class LazyFeatures:
         *,
         normalization: Normalization | None = None,
         rows: Tensor | None = None,
+        scale: bool | None = None,
+        example_shape: tuple[int, ...] | None = None,
     ) -> None:
         self._array = array
         self._normalization = normalization
         self._rows = None if rows is None else rows.to(torch.int64).cpu()
+        self._scale = bool(array.dtype == np.uint8) if scale is None else scale
+        stored = tuple(array.shape[1:])
+        self._example = stored if example_shape is None else tuple(example_shape)
+        if int(np.prod(self._example)) != int(np.prod(stored)):
+            raise ValueError(f"cannot view examples of shape {stored} as {self._example}")
         n = array.shape[0] if self._rows is None else int(self._rows.numel())
-        tail = tuple(array.shape[1:])
-        self._shape = torch.Size((n, 1, *tail) if array.ndim == 3 else (n, *tail))
+        self._shape = torch.Size((n, *self._example))
 
     @property
     def scaled(self) -> bool:
-        """Whether the stored values are ``uint8`` and scaled to [0, 1] on reading."""
-        return bool(self._array.dtype == np.uint8)
+        """Whether the stored values are divided by 255 on reading (``uint8`` images)."""
+        return self._scale
 
     @property
     def shape(self) -> torch.Size:
@@ -127,10 +134,20 @@ class LazyFeatures:
     def view_rows(self, indices: Tensor) -> LazyFeatures:
         """A lazy view of the given rows (a subset or split), nothing read yet."""
         idx = self._positions(torch.as_tensor(indices, dtype=torch.int64))
-        return LazyFeatures(self._array, normalization=self._normalization, rows=idx)
+        return self._copy(rows=idx)
 
     def with_normalization(self, normalization: Normalization | None) -> LazyFeatures:
-        return LazyFeatures(self._array, normalization=normalization, rows=self._rows)
+        return self._copy(normalization=normalization)
+
+    def _copy(self, **changes: Any) -> LazyFeatures:
+        kwargs: dict[str, Any] = {
+            "normalization": self._normalization,
+            "rows": self._rows,
+            "scale": self._scale,
+            "example_shape": self._example,
+        }
+        kwargs.update(changes)
+        return type(self)(self._array, **kwargs)
 
     def __getitem__(self, key: Index) -> Tensor:
         if isinstance(key, int):
@@ -180,9 +197,7 @@ class LazyFeatures:
             values = np.divide(block, np.float32(255.0), dtype=np.float32)
         else:
             values = np.array(block, dtype=np.float32)  # a writable copy, never the map
-        tensor = torch.from_numpy(values)
-        if self._array.ndim == 3:
-            tensor = tensor.unsqueeze(1)
+        tensor = torch.from_numpy(values).reshape(values.shape[0], *self._example)
         if self._normalization is not None:
             tensor = self._normalization.apply(tensor, source="--data")
         return tensor

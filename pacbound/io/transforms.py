@@ -1,4 +1,4 @@
-"""Label maps and normalizations: the two data transforms a user can type as an option."""
+"""Label maps, normalizations and input shapes: the data transforms a user can type."""
 
 from __future__ import annotations
 
@@ -138,3 +138,20 @@ def parse_normalization(text: str) -> Normalization:
             param="--normalize",
         )
     return Normalization(mean, std)
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``C,H,W`` (or any 1 to 4 positive sizes, comma- or ``x``-separated): the shape of one
+    example as the model takes it.
+
+    >>> parse_input_shape("1,28,28")
+    (1, 28, 28)
+    """
+    parts = [p.strip() for p in re.split(r"[,x×]", text.strip())]
+    if not 1 <= len(parts) <= 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise InvalidInputError(
+            f"--input-shape {text[:40]!r}: write the shape of one example as 1 to 4 positive "
+            "sizes separated by commas, e.g. 1,28,28 (C,H,W)",
+            param="--input-shape",
+        )
+    return tuple(int(p) for p in parts)

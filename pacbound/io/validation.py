@@ -5,15 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from math import prod
 from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError
 
 if TYPE_CHECKING:
-    from pacbound.io.datasets import Dataset
+    from pacbound.io.datasets import Dataset, Features
     from pacbound.io.models import LoadedModel
 
 
@@ -61,6 +63,56 @@ def check_labels(y: Tensor, num_outputs: int, source: str) -> None:
         )
 
 
+def check_feature_array(x: np.ndarray, source: str) -> None:
+    """Stored features: at least one example with at least one numeric feature."""
+    if x.ndim < 2 or x.shape[0] == 0:
+        raise InvalidInputError(
+            f"{source} has no examples (features of shape {list(x.shape)}); it must hold at "
+            "least one example, one row per example",
+            param="--data",
+        )
+    if x.dtype.kind not in "uifb":
+        raise InvalidInputError(
+            f"{source}: features have dtype {x.dtype}, not numbers; store numeric arrays",
+            param="--data",
+        )
+    if prod(x.shape[1:]) == 0:
+        raise InvalidInputError(
+            f"{source}: examples have no features (shape {list(x.shape)}); store at least one "
+            "feature per example",
+            param="--data",
+        )
+
+
+def check_label_array(y: np.ndarray, *, n: int, source: str) -> Tensor:
+    """Stored labels as int64 class indices: one per example, whole, non-negative."""
+    if y.ndim != 1 or y.shape[0] != n:
+        raise InvalidInputError(
+            f"{source}: {n} examples but labels of shape {list(y.shape)}; give one integer "
+            "label per example",
+            param="--data",
+        )
+    if y.dtype.kind == "f":
+        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
+            raise InvalidInputError(
+                f"{source}: labels must be whole numbers (class indices), found non-integer values",
+                param="--data",
+            )
+    elif y.dtype.kind not in "uib":
+        raise InvalidInputError(
+            f"{source}: labels have dtype {y.dtype}; store integer class indices",
+            param="--data",
+        )
+    labels = torch.from_numpy(y.astype(np.int64))
+    if bool((labels < 0).any()):
+        raise InvalidInputError(
+            f"{source}: label {int(labels.min())} is negative; labels are class indices "
+            "0, 1, …, K−1 (use --label-map to renumber)",
+            param="--data",
+        )
+    return labels
+
+
 @contextmanager
 def _eval_mode(module: nn.Module) -> Iterator[None]:
     was_training = module.training
@@ -78,12 +130,13 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
 @torch.no_grad()
 def check_model_data(
     model: LoadedModel | nn.Module,
-    dataset: Dataset,
+    dataset: Dataset | Features,
     *,
     batch_size: int = 256,
     device: torch.device | None = None,
 ) -> DryRun:
-    """One forward pass on the first ``batch_size`` examples, then the label range check.
+    """One forward pass on the first ``batch_size`` examples, then the label range check
+    (for a labeled :class:`Dataset`; inputs without labels get the forward pass only).
 
     A shape mismatch between model and data ends here, as an :class:`InvalidInputError` that
     quotes both shapes, not as a traceback from deep inside torch.
@@ -100,11 +153,11 @@ def check_model_data(
         with _eval_mode(module):
             out = module(batch)
     except Exception as exc:  # torch raises RuntimeError, ValueError, IndexError…
-        message = " ".join(str(exc).split())[:240]
+        message = " ".join(str(exc).split())[:160]
         raise InvalidInputError(
             f"the model cannot process {source}: a batch of shape {list(batch.shape)} "
             f"failed ({type(exc).__name__}: {message}); check that --arch/--arch-kwargs "
-            "(e.g. in_features, in_channels) fit the data",
+            f"(e.g. in_features, in_channels) fit the data{_shape_hint(batch.shape)}",
             param="--data",
         ) from None
     if not isinstance(out, Tensor) or out.ndim != 2 or out.shape[0] != batch.shape[0]:
@@ -114,6 +167,10 @@ def check_model_data(
             f"{source}; a classifier must return logits of shape [batch, classes]",
             param="--arch",
         )
+    from pacbound.io.datasets import Features
+
+    if isinstance(dataset, Features):
+        return DryRun(tuple(batch.shape), tuple(out.shape))
     check_labels(dataset.y, int(out.shape[1]), source)
     if dataset.num_classes > out.shape[1]:
         raise InvalidInputError(
@@ -122,3 +179,13 @@ def check_model_data(
             param="--data",
         )
     return DryRun(tuple(batch.shape), tuple(out.shape))
+
+
+def _shape_hint(shape: torch.Size) -> str:
+    """How ``--input-shape`` would turn these examples into one-channel images, if it could."""
+    if len(shape) == 3:
+        return f", or pass --input-shape 1,{shape[1]},{shape[2]} for one-channel images"
+    side = round(prod(shape[1:]) ** 0.5)
+    if len(shape) == 2 and side > 1 and side * side == shape[1]:
+        return f", or pass --input-shape 1,{side},{side} for one-channel images"
+    return ""

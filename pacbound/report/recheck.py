@@ -152,16 +152,14 @@ def _normalization(text: str | None) -> Any:
 
 
 def load_recorded_dataset(record: dict[str, Any], root: Path) -> Any:
-    """The data set exactly as the report describes it (split, labels, normalization)."""
-    from pacbound.io import load_dataset
+    """The data set exactly as the report describes it (split, labels, format options,
+    shape and scaling rules, normalization)."""
+    from pacbound.io import load_dataset, recorded_load_options
 
     return load_dataset(
         _resolve(record["path"], root),
-        split=record["split"] or "train",
-        label_column=record["label_column"],
-        label_map=record["label_map"],
         normalize=_normalization(record["normalization"]),
-        subset=record["subset_indices"],
+        **recorded_load_options(record),
     )
 
 
@@ -295,10 +293,17 @@ def _get(block: dict[str, Any], dotted: str) -> Any:
     return block
 
 
-def _data_identity(record: dict[str, Any]) -> dict[str, Any]:
-    """What makes two loads of a data set the same sample (paths may differ)."""
+def _data_identity(record: dict[str, Any], like: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What makes two loads of a data set the same sample (paths may differ); the format,
+    shape and scaling fields only where ``like`` (the report's record) has them."""
     keys = ("n", "split", "label_column", "label_map", "normalization", "subset_indices")
-    return {"sha256": [f["sha256"] for f in record["files"]], **{k: record[k] for k in keys}}
+    fields = ("x_key", "y_key", "csv_delimiter", "input_shape", "scaling")
+    loaded = [k for k in fields if k in (record if like is None else like)]
+    return {
+        "sha256": [f["sha256"] for f in record["files"]],
+        **{k: record[k] for k in keys},
+        **{k: record.get(k) for k in loaded},
+    }
 
 
 def verify_artifact_report(
@@ -330,7 +335,11 @@ def verify_artifact_report(
     if recorded is not None:
         checks.append(FieldCheck("inputs.artifact.sha256", recorded["sha256"], artifact_sha256))
     checks.append(
-        FieldCheck("inputs.data", _data_identity(report["inputs"]["data"]), _data_identity(data))
+        FieldCheck(
+            "inputs.data",
+            _data_identity(report["inputs"]["data"]),
+            _data_identity(data, like=report["inputs"]["data"]),
+        )
     )
     recorded_init = report["inputs"].get("init")
     if recorded_init is not None or theta0_sha256 is not None:

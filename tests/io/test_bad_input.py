@@ -24,6 +24,7 @@ from click.testing import CliRunner
 
 from pacbound.cli.main import PacboundGroup, cli
 from pacbound.cli.model_options import (
+    data_kwargs,
     data_options,
     model_options,
     resolve_dataset,
@@ -36,6 +37,15 @@ from pacbound.io import check_model_data
 from tests.io.conftest import save_safetensors, small_mlp, write_idx, write_idx_folder, write_npz
 
 KW = '{"in_features": 16, "hidden": [8], "num_classes": 3}'
+DATA_OPTIONS = (
+    "--data",
+    "--label-",
+    "--normalize",
+    "--x-key",
+    "--y-key",
+    "--csv-",
+    "--input-shape",
+)
 MARKER = "pwned.marker"
 
 
@@ -58,13 +68,7 @@ def check(checkpoint: str, **opts: Any) -> None:
         terminal=Terminal(),
     )
     resolve_init(opts["init"], model, unsafe_allow_pickle=opts["unsafe_allow_pickle"])
-    data = resolve_dataset(
-        opts["data"],
-        split=opts["split"],
-        label_map=opts["label_map"],
-        label_column=opts["label_column"],
-        normalize=opts["normalize"],
-    )
+    data = resolve_dataset(opts["data"], split=opts["split"], **data_kwargs(opts))
     check_model_data(model, data)
     click.echo("ok")
 
@@ -311,6 +315,59 @@ def npz_missing_y(tmp: Path) -> list[str]:
     return run_check(tmp, data=str(path))
 
 
+def npz_wrong_x_key(tmp: Path) -> list[str]:
+    path = tmp / "data.npz"
+    with open(path, "wb") as handle:
+        np.savez(handle, **{f"k{i}": np.zeros(2) for i in range(12)})
+    return run_check(tmp, "--x-key", "images", data=str(path))
+
+
+def csv_semicolons(tmp: Path) -> list[str]:
+    path = tmp / "data.csv"
+    header = ";".join(f"f{i}" for i in range(30)) + ";label"
+    rows = [";".join(["0.0"] * 30 + [str(i % 3)]) for i in range(6)]
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return run_check(tmp, data=str(path))
+
+
+def csv_long_field(tmp: Path) -> list[str]:
+    path = tmp / "data.csv"
+    path.write_text("a,note,label\n0.5," + "x" * 900 + ",1\n")
+    return run_check(tmp, data=str(path))
+
+
+def csv_tabs(tmp: Path) -> list[str]:
+    path = tmp / "data.csv"
+    path.write_text("a\tb\tlabel\n3,5\t1\n")
+    return run_check(tmp, data=str(path))
+
+
+def csv_bad_delimiter(tmp: Path) -> list[str]:
+    path = tmp / "data.csv"
+    path.write_text("a;label\n1;0\n")
+    return run_check(tmp, "--csv-delimiter", ";;", data=str(path))
+
+
+def input_shape_wrong_size(tmp: Path) -> list[str]:
+    return run_check(tmp, "--input-shape", "1,4,5")
+
+
+def input_shape_syntax(tmp: Path) -> list[str]:
+    return run_check(tmp, "--input-shape", "1,-4,4")
+
+
+def float_images_need_input_shape(tmp: Path) -> list[str]:
+    from pacbound.models import lenet5
+
+    torch.manual_seed(0)
+    ckpt = str(save_safetensors(tmp / "lenet.safetensors", lenet5(num_classes=3)))
+    data = data_npz(tmp, x=np.random.default_rng(0).random((6, 28, 28)).astype(np.float32))
+    args = run_check(tmp, data=data, ckpt=ckpt)
+    at = args.index("--arch")
+    args[at + 1 : at + 4] = ["lenet5", "--arch-kwargs", '{"num_classes": 3}']
+    return args
+
+
 def idx_bad_magic(tmp: Path) -> list[str]:
     folder = write_idx_folder(tmp / "mnist")
     write_idx(folder / "train-images-idx3-ubyte.gz", np.zeros((12, 4, 4)), magic=0x12345678)
@@ -486,7 +543,45 @@ CASES = {
     "npz with object arrays": Case(
         npz_object_array, r"data\.npz holds object arrays, which would need pickle"
     ),
-    "npz without y": Case(npz_missing_y, r"data\.npz has no array 'y' \(it has 'x', 'labels'\)"),
+    "npz without y": Case(
+        npz_missing_y,
+        r"data\.npz has no array for --y-key 'y' \(it has 'x', 'labels'\); name the arrays with "
+        "--x-key and --y-key",
+    ),
+    "npz --x-key names no array": Case(
+        npz_wrong_x_key,
+        r"data\.npz has no array for --x-key 'images' or --y-key 'y' \(it has 'k0', 'k1', "
+        r".*'k7', … \(12 in all\)\)",
+    ),
+    "semicolon CSV read with commas": Case(
+        csv_semicolons,
+        r"data\.csv line 2, column 'f0;f1;f2;.*…' holds '0\.0;.*…', not a number; looks like "
+        r"';'-separated: pass --csv-delimiter ';'$",
+    ),
+    "CSV field too long to quote": Case(
+        csv_long_field, r"column 'note' holds 'xxxxxxxx\w*…', not a number; encode categories"
+    ),
+    "CSV row of another width, tab-separated": Case(
+        csv_tabs,
+        r"line 2 has 2 fields, expected 1; .*looks like 'tab'-separated: pass "
+        "--csv-delimiter 'tab'",
+    ),
+    "--csv-delimiter of two characters": Case(
+        csv_bad_delimiter, r"--csv-delimiter ';;': give one separator character"
+    ),
+    "--input-shape of another size": Case(
+        input_shape_wrong_size,
+        r"--input-shape 1,4,5 holds 20 values per example, but --data .*data\.npz has 16 "
+        r"\(stored shape 16\); give dimensions whose product is 16",
+    ),
+    "--input-shape syntax": Case(
+        input_shape_syntax, r"--input-shape '1,-4,4': write the shape of one example"
+    ),
+    "3-D float images without --input-shape": Case(
+        float_images_need_input_shape,
+        r"a batch of shape \[6, 28, 28\] failed .*or pass --input-shape 1,28,28 for "
+        "one-channel images",
+    ),
     "IDX bad magic number": Case(
         idx_bad_magic,
         r"train-images-idx3-ubyte\.gz has IDX magic number 0x12345678, expected 0x00000803",
@@ -553,6 +648,8 @@ def test_bad_input(case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     import re
 
     assert re.search(case.match, errors[0]), errors[0]
+    if any(option in errors[0] for option in DATA_OPTIONS):  # data errors stay short
+        assert len(errors[0]) - len(str(tmp_path)) <= 360, errors[0]
     assert _files(tmp_path) == before, "a file was written"
     assert not (tmp_path / MARKER).exists(), "the pickle payload ran"
 
@@ -580,3 +677,33 @@ def test_unsafe_flag_runs_the_payload_only_when_asked(
     assert allowed.exit_code == 0, allowed.output
     assert "Warning:" in allowed.stderr and "--unsafe-allow-pickle" in allowed.stderr
     assert (tmp_path / MARKER).exists()  # proves the payload is real, so its absence above counts
+
+
+@pytest.mark.parametrize(
+    ("extra", "data_kind", "message"),
+    [
+        (
+            ("--x-key", "feats"),
+            "csv",
+            "--x-key applies to .npz or .safetensors files only; the "
+            "data given are csv: drop --x-key",
+        ),
+        (("--csv-delimiter", ";"), "npz", "--csv-delimiter applies to .csv files only"),
+        (("--label-column", "y"), "npz", "--label-column applies to .csv files only"),
+    ],
+)
+def test_format_options_that_fit_no_data_input_are_usage_errors(
+    tmp_path: Path, extra: tuple[str, str], data_kind: str, message: str
+) -> None:
+    """Once silently ignored; now exit 2 with one line naming the option."""
+    if data_kind == "csv":
+        data = tmp_path / "data.csv"
+        data.write_text("\n".join(",".join(["0.5"] * 16 + [str(i % 3)]) for i in range(4)) + "\n")
+    else:
+        data = Path(data_npz(tmp_path))
+    result = CliRunner().invoke(harness, run_check(tmp_path, *extra, data=str(data)))
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and message in errors[0], result.stderr
+    ok = CliRunner().invoke(harness, run_check(tmp_path, data=str(data)))
+    assert ok.exit_code == 0, ok.output

@@ -87,7 +87,43 @@ def test_folder_loads_like_the_same_arrays_in_memory(tmp_path: Path) -> None:
         assert record["sha256"] == hashlib.sha256(Path(record["path"]).read_bytes()).hexdigest()
     for key in ("n", "num_classes", "label_map", "normalization", "scaled_to_unit"):
         assert prov[key] == ref[key]
+    for key in ("stored_dtype", "stored_shape", "input_shape", "reshape", "scaling"):
+        assert prov[key] == ref[key]
     assert prov["subset_indices"] == [5, 2, 50, 9]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"input_shape": (2, 8)}, {"scale": "none"}, {"input_shape": "16", "scale": "none"}],
+)
+def test_folder_applies_shape_and_scale_like_memory(tmp_path: Path, kwargs: dict[str, Any]) -> None:
+    x, y = _images()
+    folder = _write(tmp_path / "d", x, y)
+    streamed = load_dataset(folder, **kwargs)
+    loaded = load_dataset(tmp_path / "d.npz", **kwargs)
+    assert streamed.x.shape == loaded.x.shape
+    assert torch.equal(streamed.x[:], loaded.x)
+    rows = torch.tensor([7, 1])
+    view = streamed.x.view_rows(rows)  # type: ignore[attr-defined]
+    assert view.shape == (2, *loaded.x.shape[1:]) and torch.equal(view[0:2], loaded.x[rows])
+    keys = ("stored_shape", "input_shape", "reshape", "scaling", "scaled_to_unit")
+    assert {k: streamed.provenance.to_dict()[k] for k in keys} == {
+        k: loaded.provenance.to_dict()[k] for k in keys
+    }
+
+
+def test_unlabeled_folder_needs_no_labels(tmp_path: Path) -> None:
+    from pacbound.io import load_features
+
+    x, _ = _images()
+    folder = tmp_path / "u"
+    folder.mkdir()
+    np.save(folder / "x.npy", x)
+    feats = load_features(folder, subset=3)
+    assert isinstance(feats.x, LazyFeatures) and feats.x.shape == (3, 1, 4, 4)
+    assert feats.provenance.num_classes is None and feats.provenance.format == "npy"
+    with pytest.raises(InvalidInputError, match=r"no y\.npy in this folder"):
+        load_dataset(folder)
 
 
 @pytest.mark.parametrize(
@@ -129,10 +165,6 @@ class _CountingFeatures(LazyFeatures):
     def _convert(self, block: np.ndarray) -> torch.Tensor:
         _CountingFeatures.reads.append(int(block.shape[0]))
         return super()._convert(block)
-
-    def view_rows(self, indices: torch.Tensor) -> LazyFeatures:
-        view = super().view_rows(indices)
-        return _CountingFeatures(view._array, rows=view._rows)
 
 
 @pytest.mark.parametrize("prior", [PriorMean.ZERO, PriorMean.DATA])
