@@ -209,13 +209,13 @@ def recheck_gaussian(
     x, y = data.x, data.y
     if res["prior"]["mean"] == "data":
         split = split_data(data.n, prior_fraction=opts["prior_fraction"], seed=opts["seed"])
-        checks.append(
+        reported_split = res["prior"]["split"]
+        checks += [
             FieldCheck(
-                "prior.split.indices_sha256",
-                res["prior"]["split"]["indices_sha256"],
-                split.sha256,
-            )
-        )
+                "prior.split.indices_sha256", reported_split["indices_sha256"], split.sha256
+            ),
+            FieldCheck("prior.split", reported_split, split.to_dict()),
+        ]
         x, y = x[split.bound_indices], y[split.bound_indices]
     n = int(x.shape[0])
 

@@ -73,6 +73,18 @@ def test_data_prior_agrees_and_the_prior_is_retrained(data_prior: Path) -> None:
     fields = _fields(out)
     assert fields["prior.split.indices_sha256"]["agree"] is True
     assert fields[RETRAINED]["agree"] is True
+    assert fields["prior.split"]["agree"] is True
+
+
+def test_forged_split_sizes_exit_1(data_prior: Path, tmp_path: Path) -> None:
+    """n_prior/n_bound are re-derived from the recorded prior_fraction and seed too."""
+    doc = json.loads(data_prior.read_text())
+    split = doc["results"]["prior"]["split"]
+    split["n_prior"], split["n_bound"] = split["n_prior"] - 100, split["n_bound"] + 100
+    doc["results_sha256"] = results_hash(doc["results"])
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and _fields(out)["prior.split"]["agree"] is False
+    assert err.count("\n") == 1 and "prior.split" in err
 
 
 @pytest.mark.parametrize("shift", [0.05, 1e-6])
