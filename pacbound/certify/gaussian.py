@@ -390,6 +390,7 @@ def certify_gaussian(
             x_bound = take_rows(x, split.bound_indices)
             y_bound = y[split.bound_indices]
             prior_info["split"] = split.to_dict()
+            prior_info["error"] = _prior_errors(prior_model, x, y, split, options, dev)
             prior_info["init_source"] = (
                 "init weights" if init_state is not None else "seeded fresh init"
             )
@@ -556,6 +557,47 @@ def certify_gaussian(
         prior_means=prior_means,
         prior_scale=sigma_p,
         options=options,
+    )
+
+
+def _prior_errors(
+    prior_model: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    split: DataSplit,
+    options: GaussianOptions,
+    device: torch.device,
+) -> dict[str, float]:
+    """The data-dependent prior mean's own 0-1 error on S_prior and on S_bound (information:
+    a poor prior makes a loose bound, and the user should know why)."""
+    prior_model.eval()
+    out = {}
+    for part, rows in (("prior_split", split.prior_indices), ("bound_split", split.bound_indices)):
+        count = count_errors(
+            prior_model,
+            take_rows(x, rows),
+            y[rows],
+            batch_size=options.batch_size,
+            device=device,
+        )
+        out[part] = count.rate
+    return out
+
+
+#: A data-dependent prior whose error on S_bound exceeds this share of the chance error
+#: gets a warning (it was trained too little, or with an unsuitable recipe).
+POOR_PRIOR_SHARE = 0.5
+
+
+def prior_warning(prior: dict[str, Any], chance_error: float) -> str | None:
+    """A warning line when the data-dependent prior is poor, else ``None``."""
+    error = prior.get("error")
+    if not error or error["bound_split"] <= POOR_PRIOR_SHARE * chance_error:
+        return None
+    return (
+        f"the data-dependent prior is poor: error {error['prior_split']:.3f} on S_prior and "
+        f"{error['bound_split']:.3f} on S_bound (chance {chance_error:.3f}); the bound will be "
+        "loose. Train it longer or with another rate (--prior-epochs, --prior-lr)"
     )
 
 

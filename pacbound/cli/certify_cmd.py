@@ -331,6 +331,8 @@ def certify(**kw: Any) -> None:
                 kw, loaded, data, device, progress, heldout=heldout, unlabeled=unlabeled
             )
     inputs.update(outcome.inputs)
+    for message in outcome.warnings:
+        term.warn(message)
     gate = evaluate_gate(
         outcome.results["bound"],
         outcome.results["verdict"]["chance_error"],
@@ -350,7 +352,7 @@ def certify(**kw: Any) -> None:
         results=outcome.results,
         gate=gate.to_dict(),
         timings=timings,
-        warnings=[],
+        warnings=outcome.warnings,
         device=str(device),
     )
     text = dumps_json(report)
@@ -418,6 +420,13 @@ def _run_gaussian(
     )
     options.budget()  # validates the δ parts before any heavy work
     init_state = resolve_init(kw["init"], loaded, unsafe_allow_pickle=kw["unsafe_allow_pickle"])
+    warnings: list[str] = []
+    if init_state is not None:
+        from pacbound.io.models import near_trained_init
+
+        near = near_trained_init(init_state, loaded)
+        if near is not None:
+            warnings.append(near)
     checkpoint_inputs = None
     if unlabeled is not None:
         checkpoint_inputs = CheckpointInputs("unlabeled", unlabeled.x)
@@ -451,6 +460,11 @@ def _run_gaussian(
             "note": "written by this run",
         }
         files.append((kw["save_posterior"], payload, "--save-posterior"))
+    from pacbound.certify.gaussian import prior_warning
+
+    poor_prior = prior_warning(cert.prior, cert.verdict.chance_error)
+    if poor_prior is not None:
+        warnings.append(poor_prior)
     return RunOutcome(
         results=cert.to_dict(),
         options={"method": "gaussian", **options.to_dict(), "delta": options.delta},
@@ -458,6 +472,7 @@ def _run_gaussian(
         timings=dict(cert.timings),
         files=files,
         render=_render,
+        warnings=warnings,
     )
 
 
@@ -497,6 +512,12 @@ def _render(term: Terminal, res: dict[str, Any]) -> None:
     table.add_row("δ total", f"{res['delta_budget']['total']:.6g}")
     prior = res["prior"]
     table.add_row("prior", f"mean = {prior['mean']}, σ_p = {prior['scale']:.6g}")
+    if prior.get("error"):
+        err = prior["error"]
+        table.add_row(
+            "  prior mean's own error",
+            f"{err['prior_split']:.4f} on S_prior, {err['bound_split']:.4f} on S_bound",
+        )
     post = res["posterior"]
     table.add_row("posterior", f"{post['kind']}, σ median {post['sigma_median']:.4g}")
     for name, info in res["information_only"].items():

@@ -30,6 +30,7 @@ class RunOutcome:
     timings: dict[str, float]
     files: list[tuple[Path, bytes, str]] = field(default_factory=list)
     render: Callable[[Terminal, dict[str, Any]], None] = lambda term, res: None
+    warnings: list[str] = field(default_factory=list)
 
 
 def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -253,10 +254,14 @@ def run_compression(
     if unlabeled is not None:
         check_same_input_shape(unlabeled, data, "--unlabeled")
     factory = model_factory(kw, loaded)
+    near: str | None = None
     if kw.get("init") is not None:
         from pacbound.io.models import refuse_trained_init
 
         refuse_trained_init(factory.state, loaded)
+        from pacbound.io.models import near_trained_init
+
+        near = near_trained_init(factory.state, loaded)
     from pacbound.compressors.base import check_uncoded_buffers
 
     # Every uncoded tensor of the checkpoint must be the one the decoder rebuilds.
@@ -296,6 +301,7 @@ def run_compression(
         timings=dict(cert.timings),
         files=files,
         render=render_compression,
+        warnings=[] if near is None else [near],
     )
 
 

@@ -101,14 +101,19 @@ def load_model(
     arch_kwargs: Mapping[str, Any] | None = None,
     allow_unsafe_pickle: bool = False,
     device: str | torch.device | None = None,
+    strip_prefix: str | None = None,
 ) -> LoadedModel:
-    """Load ``checkpoint`` into ``arch`` (or run a ``.pt2`` program as is), strictly.
+    """Load ``checkpoint`` into ``arch``, strictly; a ``.pt2`` program, or a whole model
+    saved with ``torch.save(model)`` (with ``allow_unsafe_pickle``), needs no ``arch``.
 
-    Raises :class:`~pacbound.errors.InvalidInputError` naming the file and the fix for a bad
-    file, a bad architecture, or any mismatch between the two.
+    ``strip_prefix`` is removed from the tensor names first (``--strip-prefix``). Raises
+    :class:`~pacbound.errors.InvalidInputError` naming the file and the fix for a bad file,
+    a bad architecture, or any mismatch between the two.
     """
     dev = resolve_device(device)
-    ckpt = read_checkpoint(checkpoint, allow_unsafe_pickle=allow_unsafe_pickle)
+    ckpt = read_checkpoint(
+        checkpoint, allow_unsafe_pickle=allow_unsafe_pickle, strip_prefix=strip_prefix
+    )
     kwargs = dict(arch_kwargs or {})
     conversions: tuple[str, ...] = ()
     if ckpt.program is not None:
@@ -119,6 +124,14 @@ def load_model(
                 param="--arch",
             )
         module = ckpt.program
+    elif arch is None and ckpt.module is not None:
+        if kwargs or strip_prefix is not None:
+            raise InvalidInputError(
+                f"CHECKPOINT {checkpoint} holds a whole model, which is its own architecture; "
+                "drop --arch-kwargs and --strip-prefix (or name the architecture with --arch)",
+                param="--arch-kwargs" if kwargs else "--strip-prefix",
+            )
+        module = ckpt.module
     else:
         if arch is None:
             raise InvalidInputError(
@@ -158,6 +171,46 @@ def refuse_trained_init(
         )
 
 
+#: An init within this relative L2 distance of the trained weights gets a loud warning.
+NEAR_INIT_RELATIVE = 1e-2
+
+
+def near_trained_init(
+    init_state: Mapping[str, Tensor], model: LoadedModel | nn.Module, option: str = "--init"
+) -> str | None:
+    """A warning when the initial weights are nearly the checkpoint's (but not equal, which
+    :func:`refuse_trained_init` refuses): within :data:`NEAR_INIT_RELATIVE` in relative L2
+    distance, or with at least half of the parameter tensors identical. Only the user can
+    know whether the file was saved before training; a nudged copy of the trained weights
+    would make the certificate invalid."""
+    module = model.module if isinstance(model, LoadedModel) else model
+    diff = norm = 0.0
+    max_abs = 0.0
+    same = total = 0
+    for name, p in module.named_parameters():
+        if name not in init_state:
+            continue
+        a = p.detach().double()
+        b = init_state[name].detach().to(p.device).double()
+        d = a - b
+        diff += float((d * d).sum())
+        norm += float((a * a).sum())
+        max_abs = max(max_abs, float(d.abs().max())) if d.numel() else max_abs
+        same += bool(torch.equal(a, b))
+        total += 1
+    if total == 0:
+        return None
+    relative = (diff / norm) ** 0.5 if norm > 0 else float("inf")
+    if relative >= NEAR_INIT_RELATIVE and 2 * same < total:
+        return None
+    return (
+        f"{option} is nearly the checkpoint's trained weights: relative L2 distance "
+        f"{relative:.3g}, largest change {max_abs:.3g}, {same}/{total} parameter tensors "
+        "identical. It must be the initialization saved BEFORE training; a copy of the "
+        "trained weights would make the certificate invalid"
+    )
+
+
 def load_init_state(
     path: str | os.PathLike[str],
     model: LoadedModel | nn.Module,
@@ -166,10 +219,15 @@ def load_init_state(
 ) -> dict[str, Tensor]:
     """The initial weights in ``path`` (``--init``), checked to match ``model`` exactly.
 
-    Returns every state-dict tensor by name, in the model's dtypes and on its device.
+    Returns every state-dict tensor by name, in the model's dtypes and on its device. For a
+    :class:`LoadedModel`, the prefix stripped from its checkpoint's names (``--strip-prefix``)
+    is stripped from the init file's names too, where they have it.
     """
     module = model.module if isinstance(model, LoadedModel) else model
-    ckpt = read_checkpoint(path, allow_unsafe_pickle=allow_unsafe_pickle, option="--init")
+    prefix = model.provenance.checkpoint.stripped_prefix if isinstance(model, LoadedModel) else None
+    ckpt = read_checkpoint(
+        path, allow_unsafe_pickle=allow_unsafe_pickle, option="--init", strip_prefix=prefix
+    )
     expected = module.state_dict()
     source = f"--init {path}"
     converted, _ = match_state(expected, ckpt.tensors, source=source, fix=_INIT_FIX)
@@ -189,11 +247,24 @@ def match_state(
     """
     missing = [name for name in expected if name not in tensors]
     unexpected = [name for name in tensors if name not in expected]
+    prefix = suggest_strip_prefix(expected, tensors) if missing else None
+    if prefix is not None:
+        example = next(n for n in expected if n in missing)
+        how = (
+            "re-save it under the checkpoint's names"
+            if source.startswith("--init")
+            else f"pass --strip-prefix {prefix}"
+        )
+        raise InvalidInputError(
+            f"{source} does not match the model: its tensor names carry the prefix {prefix!r} "
+            f"({prefix + example!r} for {example!r}); {how}",
+            param="--strip-prefix",
+        )
     problems = []
     if missing:
-        problems.append("missing: " + ", ".join(missing))
+        problems.append("missing: " + _some(missing))
     if unexpected:
-        problems.append("unexpected: " + ", ".join(unexpected))
+        problems.append("unexpected: " + _some(unexpected))
     wrong_shape, wrong_kind = [], []
     for name, want in expected.items():
         got = tensors.get(name)
@@ -204,9 +275,9 @@ def match_state(
         elif got.is_floating_point() != want.is_floating_point():
             wrong_kind.append(f"{name} (file {got.dtype}, model {want.dtype})")
     if wrong_shape:
-        problems.append("wrong shape: " + "; ".join(wrong_shape))
+        problems.append("wrong shape: " + _some(wrong_shape, "; "))
     if wrong_kind:
-        problems.append("incompatible dtype: " + "; ".join(wrong_kind))
+        problems.append("incompatible dtype: " + _some(wrong_kind, "; "))
     if problems:
         raise InvalidInputError(f"{source} does not match the model: {'; '.join(problems)}. {fix}")
     converted, conversions = {}, []
@@ -217,6 +288,33 @@ def match_state(
             got = got.to(want.dtype)
         converted[name] = got
     return converted, tuple(conversions)
+
+
+def suggest_strip_prefix(expected: Mapping[str, Any], tensors: Mapping[str, Any]) -> str | None:
+    """The prefix whose removal from the file's names gives every name ``expected`` has
+    (``"model."`` for a Lightning checkpoint), or ``None`` when no prefix does.
+
+    >>> suggest_strip_prefix({"fc.weight": 0}, {"model.fc.weight": 0, "loss.w": 0})
+    'model.'
+    """
+    if not expected:
+        return None
+    first = next(iter(expected))
+    for name in tensors:
+        if len(name) > len(first) and name.endswith("." + first):
+            prefix = name[: -len(first)]
+            if all(prefix + want in tensors for want in expected):
+                return prefix
+    return None
+
+
+_LISTED = 6
+
+
+def _some(names: list[str], sep: str = ", ") -> str:
+    """At most a few names, and how many more: a mismatch message stays one short line."""
+    more = f"{sep}… ({len(names) - _LISTED} more)" if len(names) > _LISTED else ""
+    return sep.join(names[:_LISTED]) + more
 
 
 _ARCH_FIX = "Check --arch and --arch-kwargs (layer sizes, num_classes) against the training code"
@@ -325,13 +423,17 @@ def inspect_checkpoint(
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
     allow_unsafe_pickle: bool = False,
+    strip_prefix: str | None = None,
 ) -> CheckpointReport:
     """Describe ``checkpoint`` and, given an architecture, try to load it strictly.
 
     A file that cannot be read raises; a file that reads but does not load into ``arch``
-    gives ``loads=False`` and the reason in ``load_error``.
+    (or, holding a whole pickled model, into itself) gives ``loads=False`` and the reason in
+    ``load_error``.
     """
-    ckpt = read_checkpoint(checkpoint, allow_unsafe_pickle=allow_unsafe_pickle)
+    ckpt = read_checkpoint(
+        checkpoint, allow_unsafe_pickle=allow_unsafe_pickle, strip_prefix=strip_prefix
+    )
     if ckpt.program is not None:
         program_params = {name for name, _ in ckpt.program.named_parameters()}
         infos = _infos(ckpt.tensors, {n: _kind(n in program_params) for n in ckpt.tensors})
@@ -343,11 +445,15 @@ def inspect_checkpoint(
             return CheckpointReport(ckpt.provenance, infos, "architecture", arch, False, error)
         return CheckpointReport(ckpt.provenance, infos, "architecture", None, True)
     by_name = {n: _kind(not n.endswith(BUFFER_SUFFIXES)) for n in ckpt.tensors}
-    if arch is None:
+    if arch is None and ckpt.module is None:
         return CheckpointReport(ckpt.provenance, _infos(ckpt.tensors, by_name), "names", None, None)
     try:
         model = load_model(
-            checkpoint, arch=arch, arch_kwargs=arch_kwargs, allow_unsafe_pickle=allow_unsafe_pickle
+            checkpoint,
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            allow_unsafe_pickle=allow_unsafe_pickle,
+            strip_prefix=strip_prefix,
         )
     except InvalidInputError as exc:
         infos = _infos(ckpt.tensors, by_name)
