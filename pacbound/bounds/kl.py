@@ -27,6 +27,11 @@ NEWTON_MAXITER = 60
 #: Bisection iterations before giving up (2⁻²⁰⁰ ≪ any tolerance; hitting it is a bug).
 BISECT_MAXITER = 200
 _EPS = float(np.finfo(np.float64).eps)
+#: Above this c (nats) kl⁻¹ is 1.0 for every q: with u = 2⁻⁵³ (1 − u is the largest float below
+#: 1), kl(q‖1 − u) = −H(q) − q ln(1 − u) − (1 − q) ln u ≤ 2u + 53 ln 2 < 36.8, so the exact
+#: inverse lies above 1 − u and the smallest float not below it is 1. Taking this shortcut
+#: also keeps huge c (up to 1.8e308) away from c², which would overflow.
+KL_TRIVIAL_C = 37.0
 #: Error of the computed kl, relative to the magnitudes of its two terms.
 _KL_ERR_FACTOR = 16.0 * _EPS
 
@@ -199,7 +204,8 @@ def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> float | NDArray[np.float64]:
     Never below the exact value: the result is the upper end of a bracket of width at most
     ``KL_INVERSE_XTOL`` whose upper end is infeasible beyond kl's rounding error.
     Edge cases are exact: c ≤ 0 → q; q = 1 → 1; q = 0 → 1 − e^(−c) (rounded up one ulp);
-    c = +inf → 1.
+    c > :data:`KL_TRIVIAL_C` (37 nats, up to +inf) → 1, the smallest float not below the exact
+    inverse there (no overflow warning at c = 1e308 or inf).
 
     Raises :class:`~pacbound.errors.NumericalError` if bisection does not converge.
 
@@ -207,11 +213,13 @@ def kl_inv_upper(q: ArrayLike, c: ArrayLike) -> float | NDArray[np.float64]:
     0.1341843806
     >>> kl_inv_upper(0.3, 0.0)
     0.3
+    >>> kl_inv_upper(0.3, 1e308), kl_inv_upper(0.0, float("inf"))
+    (1.0, 1.0)
     """
     qb, cb = _prepare(q, c)
     out = qb.copy()
     positive = cb > 0.0
-    infinite = np.isinf(cb) & positive
+    infinite = cb > KL_TRIVIAL_C  # includes +inf: the answer rounds up to 1 (see the constant)
     out[infinite | (positive & (qb == 1.0))] = 1.0
     zero_q = positive & ~infinite & (qb == 0.0)
     out[zero_q] = np.minimum(np.nextafter(-np.expm1(-cb[zero_q]), 2.0), 1.0)
@@ -229,7 +237,8 @@ def kl_inv_lower(q: ArrayLike, c: ArrayLike) -> float | NDArray[np.float64]:
     """Lower inverse of the binary kl: min{p ∈ [0, q] : kl(q‖p) ≤ c}.
 
     Never above the exact value. Uses kl(q‖p) = kl(1 − q‖1 − p) and the upper inverse, then
-    steps two ulps down to absorb the rounding of the reflections. c ≤ 0 → q; q = 0 → 0.
+    steps two ulps down to absorb the rounding of the reflections. c ≤ 0 → q; q = 0 → 0;
+    c > :data:`KL_TRIVIAL_C` (up to +inf) → 0.
 
     >>> round(kl_inv_lower(0.5, 0.1), 10)
     0.2871213685

@@ -16,7 +16,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from pacbound.bounds import binary_kl, kl_inv_lower, kl_inv_upper
-from pacbound.bounds.kl import KL_INVERSE_XTOL
+from pacbound.bounds.kl import KL_INVERSE_XTOL, KL_TRIVIAL_C
 from pacbound.errors import InvalidInputError
 
 # ---------------------------------------------------------------------------------------------
@@ -182,6 +182,32 @@ def test_kl_inv_upper_at_q_one_is_one(c: float) -> None:
 def test_kl_inv_with_infinite_budget(q: float) -> None:
     assert kl_inv_upper(q, math.inf) == 1.0
     assert kl_inv_lower(q, math.inf) == 0.0
+
+
+HUGE_BUDGETS = [1e154, 1e155, 1e299, 1e308, 1.7976931348623157e308, math.inf]
+
+
+@pytest.mark.parametrize("q", [0.0, 5e-324, 1e-300, 1e-10, 0.3, 0.5, 1.0 - 1e-16, 1.0])
+@pytest.mark.parametrize("c", HUGE_BUDGETS)
+def test_kl_inv_with_a_huge_budget_is_trivial_without_overflow(q: float, c: float) -> None:
+    # was: RuntimeWarning "overflow encountered in multiply" (c·c in the Newton start) for
+    # c > 1.3e154, an error under filterwarnings = error
+    assert kl_inv_upper(q, c) == 1.0
+    assert kl_inv_lower(q, c) == 0.0
+    values = kl_inv_upper(np.full(3, q), np.array([c, 0.5, 0.0]))
+    assert values[0] == 1.0
+    assert values[1] == kl_inv_upper(q, 0.5)
+    assert values[2] == q
+
+
+@pytest.mark.parametrize("q", [0.0, 1e-300, 1e-10, 0.3, 0.5, 0.9, 1.0 - 1e-12])
+def test_trivial_budget_threshold_is_exact(q: float) -> None:
+    # Above KL_TRIVIAL_C the exact inverse lies above the largest float below 1, so 1.0 is
+    # the smallest float not below it (and 0.0 the largest not above the lower inverse).
+    below_one = math.nextafter(1.0, 0.0)
+    assert decimal_kl(q, below_one) < Decimal(KL_TRIVIAL_C)
+    assert decimal_kl(1.0 - q, below_one) < Decimal(KL_TRIVIAL_C)
+    assert kl_inv_upper(q, math.nextafter(KL_TRIVIAL_C, math.inf)) == 1.0
 
 
 def test_kl_inv_lower_at_q_zero_is_zero() -> None:
