@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
-from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
+from pacbound.cli.model_options import JSON_OBJECT, data_options, resolve_dataset
 from pacbound.cli.options import FLOAT, INT, json_option
 from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
@@ -63,11 +63,6 @@ ARTIFACT_ONLY = (
     "label_map",
     "label_column",
     "normalize",
-    "x_key",
-    "y_key",
-    "csv_delimiter",
-    "input_shape",
-    "scale",
     "delta",
     "batch_size",
     "against",
@@ -268,7 +263,13 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
     )
     report = load_report(kw["against"]) if kw["against"] is not None else None
     recorded = report["options"] if report is not None else {}
-    data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
+    data = resolve_dataset(
+        kw["data"],
+        split=kw["split"],
+        label_map=kw["label_map"],
+        label_column=kw["label_column"],
+        normalize=kw["normalize"],
+    )
     check_model_data(factory(message.seed or 0), data)
     features: Any = data.x  # a tensor, or LazyFeatures read per batch
     cert = verify_artifact(
@@ -315,11 +316,18 @@ def _first(*values: Any) -> Any:
     return next(v for v in values if v is not None)
 
 
+#: Disagreeing fields named in the one-line summary (the table and --json list them all).
+NAMED_FIELDS = 8
+
+
 def _explain(outcome: Any) -> None:
     if not outcome.agree:
+        names = outcome.disagreeing
+        more = f" and {len(names) - NAMED_FIELDS} more" if len(names) > NAMED_FIELDS else ""
         click.echo(
-            f"Verification failed: {len(outcome.disagreeing)} field(s) disagree: "
-            + ", ".join(outcome.disagreeing),
+            f"Verification failed: {len(names)} field(s) disagree: "
+            + ", ".join(names[:NAMED_FIELDS])
+            + more,
             err=True,
         )
 

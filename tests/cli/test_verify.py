@@ -444,17 +444,27 @@ def test_recorded_heldout_set_without_its_statement_exits_1(gauss: Path, tmp_pat
     assert code == 1 and _fields(out)["heldout"]["agree"] is False
 
 
-def test_changed_heldout_set_exits_3(task: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [("flip", "changed since the report was written"), ("delete", "does not exist")],
+)
+def test_changed_or_missing_heldout_set_exits_3(
+    task: Path, tmp_path: Path, change: str, message: str
+) -> None:
     copy = tmp_path / "task"
     shutil.copytree(task, copy, ignore=shutil.ignore_patterns("g", "d", "q", "l", "m"))
     report = gaussian_report(copy, copy / "g", "--heldout", str(copy / "test.npz"))
     target = copy / "test.npz"
-    data = bytearray(target.read_bytes())
-    data[-1] ^= 0x01
-    target.write_bytes(bytes(data))
+    if change == "delete":
+        target.unlink()
+    else:
+        data = bytearray(target.read_bytes())
+        data[-1] ^= 0x01
+        target.write_bytes(bytes(data))
     code, _, err = _verify(report)
     assert code == 3
-    assert err.count("\n") == 1 and "heldout file" in err and str(target) in err
+    assert err.count("\n") == 1 and err.startswith("Error: ")
+    assert "heldout file" in err and str(target) in err and message in err
 
 
 @pytest.mark.parametrize(
@@ -549,3 +559,15 @@ def test_root_puts_a_user_architecture_on_the_import_path(
     monkeypatch.delitem(sys.modules, "usernet_verify")
     code, _, err = _verify(folder / "report.json")
     assert code == 3 and err.startswith("Error:") and "usernet_verify" in err
+
+
+def test_failure_summary_stays_one_short_line(capsys: pytest.CaptureFixture[str]) -> None:
+    from pacbound.cli.verify_cmd import NAMED_FIELDS, _explain
+    from pacbound.report.recheck import FieldCheck, Verification
+
+    checks = tuple(FieldCheck(f"information_only.field_{i:02d}", 1, 2) for i in range(40))
+    _explain(Verification("gaussian", checks))
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 400
+    assert err.startswith("Verification failed: 40 field(s) disagree: information_only.field_00")
+    assert err.rstrip().endswith(f"and {40 - NAMED_FIELDS} more")
