@@ -15,7 +15,7 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
-from pacbound.cli.model_options import JSON_OBJECT, data_options, resolve_dataset
+from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
 from pacbound.cli.options import FLOAT, INT, json_option
 from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
@@ -63,6 +63,11 @@ ARTIFACT_ONLY = (
     "label_map",
     "label_column",
     "normalize",
+    "x_key",
+    "y_key",
+    "csv_delimiter",
+    "input_shape",
+    "scale",
     "delta",
     "batch_size",
     "against",
@@ -263,13 +268,7 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
     )
     report = load_report(kw["against"]) if kw["against"] is not None else None
     recorded = report["options"] if report is not None else {}
-    data = resolve_dataset(
-        kw["data"],
-        split=kw["split"],
-        label_map=kw["label_map"],
-        label_column=kw["label_column"],
-        normalize=kw["normalize"],
-    )
+    data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
     check_model_data(factory(message.seed or 0), data)
     features: Any = data.x  # a tensor, or LazyFeatures read per batch
     cert = verify_artifact(
