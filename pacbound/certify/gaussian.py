@@ -35,6 +35,7 @@ from pacbound.bounds import (
     pac_bayes_quad,
     test_set_bound,
 )
+from pacbound.bounds.budget import remaining_delta
 from pacbound.bounds.validation import check_count, check_delta
 from pacbound.certify.common import (
     ProgressFactory,
@@ -137,7 +138,7 @@ class GaussianOptions:
             (
                 _part(
                     "pac-bayes",
-                    delta - mc,
+                    remaining_delta(delta, mc),  # rounded down: never sums above delta
                     self.prior_scales.size,
                     "PAC-Bayes-kl inequality, shared by the prior-scale grid",
                 ),
@@ -491,7 +492,7 @@ def certify_gaussian(
             model,
             x_bound,
             y_bound,
-            generator=_stream(options.seed, "agreement", dev),
+            generator=random_stream(options.seed, "agreement", dev),
             batch_size=options.batch_size,
             device=dev,
         )
@@ -504,7 +505,7 @@ def certify_gaussian(
                 checkpoint_inputs,
                 delta_certified=budget.total,
                 delta_disagreement=options.resolved_disagreement_delta,
-                generator=_stream(options.seed, "disagreement", dev),
+                generator=random_stream(options.seed, "disagreement", dev),
                 batch_size=options.batch_size,
                 device=dev,
             )
@@ -601,7 +602,7 @@ def prior_warning(prior: dict[str, Any], chance_error: float) -> str | None:
     )
 
 
-def _stream(seed: int, purpose: str, device: torch.device) -> torch.Generator:
+def random_stream(seed: int, purpose: str, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed + SEED_OFFSETS[purpose])
 
 

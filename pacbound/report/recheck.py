@@ -111,7 +111,7 @@ def recorded_files(report: dict[str, Any]) -> Iterator[tuple[str, str, str]]:
     inputs = report["inputs"]
     ckpt = inputs["model"]["provenance"]["checkpoint"]
     yield "checkpoint", ckpt["path"], ckpt["sha256"]
-    for key in ("data", "heldout"):
+    for key in ("data", "heldout", "unlabeled"):
         if key in inputs:
             for record in inputs[key]["files"]:
                 yield f"{key} file", record["path"], record["sha256"]
@@ -169,12 +169,16 @@ def load_recorded_model(
     from pacbound.io import load_model
 
     prov = report["inputs"]["model"]["provenance"]
+    # the prefix certify stripped (--strip-prefix, or DataParallel's module.); a model that
+    # is its own architecture (.pt2, whole pickle) is loaded as it is
+    prefix = prov["checkpoint"].get("stripped_prefix") if prov["architecture"] else None
     return load_model(
         _resolve(prov["checkpoint"]["path"], root),
         arch=prov["architecture"],
         arch_kwargs=prov["arch_kwargs"],
         allow_unsafe_pickle=allow_unsafe_pickle,
         device=device,
+        strip_prefix=prefix,
     )
 
 
@@ -236,23 +240,25 @@ def _hash_check(report: dict[str, Any]) -> FieldCheck:
 def _recheck_compression(
     report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool
 ) -> list[FieldCheck]:
-    from pacbound.certify.compression import architecture_factory, verify_artifact
+    from pacbound.certify.compression import verify_artifact
+    from pacbound.certify.factories import factory_for
 
     res, opts = report["results"], report["options"]
-    prov = report["inputs"]["model"]["provenance"]
     init = report["inputs"].get("init")
-    factory = architecture_factory(
-        prov["architecture"],
-        prov["arch_kwargs"],
+    # the factory certify used: the recorded architecture, or the .pt2 program / pickled
+    # model itself, with θ₀ from the init file (read with the recorded --strip-prefix)
+    loaded = load_recorded_model(
+        report, root, torch.device("cpu"), allow_unsafe_pickle=allow_unsafe_pickle
+    )
+    factory = factory_for(
+        loaded,
+        res["method"],
         init=None if init is None else _resolve(init["path"], root),
-        unsafe_allow_pickle=allow_unsafe_pickle,
+        allow_unsafe_pickle=allow_unsafe_pickle,
     )
     if init is not None:  # certify's rule: θ₀ must not be the trained weights
         from pacbound.io import refuse_trained_init
 
-        loaded = load_recorded_model(
-            report, root, torch.device("cpu"), allow_unsafe_pickle=allow_unsafe_pickle
-        )
         refuse_trained_init(factory.state, loaded)  # type: ignore[attr-defined]
     data = load_recorded_dataset(report["inputs"]["data"], root)
     artifact = _resolve(report["inputs"]["artifact"]["path"], root).read_bytes()

@@ -73,8 +73,12 @@ def _scale_checks(
     return checks, float(grid.scales[j])
 
 
-def _network(model: torch.nn.Module, saved: Any, device: torch.device) -> Any:
-    """A stochastic copy of ``model`` whose μ and log σ are those of the posterior file."""
+def _network(
+    model: torch.nn.Module, saved: Any, device: torch.device, fixed_buffers: Any, probe: Tensor
+) -> Any:
+    """A stochastic copy of ``model`` whose μ and log σ are those of the posterior file,
+    under the same invariant checks as certify (buffers against ``fixed_buffers``, the
+    probe forward on ``probe``)."""
     from pacbound.posterior.network import build_stochastic_network
 
     names = tuple(name for name, _ in model.named_parameters())
@@ -83,12 +87,34 @@ def _network(model: torch.nn.Module, saved: Any, device: torch.device) -> Any:
             f"the posterior file's parameters {list(saved.names)} do not match the model's "
             f"{list(names)}"
         )
-    network = build_stochastic_network(model).to(device)
+    network = build_stochastic_network(model, fixed_buffers=fixed_buffers).to(device)
+    network.check_coverage(probe.to(device), batch_independence=True)
     with torch.no_grad():
         for slot in network.slots:
             slot.mu.copy_(saved.mu[slot.name])
             slot.log_sigma.copy_(torch.log(saved.sigma[slot.name]))
     return network
+
+
+def _fixed_buffers(
+    report: dict[str, Any], loaded: Any, root: Path, allow_unsafe_pickle: bool
+) -> Any:
+    """The data-independent buffer values certify compared the model's buffers with: the
+    init file's, or a fresh build of the recorded architecture."""
+    from pacbound.io import load_init_state
+
+    init = report["inputs"].get("init")
+    if init is not None:
+        path = _resolve(init["path"], root)
+        return load_init_state(path, loaded, allow_unsafe_pickle=allow_unsafe_pickle)
+    arch = report["inputs"]["model"]["provenance"].get("architecture")
+    if arch is None:
+        return None
+    from pacbound.io.architectures import build_module, parse_arch
+
+    kwargs = report["inputs"]["model"]["provenance"].get("arch_kwargs") or {}
+    fresh = build_module(parse_arch(arch), kwargs)
+    return {name: b.detach() for name, b in fresh.named_buffers()}
 
 
 def _prior_mean_check(
@@ -202,7 +228,13 @@ def recheck_gaussian(
     model = loaded.module.to(device).eval()
     data = load_recorded_dataset(report["inputs"]["data"], root)
     saved = load_posterior(_resolve(report["inputs"]["posterior"]["path"], root))
-    network = _network(model, saved, device)
+    network = _network(
+        model,
+        saved,
+        device,
+        _fixed_buffers(report, loaded, root, allow_unsafe_pickle),
+        data.x[: min(3, data.n)],
+    )
     prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)
     checks = [FieldCheck("prior.mean", res["prior"]["mean"], opts.get("prior")), prior_check]
 
@@ -272,6 +304,7 @@ def recheck_gaussian(
         if name in information:
             value = information[name](mc.value, kl=kl, n=n, delta=pb.per_choice).value
             checks.append(FieldCheck(f"information_only.{name}", reported["value"], value))
+    checks += _checkpoint_checks(report, root, model, network, cert, budget, x, y, device)
     heldout_delta = opts.get("heldout_delta")
     checks += recheck_heldout(
         report,
@@ -284,5 +317,65 @@ def recheck_gaussian(
             batch_size=opts["batch_size"],
             device=device,
         ),
+    )
+    return checks
+
+
+def _checkpoint_checks(
+    report: dict[str, Any],
+    root: Path,
+    model: torch.nn.Module,
+    network: Any,
+    cert: Any,
+    budget: Any,
+    x: Tensor,
+    y: Tensor,
+    device: torch.device,
+) -> list[FieldCheck]:
+    """Q's agreement with the checkpoint on S_bound and the certificate for the checkpoint
+    itself, recomputed with certify's code and random streams."""
+    from pacbound.certify.gaussian import GaussianOptions, random_stream
+    from pacbound.certify.gaussian_checkpoint import agreement_on_bound_data
+    from pacbound.posterior.risk import count_disagreements
+    from pacbound.report.recheck_statements import recheck_checkpoint_statement
+
+    res, opts = report["results"], report["options"]
+    seed, batch = opts["seed"], opts["batch_size"]
+    checks = []
+    if "agreement" in res:
+        agreement = agreement_on_bound_data(
+            network,
+            model,
+            x,
+            y,
+            generator=random_stream(seed, "agreement", device),
+            batch_size=batch,
+            device=device,
+        )
+        checks.append(FieldCheck("agreement", res["agreement"], agreement))
+    delta_d = GaussianOptions(
+        delta=opts["delta"], disagreement_delta=opts.get("disagreement_delta")
+    ).resolved_disagreement_delta
+
+    def count(inputs: Tensor) -> tuple[int, int]:
+        dis = count_disagreements(
+            network,
+            model,
+            inputs,
+            passes=1,
+            generator=random_stream(seed, "disagreement", device),
+            batch_size=batch,
+            device=device,
+        )
+        return dis.errors, dis.evaluations
+
+    checks += recheck_checkpoint_statement(
+        report,
+        root,
+        certificate=cert,
+        certified="Q",
+        delta_certified=budget.total,
+        delta_disagreement=delta_d,
+        count=count,
     )
     return checks

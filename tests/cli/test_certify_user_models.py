@@ -17,6 +17,7 @@ from pacbound.bounds.checkpoint import checkpoint_bound, disagreement_bound
 from pacbound.bounds.result import BoundResult
 from pacbound.cli.main import cli
 from pacbound.models import mlp
+from pacbound.report.document import results_hash
 
 USER_MODULE = textwrap.dedent(
     """
@@ -245,3 +246,47 @@ def test_chance_level_comes_from_the_model_outputs(
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
     verdict = json.loads(result.stdout)["results"]["verdict"]  # type: ignore[attr-defined]
     assert verdict["num_classes"] == 10 and verdict["chance_error"] == pytest.approx(0.9)
+
+
+def test_verify_rederives_the_checkpoint_statements(task: Path, tmp_path: Path) -> None:
+    report = tmp_path / "report.json"
+    posterior = tmp_path / "posterior.safetensors"
+    result = _run(
+        task,
+        "final.safetensors",
+        "--init",
+        str(task / "init.safetensors"),
+        "--unlabeled",
+        str(task / "inputs.npz"),
+        "--output",
+        str(report),
+        "--save-posterior",
+        str(posterior),
+    )
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    ok = CliRunner().invoke(cli, ["verify", str(report)])
+    assert ok.exit_code == 0, ok.output
+    original = json.loads(report.read_text())
+    tampered = [
+        ("checkpoint", "bound", lambda v: v * 0.5),
+        ("agreement", "disagreement_rate", lambda v: v / 2 + 1e-3),
+    ]
+    for block, name, change in tampered:
+        doc = json.loads(json.dumps(original))
+        doc["results"][block][name] = change(doc["results"][block][name])
+        doc["results_sha256"] = results_hash(doc["results"])  # a careful forger
+        forged = tmp_path / f"forged_{block}.json"
+        forged.write_text(json.dumps(doc))
+        bad = CliRunner().invoke(cli, ["verify", str(forged), "--json"])
+        assert bad.exit_code == 1, (block, bad.output)
+        fields = {f["field"]: f for f in json.loads(bad.stdout)["fields"]}
+        disagreeing = [name for name, f in fields.items() if not f["agree"]]
+        expected = f"{block}.{name}" if block == "checkpoint" else block
+        assert disagreeing == [expected], disagreeing
+    # The statement without its recorded inputs cannot be re-derived.
+    doc = json.loads(json.dumps(original))
+    del doc["inputs"]["unlabeled"]
+    doc["results_sha256"] = results_hash(doc["results"])
+    forged = tmp_path / "no_inputs.json"
+    forged.write_text(json.dumps(doc))
+    assert CliRunner().invoke(cli, ["verify", str(forged)]).exit_code == 1
