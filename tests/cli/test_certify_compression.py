@@ -249,3 +249,23 @@ def test_unlabeled_inputs_of_another_shape_are_refused(task: Path, tmp_path: Pat
     assert "each input has shape [5], but the --data inputs have [6]" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not art.exists()
+
+
+def test_report_with_checkpoint_statements_validates(task: Path, tmp_path: Path) -> None:
+    from pacbound.report.validate import validation_errors
+
+    args = _args(task, "quantize", *QUANTIZE, "--heldout", str(task / "test.npz"), "--json")
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert validation_errors(doc) == []
+    doc["results"]["checkpoint"]["bound"] = 1.5
+    doc["results"]["checkpoint"]["disagreement"]["source"] = "training"
+    doc["results"]["checkpoint_on_training"]["errors"] = -1
+    errors = " | ".join(validation_errors(doc))
+    for path in (
+        "results.checkpoint.bound",
+        "results.checkpoint.disagreement.source",
+        "results.checkpoint_on_training.errors",
+    ):
+        assert path in errors
