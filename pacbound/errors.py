@@ -11,7 +11,7 @@ code  meaning
 ====  ============================================================================
 0     success, or the gate passed
 1     computed, but the gate failed (vacuous bound, or above ``--max-bound``)
-2     usage error (unknown option, missing or contradictory options)
+2     usage error (unknown option, missing, contradictory or inapplicable options)
 3     bad input (checkpoint, architecture, data, invalid option values)
 4     numerical failure (NaN, non-convergence)
 5     internal error (a bug: please report it, rerun with ``--debug``)
@@ -44,6 +44,20 @@ class InvalidInputError(PacboundError, ValueError):
     """
 
     exit_code = EXIT_BAD_INPUT
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message)
+        self.param = param
+
+
+class UsageError(PacboundError):
+    """Options that cannot go together: one that does not apply to the chosen method, prior,
+    posterior or data format, or one that is missing (exit 2, like click's usage errors).
+
+    ``param`` names the option at fault.
+    """
+
+    exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, param: str | None = None) -> None:
         super().__init__(message)

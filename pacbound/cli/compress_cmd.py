@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.certify_compression import (
     compression_tuning_options,
     render_compression,
@@ -23,7 +24,8 @@ from pacbound.cli.model_options import (
     resolve_dataset,
     resolve_model,
 )
-from pacbound.cli.options import FLOAT, INT, json_option
+from pacbound.cli.options import FLOAT, INT, json_option, threads_option
+from pacbound.cli.preflight import check_option_values
 from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.report.files import check_writable, write_atomic
 
@@ -87,8 +89,12 @@ least 1 − δ, the true 0-1 error of the DECODED model is at most the printed b
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress or diagnostics on stderr.")
 @json_option
+@threads_option
 def compress(**kw: Any) -> None:
     term = Terminal(quiet=kw["quiet"] or kw["as_json"])
+    # Cheap checks first: a typo fails in milliseconds, before anything is loaded.
+    reject_inapplicable(click.get_current_context())
+    check_option_values(kw)
     check_writable(kw["output"], "--output")
     from pacbound.io import check_model_data, resolve_device
 
@@ -122,7 +128,7 @@ def compress(**kw: Any) -> None:
                     "data": data.provenance.to_dict(),
                     **({"init": outcome.inputs["init"]} if "init" in outcome.inputs else {}),
                 },
-                "options": outcome.options,
+                "options": {**outcome.options, "threads": kw["threads"]},
                 "results": res,
             }
         )

@@ -26,7 +26,7 @@ EPILOG = """\b
 Exit codes:
   0    success, or the gate passed
   1    computed, but the gate failed (vacuous, or above --max-bound)
-  2    usage error (unknown, missing or contradictory options)
+  2    usage error (unknown, missing, contradictory or inapplicable options)
   3    bad input (checkpoint, architecture, data, invalid values)
   4    numerical failure (NaN, non-convergence)
   5    internal error (a bug: rerun with --debug and report it)

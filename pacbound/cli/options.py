@@ -64,3 +64,31 @@ def digits_option(func: F) -> F:
         show_default=True,
         help="Decimals shown in the table (bounds are rounded up).",
     )(func)
+
+
+def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) -> int | None:
+    if value is None:
+        return None
+    from pacbound.bounds.validation import check_count
+
+    threads = check_count(value, "--threads")
+    import torch
+
+    torch.set_num_threads(threads)
+    return threads
+
+
+def threads_option(func: F) -> F:
+    """``--threads N``: torch's intra-op threads (``torch.set_num_threads``), set as soon as
+    the option is parsed; without it torch's default is left alone. Commands record the value
+    in their report's options: the thread count can change the last bits of training."""
+    return click.option(
+        "--threads",
+        type=INT,
+        default=None,
+        metavar="N",
+        callback=_set_threads,
+        expose_value=True,
+        help="Torch intra-op CPU threads (default: torch's own choice); certify and compress "
+        "record it in the report (training may differ in the last bits with another count).",
+    )(func)

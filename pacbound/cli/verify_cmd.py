@@ -16,7 +16,7 @@ from click.core import ParameterSource
 from rich.table import Table
 
 from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
-from pacbound.cli.options import FLOAT, INT, json_option
+from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
 from pacbound.report.validate import load_report
@@ -142,6 +142,7 @@ def _optional_data_options(func: Any) -> Any:
     "code); only for files you trust that certify also needed this flag for.",
 )
 @json_option
+@threads_option
 def verify(**kw: Any) -> None:
     ctx = click.get_current_context()
     if kw["unsafe_allow_pickle"]:

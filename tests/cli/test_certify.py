@@ -122,24 +122,20 @@ def test_same_seed_identical_results_block(task: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("extra", "drop_init", "pattern"),
+    ("extra", "pattern"),
     [
-        ((), True, r"--prior init needs the initial weights"),
-        (("--delta", "0"), False, r"--delta must be in \(0, 1\)"),
-        (("--mc-delta", "0.06"), False, r"--mc-delta .* must be smaller than --delta"),
-        (("--prior", "data", "--prior-fraction", "1"), False, r"--prior-fraction must be in"),
-        (("--prior", "data", "--prior-fraction", "0"), False, r"--prior-fraction must be in"),
-        (("--prior-scales", "x:y"), False, r"--prior-scales must be"),
-        (("--prior", "data", "--prior-augment-shift", "2"), False, r"need N×C×H×W"),
+        (("--delta", "0"), r"--delta must be in \(0, 1\)"),
+        (("--mc-delta", "0.06"), r"--mc-delta .* must be smaller than --delta"),
+        (("--prior", "data", "--prior-fraction", "1"), r"--prior-fraction must be in"),
+        (("--prior", "data", "--prior-fraction", "0"), r"--prior-fraction must be in"),
+        (("--prior-scales", "x:y"), r"--prior-scales must be"),
+        (("--prior", "data", "--prior-augment-shift", "2"), r"need N×C×H×W"),
     ],
 )
 def test_bad_options_exit_3(
-    task: Path, tmp_path: Path, extra: tuple[str, ...], drop_init: bool, pattern: str
+    task: Path, tmp_path: Path, extra: tuple[str, ...], pattern: str
 ) -> None:
     args = _args(task, *extra, "--output", str(tmp_path / "r.json"))
-    if drop_init:
-        i = args.index("--init")
-        del args[i : i + 2]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 3, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -286,8 +282,22 @@ def test_options_of_the_other_method_are_refused(
 ) -> None:
     args = _compression_args(task, method, *extra)
     result = CliRunner().invoke(cli, args)
-    assert result.exit_code == 3
-    assert result.stderr.startswith(f"Error: {flag} applies to")
+    assert result.exit_code == 2  # a usage error, like any option that does not apply
+    assert result.stderr.startswith(f"Error: {flag} applies only with")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_prior_init_without_init_is_a_usage_error(task: Path, tmp_path: Path) -> None:
+    args = _args(task, "--output", str(tmp_path / "r.json"))
+    i = args.index("--init")
+    del args[i : i + 2]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 2, result.stderr
+    assert result.stderr.strip() == (
+        "Error: --prior init needs the initial weights: pass --init PATH (saved before "
+        "training), or choose --prior zero or --prior data"
+    )
+    assert not (tmp_path / "r.json").exists()
 
 
 def test_levels_below_two_and_bad_lists(task: Path) -> None:

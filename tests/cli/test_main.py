@@ -46,3 +46,33 @@ def test_signal_inside_exec_of_source_text_keeps_the_exit_code(
     assert result.stdout == ""
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error: ")
+
+
+def test_pacbound_usage_error_exits_2_with_one_line() -> None:
+    """pacbound's own UsageError (an option that does not apply) is a usage error: exit 2."""
+    from click.testing import CliRunner
+
+    from pacbound.cli.main import PacboundGroup
+    from pacbound.errors import UsageError
+
+    group = PacboundGroup("t")
+
+    @group.command("run")
+    def run() -> None:
+        raise UsageError("--x applies only with --y, and this run has no --y: drop --x")
+
+    result = CliRunner().invoke(group, ["run"])
+    assert result.exit_code == 2
+    assert result.stderr == "Error: --x applies only with --y, and this run has no --y: drop --x\n"
+
+
+def test_help_lists_inapplicable_options_as_usage_errors() -> None:
+    from click.testing import CliRunner
+
+    from pacbound.cli.main import cli
+
+    result = CliRunner().invoke(cli, ["--help"])
+    assert result.exit_code == 0
+    assert "2    usage error (unknown, missing, contradictory or inapplicable options)" in (
+        result.stdout
+    )
