@@ -309,7 +309,6 @@ def certify(**kw: Any) -> None:
     if kw["heldout"] is not None:
         heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
         check_disjoint_inputs(data.provenance, heldout.provenance, "--heldout")
-        check_disjoint_inputs(data.provenance, heldout.provenance, "--heldout")
         check_model_data(loaded, heldout, device=device)
     unlabeled = None
     if kw["unlabeled"] is not None:
