@@ -3,6 +3,13 @@
 Every certificate is a union of events (the PAC-Bayes or Occam inequality, the Monte-Carlo
 estimate, each searched grid). The sum of their δ's is the failure probability; a
 :class:`DeltaBudget` records the parts and checks that they add up to the stated total.
+
+The sum is compared **exactly** (as rationals, :class:`fractions.Fraction`): parts that add up
+to more than the total by any amount, even one ulp, are refused, since the certificate would
+then hold with probability below 1 − δ. A sum *below* the total by float rounding only
+(:data:`BUDGET_RTOL`) is accepted: it spends less than stated, which is safe. Code that
+divides δ therefore rounds each part **down** (:meth:`DeltaBudget.split`,
+:func:`remaining_delta`).
 """
 
 from __future__ import annotations
@@ -10,13 +17,30 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 from pacbound.bounds.validation import check_count, check_delta
 from pacbound.errors import InvalidInputError
 
-#: Relative tolerance for "the parts sum to the total" (float rounding only).
+#: How far *below* the total the parts may sum (float rounding only); above it, nothing.
 BUDGET_RTOL = 1e-9
+
+
+def _float_at_most(value: Fraction) -> float:
+    """The largest float not above ``value``."""
+    x = float(value)  # correctly rounded: at most one ulp above
+    return math.nextafter(x, -math.inf) if Fraction(x) > value else x
+
+
+def remaining_delta(total: float, *spent: float) -> float:
+    """What is left of ``total`` after the ``spent`` parts, rounded down so that the parts
+    and the remainder sum to at most ``total`` exactly.
+
+    >>> remaining_delta(0.07842546823972447, 0.015685093647944896)  # plain − rounds up here
+    0.06274037459177957
+    """
+    return _float_at_most(Fraction(total) - sum(map(Fraction, spent), Fraction(0)))
 
 
 @dataclass(frozen=True)
@@ -79,14 +103,16 @@ class DeltaBudget:
         names = [p.name for p in self.parts]
         if len(set(names)) != len(names):
             raise InvalidInputError(f"delta parts must have unique names, got {names}")
-        spent = math.fsum(p.delta for p in self.parts)
-        if abs(spent - self.total) > BUDGET_RTOL * self.total:
-            detail = ", ".join(f"{p.name}={p.delta:g}" for p in self.parts)
-            raise InvalidInputError(
-                f"delta parts ({detail}) sum to {spent:.12g}, not the total delta "
-                f"{self.total:g}; make the parts add up to delta",
-                param="delta",
-            )
+        gap = Fraction(self.total) - sum((Fraction(p.delta) for p in self.parts), Fraction(0))
+        if gap < 0 or float(gap) > BUDGET_RTOL * self.total:
+            detail = ", ".join(f"{p.name}={p.delta!r}" for p in self.parts)
+            if gap < 0:
+                problem = f"sum to more than the total delta {self.total!r} (by {-float(gap):.3g})"
+                fix = "round the parts down so that they add up to at most delta"
+            else:
+                problem = f"sum to {self.total - float(gap)!r}, not the total delta {self.total!r}"
+                fix = "make the parts add up to delta"
+            raise InvalidInputError(f"delta parts ({detail}) {problem}; {fix}", param="delta")
 
     @classmethod
     def split(
@@ -97,7 +123,10 @@ class DeltaBudget:
         grid_sizes: Mapping[str, int] | None = None,
         descriptions: Mapping[str, str] | None = None,
     ) -> DeltaBudget:
-        """Split ``total`` in proportion to ``weights`` (any positive numbers)."""
+        """Split ``total`` in proportion to ``weights`` (any positive numbers).
+
+        Each part is its exact share rounded down, so the parts never sum above ``total``.
+        """
         check_delta(total, "delta")
         if not weights:
             raise InvalidInputError("a delta budget needs at least one part", param="delta")
@@ -107,11 +136,16 @@ class DeltaBudget:
                     f"delta weight for {name!r} must be a positive number, got {w!r}",
                     param="delta",
                 )
-        norm = math.fsum(weights.values())
+        norm = sum((Fraction(w) for w in weights.values()), Fraction(0))
         grid_sizes = grid_sizes or {}
         descriptions = descriptions or {}
         parts = tuple(
-            DeltaPart(name, total * w / norm, grid_sizes.get(name, 1), descriptions.get(name, ""))
+            DeltaPart(
+                name,
+                _float_at_most(Fraction(total) * Fraction(w) / norm),
+                grid_sizes.get(name, 1),
+                descriptions.get(name, ""),
+            )
             for name, w in weights.items()
         )
         return cls(total, parts)

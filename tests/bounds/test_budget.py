@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pacbound.bounds import DeltaBudget, DeltaPart
-from pacbound.bounds.budget import BUDGET_RTOL
+from pacbound.bounds.budget import BUDGET_RTOL, remaining_delta
 from pacbound.errors import InvalidInputError
 
 
@@ -31,6 +32,8 @@ def test_split_parts_sum_to_the_total() -> None:
 )
 def test_split_always_sums_to_total(total: float, weights: dict[str, float]) -> None:
     budget = DeltaBudget.split(total, weights)
+    exact = sum((Fraction(p.delta) for p in budget.parts), Fraction(0))
+    assert exact <= Fraction(total)  # never above, not even by an ulp
     assert abs(budget.spent - total) <= BUDGET_RTOL * total
     assert len(budget.parts) == len(weights)
     for part in budget.parts:
@@ -40,10 +43,58 @@ def test_split_always_sums_to_total(total: float, weights: dict[str, float]) -> 
 def test_parts_not_summing_to_total_are_refused() -> None:
     with pytest.raises(InvalidInputError, match=r"sum to 0\.04, not the total delta 0\.05"):
         DeltaBudget(0.05, (DeltaPart("a", 0.02), DeltaPart("b", 0.02)))
-    with pytest.raises(InvalidInputError, match="not the total delta"):
+    with pytest.raises(InvalidInputError, match=r"sum to more than the total delta 0\.05"):
         DeltaBudget(0.05, (DeltaPart("a", 0.03), DeltaPart("b", 0.03)))
-    # exact sums are fine, and so is float rounding within BUDGET_RTOL
-    DeltaBudget(0.3, (DeltaPart("a", 0.1), DeltaPart("b", 0.2)))
+    # exact sums are fine, and so is float rounding below the total within BUDGET_RTOL
+    DeltaBudget(0.1 + 0.2, (DeltaPart("a", 0.1), DeltaPart("b", 0.2)))
+    # but 0.1 + 0.2 (exactly, as the floats given) is above the float 0.3
+    with pytest.raises(InvalidInputError, match=r"more than the total delta 0\.3 \(by 2\.78e-17\)"):
+        DeltaBudget(0.3, (DeltaPart("a", 0.1), DeltaPart("b", 0.2)))
+    DeltaBudget(0.05, (DeltaPart("a", 0.045), DeltaPart("b", math.nextafter(0.005, 0.0))))
+
+
+def test_parts_summing_above_the_total_by_one_ulp_are_refused() -> None:
+    # What split(0.05, {0.9, 0.1}) returned before: 3.5e-18 above 0.05 (exact sum), which
+    # the old relative tolerance let through in both directions.
+    parts = (DeltaPart("pac-bayes", 0.045000000000000005), DeltaPart("mc", 0.005000000000000001))
+    with pytest.raises(
+        InvalidInputError,
+        match=r"sum to more than the total delta 0\.05 \(by 3\.47e-18\); round the parts down",
+    ) as info:
+        DeltaBudget(0.05, parts)
+    assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    above = math.nextafter(0.04, 1.0)
+    with pytest.raises(InvalidInputError, match="sum to more than the total delta"):
+        DeltaBudget(0.05, (DeltaPart("a", above), DeltaPart("b", 0.01)))
+
+
+def test_split_rounds_each_part_down() -> None:
+    budget = DeltaBudget.split(0.05, {"pac-bayes": 0.9, "monte-carlo": 0.1})
+    for part, weight in zip(budget.parts, (0.9, 0.1), strict=True):
+        share = Fraction(0.05) * Fraction(weight) / (Fraction(0.9) + Fraction(0.1))
+        assert Fraction(part.delta) <= share < Fraction(math.nextafter(part.delta, 1.0))
+
+
+@settings(deadline=None, max_examples=300)
+@given(total=st.floats(1e-12, 0.999), frac=st.floats(0.0, 1.0, exclude_max=True))
+def test_remaining_delta_is_the_largest_float_that_fits(total: float, frac: float) -> None:
+    spent = total * frac
+    rest = remaining_delta(total, spent)
+    assert Fraction(spent) + Fraction(rest) <= Fraction(total)
+    assert Fraction(spent) + Fraction(math.nextafter(rest, 1.0)) > Fraction(total)
+    if rest > 0.0:
+        DeltaBudget(
+            total,
+            (DeltaPart("a", rest), DeltaPart("b", spent)) if spent else (DeltaPart("a", rest),),
+        )
+
+
+def test_remaining_delta_where_subtraction_rounds_up() -> None:
+    delta, mc = 0.07842546823972447, 0.015685093647944896
+    assert Fraction(delta - mc) + Fraction(mc) > Fraction(delta)  # plain − would overspend
+    rest = remaining_delta(delta, mc)
+    assert rest == math.nextafter(delta - mc, 0.0)
+    DeltaBudget(delta, (DeltaPart("pac-bayes", rest), DeltaPart("monte-carlo", mc)))
 
 
 def test_part_names_must_be_unique() -> None:
