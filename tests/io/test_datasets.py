@@ -356,32 +356,22 @@ def test_certify_and_verify_repeat_csv_delimiter_and_input_shape(tmp_path: Path)
     task = make_task(tmp_path)
     with np.load(task / "train.npz") as archive:
         x, y = archive["x"], archive["y"]
-    csv_path = task / "train.csv"
+    csv_path, held_path = task / "train.csv", task / "held.csv"
     header = ";".join([f"f{i}" for i in range(6)] + ["label"])
-    rows = [
-        ";".join([*(repr(float(v)) for v in row), str(int(t))]) for row, t in zip(x, y, strict=True)
-    ]
-    csv_path.write_text("\n".join([header, *rows]) + "\n")
+    rows = [";".join([*map(repr, map(float, r)), str(int(t))]) for r, t in zip(x, y, strict=True)]
+    csv_path.write_text("\n".join([header, *rows[:300]]) + "\n")
+    held_path.write_text("\n".join([header, *rows[300:]]) + "\n")
     model = ["--arch", "mlp", "--arch-kwargs", json.dumps(ARCH_KWARGS)]
     fmt = ["--csv-delimiter", ";", "--input-shape", "2,3"]
     art, report = task / "q.pbcm", task / "q.json"
     certify = ["certify", str(task / "final.safetensors"), "--method", "quantize", "--levels", "4"]
-    made = CliRunner().invoke(
-        cli,
-        [
-            *certify,
-            *model,
-            "--data",
-            str(csv_path),
-            *fmt,
-            "--artifact",
-            str(art),
-            "-o",
-            str(report),
-        ],
-    )
+    data_args = ["--data", str(csv_path), *fmt, "--heldout", str(held_path)]
+    out_args = ["--artifact", str(art), "-o", str(report)]
+    made = CliRunner().invoke(cli, [*certify, *model, *data_args, *out_args])
     assert made.exit_code == 0, made.output
-    data = json.loads(report.read_text())["inputs"]["data"]
+    inputs = json.loads(report.read_text())["inputs"]
+    data, held = inputs["data"], inputs["heldout"]
+    assert (held["csv_delimiter"], held["input_shape"], held["n"]) == (";", [2, 3], 100)
     assert (data["csv_delimiter"], data["input_shape"], data["stored_shape"]) == (";", [2, 3], [6])
     assert (data["reshape"], data["scaling"], data["label_column"]) == (
         "--input-shape",
