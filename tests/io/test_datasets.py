@@ -380,6 +380,9 @@ def test_certify_and_verify_repeat_csv_delimiter_and_input_shape(tmp_path: Path)
     )
     checked = CliRunner().invoke(cli, ["verify", str(report), "--json"])
     assert checked.exit_code == 0, checked.output
+    for option, value in (("--input-shape", "6"), ("--csv-delimiter", ","), ("--scale", "none")):
+        refused = CliRunner().invoke(cli, ["verify", str(report), option, value])
+        assert refused.exit_code == 2 and f"{option} applies to an ARTIFACT only" in refused.stderr
 
     def verify_artifact(*extra: str) -> Any:
         args = ["verify", str(art), *model, "--data", str(csv_path), "--report", str(report)]
