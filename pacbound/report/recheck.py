@@ -273,7 +273,53 @@ def _recheck_compression(
         device=device,
         batch_size=opts.get("batch_size", 2048),
     )
-    return compression_checks(res, cert.to_dict())
+    return compression_checks(res, cert.to_dict()) + _checkpoint_statement_checks(
+        report, root, cert, loaded.module, factory, data, device
+    )
+
+
+def _checkpoint_statement_checks(
+    report: dict[str, Any],
+    root: Path,
+    cert: Any,
+    checkpoint: torch.nn.Module,
+    factory: Any,
+    data: Any,
+    device: torch.device,
+) -> list[FieldCheck]:
+    """The statements about the checkpoint (training comparison, held-out bound, the
+    certificate for the checkpoint itself) recomputed from the recorded sets with certify's
+    code; a statement without its recorded set, or a recorded set without its statement,
+    disagrees."""
+    from pacbound.certify.compressed_checkpoint import compare_with_checkpoint
+    from pacbound.report.recheck_statements import load_recorded_features
+
+    res, opts, inputs = report["results"], report["options"], report["inputs"]
+    heldout = unlabeled = None
+    if "heldout" in inputs:
+        held = load_recorded_dataset(inputs["heldout"], root)
+        heldout = (held.x, held.y)
+    if "unlabeled" in inputs:
+        unlabeled = load_recorded_features(inputs["unlabeled"], root).x
+    statements = compare_with_checkpoint(
+        cert,
+        checkpoint,
+        factory,
+        data.x,
+        data.y,
+        heldout=heldout,
+        unlabeled=unlabeled,
+        heldout_delta=opts.get("heldout_delta"),
+        disagreement_delta=opts.get("disagreement_delta"),
+        batch_size=opts.get("batch_size", 2048),
+        device=device,
+    ).to_dict()
+    names = ("checkpoint_on_training", "heldout", "checkpoint")
+    return [
+        FieldCheck(name, res.get(name), statements.get(name))
+        for name in names
+        if name in res or statements.get(name) is not None
+    ]
 
 
 def compression_checks(reported: dict[str, Any], recomputed: dict[str, Any]) -> list[FieldCheck]:
