@@ -1,4 +1,10 @@
-"""Atomic report files: checked before the long work, written all at once at the end."""
+"""Atomic report files: checked before the long work, written all at once at the end.
+
+Files are created with the permissions of an ordinary ``open(path, "w")``, 0o666 masked by
+the process umask (0o644 under the common umask 0o022), not the 0o600 of
+:func:`tempfile.mkstemp`, so that a report, posterior or plot can be shared like any other
+output of the user's tools.
+"""
 
 from __future__ import annotations
 
@@ -62,16 +68,39 @@ def check_writable(
                 os.unlink(probe)
 
 
+def current_umask() -> int:
+    """The process umask, read without changing it where Linux shows it (``/proc``)."""
+    try:
+        with open("/proc/self/status", encoding="ascii", errors="replace") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore at once (the only portable way)
+    os.umask(mask)
+    return mask
+
+
+def _set_mode(fd: int, name: str, mode: int) -> None:
+    if hasattr(os, "fchmod"):  # not on Windows before Python 3.13
+        os.fchmod(fd, mode)
+    else:
+        os.chmod(name, mode)
+
+
 def write_atomic(path: Path, data: bytes, option: str = "--output") -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it into place.
 
-    A failure (or an interrupt) leaves no partial file behind.
+    A failure (or an interrupt) leaves no partial file behind. The file gets mode
+    0o666 & ~umask, as a plain ``open(path, "w")`` would give it.
     """
     parent = path.parent if str(path.parent) else Path(".")
     tmp: str | None = None
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
         with os.fdopen(fd, "wb") as handle:
+            _set_mode(handle.fileno(), tmp, 0o666 & ~current_umask())  # mkstemp gave 0o600
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())

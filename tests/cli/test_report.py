@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -72,12 +74,18 @@ def test_csv_mixed_methods(reports: tuple[Path, Path]) -> None:
         assert float(r["bound"]) >= exact
 
 
-def test_output_file(reports: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize(("mask", "mode"), [(0o022, 0o644), (0o077, 0o600)])
+def test_output_file(reports: tuple[Path, Path], tmp_path: Path, mask: int, mode: int) -> None:
     out = tmp_path / "table.tex"
-    code, stdout, err = _run("report", str(reports[0]), "--format", "latex", "-o", str(out))
+    saved = os.umask(mask)
+    try:
+        code, stdout, err = _run("report", str(reports[0]), "--format", "latex", "-o", str(out))
+    finally:
+        os.umask(saved)
     assert code == 0, err
     assert stdout == ""
     assert "\\newcommand{\\pbBoundGauss}" in out.read_text()
+    assert stat.S_IMODE(out.stat().st_mode) == mode  # the umask's, not mkstemp's 0o600
 
 
 def test_macro_names() -> None:
