@@ -106,6 +106,8 @@ def compress(**kw: Any) -> None:
         unsafe_allow_pickle=kw["unsafe_allow_pickle"],
         device=kw["device"],
         terminal=term,
+        strip_prefix=kw["strip_prefix"],
+        method=kw["method"],
     )
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
     check_model_data(loaded, data, device=device)

@@ -14,7 +14,7 @@ from pacbound.cli.terminal import Terminal, emit_json
 from pacbound.errors import InvalidInputError
 from pacbound.io import CheckpointReport, TensorKind, inspect_checkpoint
 
-HELP = f"""Show every tensor of CHECKPOINT (.safetensors, .pt/.pth state dict, or .pt2).
+HELP = f"""Show every tensor of CHECKPOINT (.safetensors, .pt/.pth/.ckpt state dict, or .pt2).
 
 Parameters and buffers are listed apart, with their counts, dtypes and the file's SHA-256.
 Buffers such as BatchNorm running statistics are estimated from data: a bound must fix them
@@ -29,6 +29,8 @@ Examples:
   pacbound inspect model.safetensors --arch mlp --arch-kwargs '{"hidden": [600, 600]}'
   pacbound inspect model.pt --arch mynets.mnist:make_model --json
   pacbound inspect program.pt2
+  pacbound inspect lightning.ckpt --arch mlp --strip-prefix model.
+  pacbound inspect whole_model.pt --unsafe-allow-pickle
 """
 
 
@@ -39,6 +41,7 @@ Examples:
 def inspect(
     checkpoint: str,
     arch: str | None,
+    strip_prefix: str | None,
     arch_kwargs: dict[str, Any] | None,
     unsafe_allow_pickle: bool,
     as_json: bool,
@@ -47,7 +50,11 @@ def inspect(
     if unsafe_allow_pickle:
         term.warn(UNSAFE_PICKLE_WARNING)
     report = inspect_checkpoint(
-        checkpoint, arch=arch, arch_kwargs=arch_kwargs, allow_unsafe_pickle=unsafe_allow_pickle
+        checkpoint,
+        arch=arch,
+        arch_kwargs=arch_kwargs,
+        allow_unsafe_pickle=unsafe_allow_pickle,
+        strip_prefix=strip_prefix,
     )
     if as_json:
         emit_json(
@@ -92,7 +99,8 @@ def _render(term: Terminal, report: CheckpointReport) -> None:
     if report.loads is None:
         loads = "not checked (give --arch)"
     else:
-        arch = report.architecture or "its own program (.pt2)"
+        own = "its own program (.pt2)" if prov.format == "pt2" else "the pickled model itself"
+        arch = report.architecture or own
         loads = f"yes, into {arch}" if report.loads else f"no, into {arch}"
     summary.add_row("loads", loads)
     term.table(summary)

@@ -17,6 +17,7 @@ from click.core import ParameterSource
 from torch import Tensor
 
 from pacbound.cli.terminal import Terminal
+from pacbound.errors import InvalidInputError
 from pacbound.io import (
     Dataset,
     Features,
@@ -96,13 +97,22 @@ DATA_PATHS = ("data", "heldout", "unlabeled")
 
 
 def arch_options(func: F) -> F:
-    """``--arch``, ``--arch-kwargs`` and ``--unsafe-allow-pickle`` (enough to read a model)."""
+    """``--arch``, ``--strip-prefix``, ``--arch-kwargs`` and ``--unsafe-allow-pickle``
+    (enough to read a model)."""
     decorators = [
         click.option(
             "--arch",
             metavar="NAME|PKG.MOD:FACTORY",
             help="Architecture the weights belong to: mlp, lenet5, convnet, or "
-            "package.module:factory. Not needed for a .pt2 program.",
+            "package.module:factory. Not needed for a .pt2 program, nor for a whole model "
+            "saved with torch.save(model) (with --unsafe-allow-pickle).",
+        ),
+        click.option(
+            "--strip-prefix",
+            metavar="PREFIX",
+            help="Remove PREFIX from the tensor names of CHECKPOINT (and of --init, where they "
+            "have it), e.g. 'model.' for a Lightning checkpoint whose state_dict holds "
+            "model.fc.weight. Recorded in the report.",
         ),
         click.option(
             "--arch-kwargs",
@@ -114,8 +124,9 @@ def arch_options(func: F) -> F:
         click.option(
             "--unsafe-allow-pickle",
             is_flag=True,
-            help="UNSAFE: fully unpickle .pt/.pth files that are not plain state dicts. This "
-            "runs code from the file; only for files you trust.",
+            help="UNSAFE: fully unpickle .pt/.pth/.ckpt files that are not plain state dicts "
+            "(a whole model saved with torch.save(model) then needs no --arch). This runs code "
+            "from the file; only for files you trust.",
         ),
     ]
     for decorator in reversed(decorators):
@@ -237,17 +248,34 @@ def resolve_model(
     unsafe_allow_pickle: bool,
     device: str | None,
     terminal: Terminal,
+    strip_prefix: str | None = None,
+    method: str | None = None,
 ) -> LoadedModel:
-    """Load the model the options describe, warning first when unpickling is allowed."""
+    """Load the model the options describe, warning first when unpickling is allowed.
+
+    With ``method="gaussian"`` a ``.pt2`` program is refused: its graph applies the weights
+    with aten ops, not through the nn.Linear/nn.Conv2d layers that the Gaussian posterior
+    replaces to give every example its own weight draw (MATH.md §3).
+    """
     if unsafe_allow_pickle:
         terminal.warn(UNSAFE_PICKLE_WARNING)
-    return load_model(
+    loaded = load_model(
         checkpoint,
         arch=arch,
         arch_kwargs=arch_kwargs,
         allow_unsafe_pickle=unsafe_allow_pickle,
         device=device,
+        strip_prefix=strip_prefix,
     )
+    if method == "gaussian" and loaded.provenance.checkpoint.format == "pt2":
+        raise InvalidInputError(
+            f"CHECKPOINT {checkpoint} is a torch.export program: its graph has no nn.Linear/"
+            "nn.Conv2d layers in which --method gaussian could draw fresh weights for every "
+            "example; certify it with --method subspace or quantize, or save model.state_dict() "
+            "and pass --arch",
+            param="--method",
+        )
+    return loaded
 
 
 def resolve_init(

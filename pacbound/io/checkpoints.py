@@ -2,12 +2,18 @@
 
 Nothing here executes code from a file unless the caller passes ``allow_unsafe_pickle=True``
 (the CLI's ``--unsafe-allow-pickle``). Every tensor read is checked to be finite.
+
+Tensor names can lose a prefix (``strip_prefix``, the CLI's ``--strip-prefix``): a Lightning
+checkpoint nests ``model.fc.weight`` under ``"state_dict"``; stripping ``model.`` gives the
+names of the bare network. A DataParallel ``module.`` prefix on every name is stripped
+without asking.
 """
 
 from __future__ import annotations
 
 import os
 import pickle
+import types
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -37,11 +43,13 @@ class CheckpointFormat(str, Enum):
 
 @dataclass(frozen=True, eq=False)
 class Checkpoint:
-    """The tensors of a checkpoint by name, and for a ``.pt2`` file the program itself."""
+    """The tensors of a checkpoint by name; for a ``.pt2`` file the program itself
+    (``program``), for a fully unpickled ``torch.save(model)`` the model (``module``)."""
 
     tensors: dict[str, Tensor]
     provenance: CheckpointProvenance
     program: nn.Module | None = None
+    module: nn.Module | None = None
 
 
 def checkpoint_format(path: Path, option: str = "CHECKPOINT") -> CheckpointFormat:
@@ -65,21 +73,52 @@ def read_checkpoint(
     *,
     allow_unsafe_pickle: bool = False,
     option: str = "CHECKPOINT",
+    strip_prefix: str | None = None,
 ) -> Checkpoint:
-    """Read every tensor of a checkpoint, refusing corrupt files and non-finite values."""
+    """Read every tensor of a checkpoint, refusing corrupt files and non-finite values.
+
+    ``strip_prefix`` is removed from every name that starts with it; for the CHECKPOINT
+    itself at least one name must (a typo would otherwise go unnoticed), an ``--init`` file
+    saved without the prefix is read as it is.
+    """
     file = check_file(path, option)
     fmt = checkpoint_format(file, option)
+    if strip_prefix is not None and fmt is CheckpointFormat.EXPORT:
+        raise InvalidInputError(
+            f"{option} {file} is a torch.export program whose tensor names are fixed: drop "
+            "--strip-prefix",
+            param="--strip-prefix",
+        )
     record = FileRecord.of(file)
     if fmt is CheckpointFormat.SAFETENSORS:
         tensors = _read_safetensors(file, option)
-        provenance = CheckpointProvenance(record, fmt.value)
+        tensors, prefix = _strip_names(tensors, strip_prefix, file, option)
+        provenance = CheckpointProvenance(record, fmt.value, stripped_prefix=prefix)
         checkpoint = Checkpoint(tensors, provenance)
     elif fmt is CheckpointFormat.EXPORT:
         checkpoint = _read_export(file, record, option)
     else:
-        checkpoint = _read_torch(file, record, allow_unsafe_pickle, option)
+        checkpoint = _read_torch(file, record, allow_unsafe_pickle, option, strip_prefix)
     check_finite(checkpoint.tensors, f"{option} {file}")
     return checkpoint
+
+
+def _strip_names(
+    tensors: dict[str, Tensor], prefix: str | None, file: Path, option: str
+) -> tuple[dict[str, Tensor], str | None]:
+    """``tensors`` without ``prefix`` (explicit) or without a DataParallel ``module.`` on
+    every name, and the prefix actually removed."""
+    if prefix is None or not any(name.startswith(prefix) for name in tensors):
+        if prefix is not None and option == "CHECKPOINT":
+            example = next(iter(tensors), "")
+            raise InvalidInputError(
+                f"{option} {file}: --strip-prefix {prefix!r} starts none of its tensor names "
+                f"(e.g. {example!r}); run 'pacbound inspect {file}' to see them",
+                param="--strip-prefix",
+            )
+        return _strip_data_parallel(tensors)
+    cut = len(prefix)
+    return {n[cut:] if n.startswith(prefix) else n: t for n, t in tensors.items()}, prefix
 
 
 def check_finite(tensors: Mapping[str, Tensor], source: str) -> None:
@@ -123,7 +162,7 @@ def _read_safetensors(file: Path, option: str) -> dict[str, Tensor]:
 
 
 def _read_torch(
-    file: Path, record: FileRecord, allow_unsafe_pickle: bool, option: str
+    file: Path, record: FileRecord, allow_unsafe_pickle: bool, option: str, strip: str | None
 ) -> Checkpoint:
     mmap = zipfile.is_zipfile(file)
     unpickled = False
@@ -148,7 +187,10 @@ def _read_torch(
     except Exception as exc:  # torch raises RuntimeError, EOFError, KeyError… on bad bytes
         raise _corrupt(file, exc, option) from None
     tensors, key = _find_state_dict(obj, file, option)
-    tensors, prefix = _strip_data_parallel(tensors)
+    tensors, prefix = _strip_names(tensors, strip, file, option)
+    module = obj if isinstance(obj, nn.Module) else None
+    if module is None and key is not None and isinstance(obj[key], nn.Module):
+        module = obj[key]
     provenance = CheckpointProvenance(
         record,
         CheckpointFormat.TORCH.value,
@@ -156,7 +198,7 @@ def _read_torch(
         stripped_prefix=prefix,
         unsafe_pickle=unpickled,
     )
-    return Checkpoint(tensors, provenance)
+    return Checkpoint(tensors, provenance, module=module)
 
 
 def _read_export(file: Path, record: FileRecord, option: str) -> Checkpoint:
@@ -168,10 +210,82 @@ def _read_export(file: Path, record: FileRecord, option: str) -> Checkpoint:
             "save it with torch.export.save(torch.export.export(model, args), path)",
             param=option,
         ) from None
-    module = program.module()
+    check_program(program, f"{option} {file}")
+    module = program_module(program)
     tensors = dict(module.state_dict())
     provenance = CheckpointProvenance(record, CheckpointFormat.EXPORT.value)
     return Checkpoint(tensors, provenance, program=module)
+
+
+_EXPORT_HOW = (
+    "export model.eval() with a dynamic batch size: torch.export.export(model.eval(), (x,), "
+    "dynamic_shapes=({0: torch.export.Dim('batch')},))"
+)
+
+
+def check_program(program: torch.export.ExportedProgram, source: str) -> None:
+    """Refuse a program whose predictions are not a fixed function of one example: exported
+    in training mode (dropout, BatchNorm batch statistics, buffers it updates) or for a fixed
+    batch size (pacbound evaluates batches of any size)."""
+    training = sorted(set(_training_ops(program)))
+    if training or program.graph_signature.buffers_to_mutate:
+        what = ", ".join(training) or "it updates its buffers when called"
+        raise InvalidInputError(
+            f"{source} was exported in training mode ({what}); {_EXPORT_HOW}",
+            param="CHECKPOINT",
+        )
+    user_inputs = [
+        spec.arg.name
+        for spec in program.graph_signature.input_specs
+        if spec.kind is torch.export.graph_signature.InputKind.USER_INPUT
+    ]
+    shapes = {
+        node.name: getattr(node.meta.get("val"), "shape", None)
+        for node in program.graph.nodes
+        if node.op == "placeholder"
+    }
+    first = shapes.get(user_inputs[0]) if len(user_inputs) == 1 else None
+    if first is None or len(first) == 0:
+        raise InvalidInputError(
+            f"{source} takes {len(user_inputs)} inputs; pacbound evaluates programs that take "
+            f"one batch of examples: {_EXPORT_HOW}",
+            param="CHECKPOINT",
+        )
+    if isinstance(first[0], int):
+        raise InvalidInputError(
+            f"{source} was exported for a fixed batch size of {first[0]}; {_EXPORT_HOW}",
+            param="CHECKPOINT",
+        )
+
+
+def _training_ops(program: torch.export.ExportedProgram) -> list[str]:
+    """Dropout and BatchNorm calls of the graph whose train/training flag is set."""
+    found = []
+    for node in program.graph.nodes:
+        name = str(node.target)
+        if node.op != "call_function" or not ("dropout" in name or "batch_norm" in name):
+            continue
+        flags = [a for a in node.args if isinstance(a, bool)]
+        flags += [v for k, v in node.kwargs.items() if k in ("train", "training")]
+        if flags and flags[0] is True:
+            found.append(name.removeprefix("aten.").split(".")[0])
+    return found
+
+
+def program_module(program: torch.export.ExportedProgram) -> nn.Module:
+    """``program.module()`` whose ``train()``/``eval()`` keep the mode fixed at export.
+
+    torch makes both raise, because they cannot change an exported graph; :func:`check_program`
+    has refused training-mode graphs, so an eval-mode request is already satisfied.
+    """
+    module = program.module()
+
+    def fixed_mode(self: nn.Module, mode: bool = True) -> nn.Module:
+        return self
+
+    module.train = types.MethodType(fixed_mode, module)  # type: ignore[method-assign]
+    module.eval = types.MethodType(fixed_mode, module)  # type: ignore[method-assign]
+    return module
 
 
 def _find_state_dict(obj: Any, file: Path, option: str) -> tuple[dict[str, Tensor], str | None]:

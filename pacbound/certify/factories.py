@@ -1,0 +1,163 @@
+"""The model factory that encoder and decoder of the compression methods share, for any
+loaded model (MATH.md §6).
+
+* ``--arch`` models: the architecture rebuilt from ``--arch``/``--arch-kwargs``, with θ₀ from
+  the seed or from an ``--init`` file (read with the checkpoint's ``--strip-prefix``).
+* Models that are their own architecture (a ``.pt2`` program, or a whole model saved with
+  ``torch.save(model)`` and read with ``--unsafe-allow-pickle``): a copy of the loaded model
+  in which every parameter and buffer is replaced, so that of the trained file only the
+  structure (graph or code) reaches the decoder, exactly like an ``--arch`` factory. θ₀ comes
+  from ``--init``, or from the seed through the modules' own ``reset_parameters``; a parameter
+  that no ``reset_parameters`` re-draws (every parameter of a ``.pt2`` program) is refused for
+  subspace (θ₀ would be the trained weights) and zeroed for quantize, which codes every
+  parameter and floating buffer in the message and never uses θ₀.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pacbound.certify.compression import (
+    InitFileFactory,
+    architecture_factory,
+    seeded_factory,
+    theta0_sha256,
+)
+from pacbound.compressors import ModelFactory
+from pacbound.errors import InvalidInputError
+from pacbound.io import LoadedModel, load_init_state
+
+
+def factory_for(
+    loaded: LoadedModel,
+    method: str,
+    *,
+    init: str | os.PathLike[str] | None = None,
+    allow_unsafe_pickle: bool = False,
+) -> ModelFactory:
+    """``seed ↦ fresh model`` for ``loaded``: the architecture it was loaded into, or, for a
+    model that is its own architecture, a scrubbed copy of it (see the module docstring)."""
+    prov = loaded.provenance
+    if prov.architecture is not None:
+        if init is None:
+            return architecture_factory(prov.architecture, prov.arch_kwargs)
+        from pacbound.io.architectures import build_module, parse_arch
+
+        spec, kwargs = parse_arch(prov.architecture), dict(prov.arch_kwargs)
+        return _init_factory(lambda: build_module(spec, kwargs), loaded, init, allow_unsafe_pickle)
+    template = copy_model(loaded.module).to("cpu")
+    source = f"CHECKPOINT {prov.checkpoint.file.path}"
+    _refuse_hidden_tensors(template, source)
+    if init is not None:
+        return _init_factory(lambda: copy_model(template), loaded, init, allow_unsafe_pickle)
+    return ResetFactory(template, source, zero_unreset=method == "quantize")
+
+
+def _init_factory(
+    build: Callable[[], nn.Module],
+    loaded: LoadedModel,
+    init: str | os.PathLike[str],
+    allow_unsafe_pickle: bool,
+) -> InitFileFactory:
+    state = load_init_state(init, loaded, allow_unsafe_pickle=allow_unsafe_pickle)
+    state = {k: v.detach().to("cpu") for k, v in state.items()}
+    return InitFileFactory(build, state, theta0_sha256(state))
+
+
+def copy_model(module: nn.Module) -> nn.Module:
+    """A deep copy; torch's own pytree code warns (FutureWarning) when it copies the
+    GraphModule of a ``.pt2`` program, which is noise here."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        return copy.deepcopy(module)
+
+
+@dataclass(frozen=True, eq=False)
+class ResetFactory:
+    """``seed ↦`` a copy of ``template`` with every parameter and buffer re-drawn under the
+    seed by the modules' ``reset_parameters``; with ``zero_unreset`` the tensors that no
+    ``reset_parameters`` re-draws are zeroed, otherwise such parameters are refused.
+
+    Every tensor is first overwritten with a sentinel (NaN, or the integer type's minimum), so
+    a tensor still holding it after the resets was not re-drawn, whatever its trained value.
+    """
+
+    template: nn.Module
+    source: str
+    zero_unreset: bool
+
+    def __call__(self, seed: int) -> nn.Module:
+        fresh = seeded_factory(lambda: _reset(_poisoned(copy_model(self.template))))(seed)
+        state = fresh.state_dict(keep_vars=True)
+        kept = [name for name, t in state.items() if _poisoned_somewhere(t)]
+        params = {name for name, _ in fresh.named_parameters()}
+        if not self.zero_unreset and any(name in params for name in kept):
+            shown = ", ".join(n for n in kept if n in params)
+            raise InvalidInputError(
+                f"{self.source}: no reset_parameters() re-draws {_short(shown)}, so θ₀ of the "
+                "subspace cannot be made without the trained weights; pass --init PATH with the "
+                "weights saved before training (or use --method quantize, which needs no θ₀)",
+                param="--init",
+            )
+        with torch.no_grad():
+            for name in kept:
+                state[name].zero_()
+        return fresh
+
+
+def _poisoned(module: nn.Module) -> nn.Module:
+    with torch.no_grad():
+        for tensor in module.state_dict(keep_vars=True).values():
+            if tensor.is_floating_point() or tensor.is_complex():
+                tensor.fill_(float("nan"))
+            elif tensor.dtype is not torch.bool:
+                tensor.fill_(torch.iinfo(tensor.dtype).min)
+    return module
+
+
+def _poisoned_somewhere(tensor: Tensor) -> bool:
+    if tensor.is_floating_point() or tensor.is_complex():
+        return bool(torch.isnan(tensor).any())
+    if tensor.dtype is torch.bool:
+        return True  # no sentinel: treat as not re-drawn
+    return bool((tensor == torch.iinfo(tensor.dtype).min).any())
+
+
+def _reset(module: nn.Module) -> nn.Module:
+    for sub in module.modules():
+        reset = getattr(sub, "reset_parameters", None)
+        if callable(reset):
+            reset()
+    return module
+
+
+def _refuse_hidden_tensors(module: nn.Module, source: str) -> None:
+    """Refuse tensors a fresh copy would keep from the trained file: plain tensor attributes
+    (e.g. a program's lifted constants) and non-persistent buffers, which neither the message
+    nor θ₀ replaces."""
+    persistent = set(module.state_dict())
+    hidden = [n for n, _ in module.named_buffers() if n not in persistent]
+    for prefix, sub in module.named_modules():
+        hidden += [
+            f"{prefix}.{key}" if prefix else key
+            for key, value in vars(sub).items()
+            if isinstance(value, Tensor)
+        ]
+    if hidden:
+        raise InvalidInputError(
+            f"{source} holds tensors that are neither parameters nor saved buffers "
+            f"({_short(', '.join(hidden))}); the decoder would take them from the trained "
+            "file without paying for them: save model.state_dict() and pass --arch",
+            param="CHECKPOINT",
+        )
+
+
+def _short(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
