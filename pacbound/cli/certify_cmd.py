@@ -14,6 +14,7 @@ from pacbound.bounds import format_up
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.certify_compression import (
     RunOutcome,
+    check_same_input_shape,
     compression_options,
     run_compression,
 )
@@ -314,6 +315,7 @@ def certify(**kw: Any) -> None:
     if kw["unlabeled"] is not None:
         unlabeled = resolve_unlabeled(kw, data_kw)
         check_disjoint_inputs(data.provenance, unlabeled.provenance, "--unlabeled")
+        check_same_input_shape(unlabeled, data, "--unlabeled")
     term.info(
         f"certifying ({method}) {loaded.num_parameters} parameters on n = {data.n} examples "
         f"({data.num_classes} classes) on {device}"

@@ -251,8 +251,6 @@ def run_compression(
     delta_h, delta_d = statement_deltas(
         options.delta, kw.get("heldout_delta"), kw.get("disagreement_delta")
     )
-    if unlabeled is not None:
-        check_same_input_shape(unlabeled, data, "--unlabeled")
     factory = model_factory(kw, loaded)
     near: str | None = None
     if kw.get("init") is not None:
