@@ -9,6 +9,9 @@ slack (bound minus the risk upper bound). The complexity slack comes from
 (KL + ln(2√n) + ln(1/δ) + ln G)/n for PAC-Bayes-kl, or (K ln 2 + ln(1/δ))/n for the Occam
 bound; it is apportioned among those terms in proportion to their nats (the inversion of the
 kl is not linear, so this is a picture of shares, not an exact decomposition).
+
+Every bound written on a picture is rounded **up** (:func:`pacbound.bounds.format_up`), as in
+the tables and the terminal; the shares of the slack are pictures, printed to nearest.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from pacbound.bounds import format_up
 from pacbound.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -105,7 +109,7 @@ def _draw_search(ax: Axes, results: dict[str, Any]) -> None:
             ax.set_xscale("log")
     else:
         ax.text(0.5, 0.5, "no search curve recorded", ha="center", transform=ax.transAxes)
-    ax.axhline(bound, color="C3", linestyle="--", label=f"certified bound {bound:.4g}")
+    ax.axhline(bound, color="C3", linestyle="--", label=f"certified bound {format_up(bound, 4)}")
     if chosen is not None:
         ax.axvline(chosen, color="C2", linestyle=":", label="chosen")
     ax.axhline(results["verdict"]["chance_error"], color="grey", linewidth=0.8, label="chance")
@@ -129,17 +133,23 @@ def _draw_slack(ax: Axes, results: dict[str, Any]) -> None:
     ax.set_ylim(-0.5, 1.7)
     ax.set_yticks([])
     ax.set_xlabel("0-1 error")
-    ax.set_title(f"where the bound {results['bound']:.4f} comes from")
+    ax.set_title(f"where the bound {format_up(results['bound'], 4)} comes from")
     ax.legend(fontsize=8, loc="upper left", ncol=2)
 
 
-def plot_png(report: dict[str, Any]) -> bytes:
-    """A PNG with the search curve (left) and the slack decomposition (right)."""
+def figure(report: dict[str, Any]) -> Figure:
+    """The figure: the search curve (left) and the slack decomposition (right)."""
     results = report["results"]
     fig, (left, right) = _figure()
     _draw_search(left, results)
     _draw_slack(right, results)
     fig.suptitle(f"pacbound certificate ({results['method']}, {results['inequality']})")
+    return fig
+
+
+def plot_png(report: dict[str, Any]) -> bytes:
+    """A PNG with the search curve (left) and the slack decomposition (right)."""
+    fig = figure(report)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from pacbound.cli.main import cli
-from pacbound.report.plots import slack_parts
+from pacbound.report.plots import figure, slack_parts
 from pacbound.report.validate import load_report
 from tests.report._tiny import gaussian_report, make_task, quantize_report
 
@@ -51,6 +51,21 @@ def test_slack_parts_add_up_to_the_bound(reports: dict[str, Path], kind: str) ->
     parts = slack_parts(results)
     assert all(p.value >= 0 for p in parts)
     assert sum(p.value for p in parts) == pytest.approx(results["bound"], rel=1e-12)
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "quantize"])
+def test_plot_labels_round_the_bound_up(reports: dict[str, Path], kind: str) -> None:
+    # 0.12340001 printed to nearest is 0.1234 (below the bound): was so in the legend (.4g)
+    # and in the slack panel's title (.4f)
+    document = load_report(reports[kind])
+    document["results"]["bound"] = 0.12340001
+    fig = figure(document)
+    search, slack = fig.axes[:2]
+    legend = [t.get_text() for t in search.get_legend().get_texts()]
+    assert "certified bound 0.1235" in legend
+    assert slack.get_title() == "where the bound 0.1235 comes from"
+    texts = [*legend, slack.get_title(), *(t.get_text() for t in slack.get_legend().get_texts())]
+    assert not any("0.1234" in t for t in texts)
 
 
 def test_plot_needs_png_name(reports: dict[str, Path], tmp_path: Path) -> None:
