@@ -114,7 +114,7 @@ INIT = Condition(
 )
 IDX_DATA = Condition(
     "an MNIST IDX folder as --data",
-    lambda r: r.data in ("idx", None) or r.unlabeled in ("idx", None),
+    lambda r: r.data in ("idx", None),
     lambda r: f"{_kind_text(r.data)} as --data",
 )
 HELDOUT = Condition("--heldout", lambda r: r.heldout != "absent", lambda r: "no --heldout")
@@ -122,6 +122,11 @@ IDX_HELDOUT = Condition(
     "an MNIST IDX folder as --heldout",
     lambda r: r.heldout in ("idx", None),
     lambda r: f"{_kind_text(r.heldout)} as --heldout",
+)
+IDX_UNLABELED = Condition(
+    "an MNIST IDX folder as --unlabeled",
+    lambda r: r.unlabeled in ("idx", None),
+    lambda r: f"{_kind_text(r.unlabeled)} as --unlabeled",
 )
 GATE = Condition(
     "a gate (--max-bound or --fail-if-vacuous)", lambda r: r.gated, lambda r: "no gate"
@@ -185,6 +190,7 @@ RULES: dict[str, Condition] = {
     "init": INIT,
     "split": IDX_DATA,
     "heldout_split": IDX_HELDOUT,
+    "unlabeled_split": IDX_UNLABELED,
     "heldout_delta": HELDOUT,
     "disagreement_delta": CHECKPOINT_INPUTS,
     "exit_zero": GATE,

@@ -114,28 +114,32 @@ def check_option_values(params: dict[str, Any]) -> None:
         )
 
 
-#: Provenance fields that do not change which examples were read.
-_PRESENTATION = ("path", "n", "num_classes", "label_map", "normalization", "scaled_to_unit")
+#: Provenance fields that select which examples are read from the files.
+_SELECTION = ("split", "subset_indices", "x_key")
 
 
-def _examples_identity(provenance: Any) -> dict[str, Any]:
-    """What identifies the examples of a data set: the bytes of its files (sha256, not the
-    paths) and the split and subset read from them."""
-    record = dict(provenance.to_dict())
-    for key in _PRESENTATION:
-        record.pop(key, None)
-    record["files"] = sorted(f["sha256"] for f in record.get("files", []))
-    return record
+def _same_examples(train: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether ``other`` reads examples of ``train`` again: every file it read is one of the
+    training files (by sha256, whatever the path: a labels-free read of an IDX folder or a
+    ``.npy`` folder reads only the features file), with the same split, subset and array.
+    Labels, label maps, normalization, scaling and reshapes change how the examples look,
+    not which they are."""
+    files = {f["sha256"] for f in other.get("files", [])}
+    train_files = {f["sha256"] for f in train.get("files", [])}
+    if not files or not files <= train_files:
+        return False
+    return all(train.get(key) == other.get(key) for key in _SELECTION)
 
 
 def check_disjoint_inputs(train_prov: Any, other_prov: Any, option: str) -> None:
     """Refuse (exit 3) data given to ``option`` (``--heldout``, ``--unlabeled``) that are the
-    training data again: the same files (by sha256) read with the same split and subset.
+    training data again: the same files (by sha256) read with the same split and subset
+    (:func:`_same_examples`).
 
     Held-out examples must never have been used for anything else; the same examples under
     two names would give a "held-out" bound on the training data.
     """
-    if _examples_identity(train_prov) == _examples_identity(other_prov):
+    if _same_examples(train_prov.to_dict(), other_prov.to_dict()):
         hint = " (for an MNIST folder, e.g. --heldout-split test)" if option == "--heldout" else ""
         raise InvalidInputError(
             f"{option} {other_prov.path} holds the same examples as --data (same files, split "

@@ -8,6 +8,7 @@ import re
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
@@ -197,6 +198,24 @@ def _one_line_error(result: object, code: int) -> str:
             id="heldout-delta-without-heldout",
         ),
         pytest.param(
+            ("--unlabeled-split", "test"),
+            "--unlabeled-split applies only with an MNIST IDX folder as --unlabeled, and this "
+            "run has none as --unlabeled: drop --unlabeled-split",
+            id="unlabeled-split-without-unlabeled",
+        ),
+        pytest.param(
+            ("--disagreement-delta", "0.01"),
+            "--disagreement-delta applies only with --heldout or --unlabeled, and this run has "
+            "neither: drop --disagreement-delta",
+            id="disagreement-delta-without-inputs",
+        ),
+        pytest.param(
+            ("--prior", "zero", "--unlabeled", "{root}/mnist", "--split", "test"),
+            "--split applies only with an MNIST IDX folder as --data, and this run has a .npz "
+            "file as --data: drop --split",
+            id="split-is-for-data-not-unlabeled",
+        ),
+        pytest.param(
             ("--exit-zero",),
             "--exit-zero applies only with a gate (--max-bound or --fail-if-vacuous), and "
             "this run has no gate: drop --exit-zero",
@@ -242,6 +261,8 @@ def test_compress_refuses_options_that_do_not_apply(
         ("--prior", "zero", "--heldout", "{root}/mnist", "--heldout-split", "test"),
         ("--prior", "zero", "--heldout", "{root}/d.csv", "--heldout-delta", "0.01"),
         ("--prior", "zero", "--split", "test", "--max-bound", "0.5", "--exit-zero"),
+        ("--prior", "zero", "--unlabeled", "{root}/mnist", "--unlabeled-split", "test"),
+        ("--prior", "zero", "--unlabeled", "{root}/d.csv", "--disagreement-delta", "0.01"),
     ],
 )
 def test_options_that_apply_pass_the_checks(files: Path, extra: tuple[str, ...]) -> None:
@@ -263,8 +284,7 @@ def test_every_rule_names_an_option_of_certify_or_compress() -> None:
     from pacbound.cli.compress_cmd import compress
 
     declared = {p.name for p in (*certify.params, *compress.params)}
-    future = {"disagreement_delta"}  # --disagreement-delta arrives with --unlabeled
-    assert set(RULES) - declared <= future
+    assert set(RULES) <= declared
 
 
 @pytest.mark.parametrize(
@@ -297,6 +317,7 @@ def test_every_rule_names_an_option_of_certify_or_compress() -> None:
         (("--method", "subspace", "--subspace-batch-size", "0"), "--subspace-batch-size must"),
         (("--method", "quantize", "--qat-steps", "-1"), "--qat-steps must be at least 0"),
         (("--threads", "0"), "--threads must be at least 1, got 0"),
+        (("--heldout", "{root}/d.csv", "--disagreement-delta", "0"), "--disagreement-delta must"),
     ],
 )
 def test_cheap_checks_fail_before_the_checkpoint_is_read(
@@ -418,6 +439,18 @@ def test_heldout_equal_to_data_is_refused(task: Path, tmp_path: Path) -> None:
     assert not out.exists()
 
 
+def test_unlabeled_equal_to_data_is_refused(task: Path, tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    args = _certify_task(task, "--unlabeled", str(task / "train.npz"), "--output", str(out))
+    line = _one_line_error(CliRunner().invoke(cli, args), 3)
+    assert line == (
+        f"Error: --unlabeled {task / 'train.npz'} holds the same examples as --data (same "
+        "files, split and subset): it must be data never used for training or the bound; "
+        "give a separate set"
+    )
+    assert not out.exists()
+
+
 @pytest.fixture(scope="module")
 def idx_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An MNIST-style folder of 4×4 images, an MLP for it, its init and 'trained' weights."""
@@ -503,3 +536,28 @@ def test_verify_has_threads(tmp_path: Path, restore_threads: int) -> None:
     other = 1 if restore_threads != 1 else 2
     CliRunner().invoke(cli, ["verify", str(tmp_path / "r.json"), "--threads", str(other)])
     assert torch.get_num_threads() == other
+
+
+def test_unlabeled_reads_of_the_training_features_are_refused(tmp_path: Path) -> None:
+    """An unlabeled read opens only the features file (IDX images, x.npy): still the same
+    examples when that file is one of the training files, with the same split."""
+    from pacbound.io import load_features
+
+    folder = write_idx_folder(tmp_path / "mnist", n=8)
+    train = load_dataset(folder, split="train").provenance
+    same = load_features(folder, split="train").provenance
+    assert len(same.files) == 1 < len(train.files)
+    with pytest.raises(InvalidInputError, match=r"^--unlabeled \S+ holds the same examples"):
+        check_disjoint_inputs(train, same, "--unlabeled")
+    check_disjoint_inputs(train, load_features(folder, split="test").provenance, "--unlabeled")
+    # A copy of a streamed folder is the same data; its x.npy alone (unlabeled) too.
+    rng = np.random.default_rng(0)
+    (tmp_path / "a").mkdir()
+    np.save(tmp_path / "a" / "x.npy", rng.standard_normal((4, 3)).astype(np.float32))
+    np.save(tmp_path / "a" / "y.npy", np.array([0, 1, 0, 1]))
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    a = load_dataset(tmp_path / "a").provenance
+    with pytest.raises(InvalidInputError, match="holds the same examples"):
+        check_disjoint_inputs(a, load_dataset(tmp_path / "b").provenance, "--heldout")
+    with pytest.raises(InvalidInputError, match="holds the same examples"):
+        check_disjoint_inputs(a, load_features(tmp_path / "b").provenance, "--unlabeled")
