@@ -220,8 +220,10 @@ def _verify_report(report: Path, kw: dict[str, Any]) -> int:
 
 def _with_gate(document: dict[str, Any], outcome: Any) -> tuple[Any, Any]:
     """The report's gate recomputed from the re-derived bound and verdict (not the reported
-    ones), with its checks added to the verification."""
+    ones), with its checks and those of the options against the recorded command line added
+    to the verification."""
     from pacbound.cli.gate import recheck_gate
+    from pacbound.cli.verify_argv import argv_checks
     from pacbound.report.recheck import Verification
 
     gate, checks = recheck_gate(
@@ -230,7 +232,8 @@ def _with_gate(document: dict[str, Any], outcome: Any) -> tuple[Any, Any]:
         outcome.recomputed("bound"),
         outcome.recomputed("verdict")["chance_error"],
     )
-    return Verification(outcome.method, (*outcome.checks, *checks)), gate
+    extra = (*checks, *argv_checks(document))
+    return Verification(outcome.method, (*outcome.checks, *extra)), gate
 
 
 def _exit_code(outcome: Any, gate: Any) -> int:

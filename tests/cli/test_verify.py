@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -484,14 +485,61 @@ def test_forged_verdict_exits_1(
     assert code == 1 and _fields(out)[field]["agree"] is False and field in err
 
 
+def _certify_from_the_command_line(args: list[str], exit_code: int = 0) -> None:
+    """Run certify as `pacbound certify ...` would: the report records this argv."""
+    import sys
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["pacbound", *args])
+        made = CliRunner().invoke(cli, args)
+    assert made.exit_code == exit_code, made.output
+
+
 @pytest.fixture(scope="module")
 def gated(task: Path) -> Path:
     """A genuine report whose gate failed: --max-bound 0.01 under a bound of ≈ 0.12."""
     out = task / "m"
     out.mkdir()
-    made = CliRunner().invoke(cli, certify_args(task, out, "--max-bound", "0.01"))
-    assert made.exit_code == 1, made.output
+    _certify_from_the_command_line(certify_args(task, out, "--max-bound", "0.01"), 1)
     return out / "report.json"
+
+
+@pytest.fixture(scope="module")
+def recorded(task: Path) -> Path:
+    """A genuine report that records its `pacbound certify` command line."""
+    out = task / "a"
+    out.mkdir()
+    _certify_from_the_command_line(certify_args(task, out, "--max-bound", "0.5"))
+    return out / "report.json"
+
+
+def test_options_agree_with_the_recorded_command_line(recorded: Path) -> None:
+    doc = json.loads(recorded.read_text())
+    assert doc["argv"][:2] == ["pacbound", "certify"]
+    code, out, err = _verify(recorded, "--json")
+    assert code == 0, err
+    fields = _fields(out)
+    for name in ("options.prior_scales (argv)", "options.mc_delta (argv)", "gate.max_bound (argv)"):
+        assert fields[name]["agree"] is True, fields[name]
+
+
+def test_grid_shrunk_to_the_chosen_scale_exits_1(recorded: Path, tmp_path: Path) -> None:
+    """A forger replaces the 61-value grid by the chosen σ_p alone in options and results and
+    makes every number consistent with it (δ_PB no longer split 61 ways): only the recorded
+    command line still says --prior-scales 1e-3:1:61, and verify parses it."""
+    from pacbound.posterior.priors import ScaleGrid
+
+    doc = json.loads(recorded.read_text())
+    one = ScaleGrid((doc["results"]["prior"]["scale"],)).to_dict()
+    doc["options"]["prior_scales"] = one
+    doc["results"]["prior"]["grid"] = one
+    doc["results"]["prior"]["scale_index"] = 0
+    doc["results"]["delta_budget"]["parts"][0]["grid_size"] = 1
+    code, out, err = _verify(_save(_reforge(doc), tmp_path / "forged.json"), "--json")
+    assert code == 1
+    disagree = [f["field"] for f in json.loads(out)["fields"] if not f["agree"]]
+    assert disagree == ["options.prior_scales (argv)"]
+    assert err.count("\n") == 1 and "options.prior_scales (argv)" in err
 
 
 def test_gate_is_recorded_and_recomputed(gated: Path) -> None:
@@ -514,9 +562,22 @@ def test_gate_forged_as_passed_exits_1(gated: Path, tmp_path: Path) -> None:
     assert err.startswith("Verification failed") and "gate.passed" in err
 
 
+def test_gate_threshold_removed_exits_1(gated: Path, tmp_path: Path) -> None:
+    """Threshold dropped from the gate block, gate marked passed: the recorded command line
+    still says --max-bound 0.01."""
+    doc = json.loads(gated.read_text())
+    doc["gate"].update(passed=True, reasons=[], max_bound=None)
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1
+    disagree = [f["field"] for f in json.loads(out)["fields"] if not f["agree"]]
+    assert disagree == ["gate.max_bound (argv)"]
+    assert "gate.max_bound (argv)" in err
+
+
 def test_gate_exit_zero_is_honoured(gated: Path, tmp_path: Path) -> None:
     doc = json.loads(gated.read_text())
     doc["gate"]["exit_zero"] = True
+    doc["argv"].append("--exit-zero")
     code, _, err = _verify(_save(doc, tmp_path / "r.json"))
     assert code == 0 and "Gate failed" in err
 
@@ -571,3 +632,21 @@ def test_failure_summary_stays_one_short_line(capsys: pytest.CaptureFixture[str]
     assert err.count("\n") == 1 and len(err) < 400
     assert err.startswith("Verification failed: 40 field(s) disagree: information_only.field_00")
     assert err.rstrip().endswith(f"and {40 - NAMED_FIELDS} more")
+
+
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda d: d["gate"].__setitem__("exit_zero", True), "gate.exit_zero (argv)"),
+        (lambda d: d["argv"].extend(["--prior-scales", "a:b"]), "argv"),
+        (lambda d: d["argv"].extend(["--delta", "0.1"]), "options.delta (argv)"),
+    ],
+)
+def test_report_at_odds_with_its_command_line_exits_1(
+    gated: Path, tmp_path: Path, edit: Any, field: str
+) -> None:
+    doc = json.loads(gated.read_text())
+    edit(doc)
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and _fields(out)[field]["agree"] is False
+    assert err.count("\n") == 1 and err.startswith("Verification failed") and field in err

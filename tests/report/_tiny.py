@@ -98,6 +98,10 @@ def quantize_report(task: Path, out: Path) -> Path:
     cert = certify_quantized(
         loaded.module, factory, data.x, data.y, num_classes=data.num_classes, options=options
     )
+    from pacbound.certify.compressed_checkpoint import compare_with_checkpoint
+
+    # what certify adds about the checkpoint (training comparison; no held-out set here)
+    statements = compare_with_checkpoint(cert, loaded.module, factory, data.x, data.y)
     artifact = cert.message.to_bytes()
     write_atomic(out / "model.pbc", artifact)
     inputs: dict[str, Any] = {
@@ -113,7 +117,7 @@ def quantize_report(task: Path, out: Path) -> Path:
         inputs=inputs,
         options={**options.to_dict(), "delta": options.delta},
         seeds={"seed": options.seed},
-        results=cert.to_dict(),
+        results={**cert.to_dict(), **statements.to_dict()},
         gate={"passed": True, "reasons": [], "exit_zero": False},
         timings=dict(cert.timings),
         warnings=[],

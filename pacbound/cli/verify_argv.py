@@ -1,0 +1,81 @@
+"""``pacbound verify``: the recorded options and gate against the recorded command line.
+
+``verify`` re-derives a certificate from the report's ``options`` (the δ budget, the σ_p
+grid, the held-out δ) and its gate from ``gate``'s thresholds. A report written by the
+``pacbound certify`` command line also records that line (``argv``); it is parsed here with
+``certify``'s own option parser and defaults, and the options and thresholds it gives must be
+the recorded ones, so an edit of ``options`` (say, a σ_p grid shrunk to the chosen value) or
+of ``gate`` (a threshold removed) is caught even when every number was recomputed to match.
+Reports made through the library or another program (``argv[1]`` is not ``certify``) have no
+such line and get no such checks.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pacbound.errors import InvalidInputError
+from pacbound.report.recheck import FieldCheck
+
+#: Gaussian options the command line determines, compared as ``certify`` records them.
+GAUSSIAN_KEYS = ("prior", "prior_fraction", "mc_passes", "mc_delta", "heldout_delta")
+
+
+def _grid_identity(recorded: Any) -> Any:
+    if not isinstance(recorded, dict):
+        return recorded
+    return {k: recorded.get(k) for k in ("size", "min", "max", "values_sha256")}
+
+
+def _gaussian_options(params: dict[str, Any]) -> dict[str, Any]:
+    """``GaussianOptions.to_dict()`` for the parsed command line (certify's own defaults)."""
+    from pacbound.certify.gaussian import GaussianOptions
+    from pacbound.posterior.priors import PriorMean, ScaleGrid
+
+    return GaussianOptions(
+        prior=PriorMean(params["prior"]),
+        prior_scales=ScaleGrid.parse(params["prior_scales"]),
+        prior_fraction=params["prior_fraction"],
+        mc_passes=params["mc_passes"],
+        delta=params["delta"],
+        mc_delta=params["mc_delta"],
+        heldout_delta=params["heldout_delta"],
+        seed=params["seed"],
+    ).to_dict()
+
+
+def argv_checks(document: dict[str, Any]) -> list[FieldCheck]:
+    """Field checks of ``options`` and ``gate`` against ``argv`` (none when the report was
+    not written by the ``pacbound certify`` command line)."""
+    argv = document["argv"]
+    if argv[1:2] != ["certify"]:
+        return []
+    from pacbound.cli.certify_cmd import certify
+
+    params = certify.make_context("certify", list(argv[2:]), resilient_parsing=True).params
+    opts, gate = document["options"], document["gate"]
+    checks = [
+        FieldCheck(f"options.{key} (argv)", opts.get(key), params.get(key))
+        for key in ("method", "delta", "seed")
+    ]
+    if opts.get("method") == "gaussian" and params.get("method") == "gaussian":
+        try:
+            expected = _gaussian_options(params)
+        except InvalidInputError as exc:
+            return [*checks, FieldCheck("argv", "(recorded)", f"(not a valid command: {exc})")]
+        checks.append(
+            FieldCheck(
+                "options.prior_scales (argv)",
+                _grid_identity(opts.get("prior_scales")),
+                _grid_identity(expected["prior_scales"]),
+            )
+        )
+        checks += [
+            FieldCheck(f"options.{key} (argv)", opts.get(key), expected[key])
+            for key in GAUSSIAN_KEYS
+        ]
+    checks.append(FieldCheck("gate.exit_zero (argv)", gate["exit_zero"], params.get("exit_zero")))
+    for key in ("max_bound", "fail_if_vacuous"):
+        if key in gate:
+            checks.append(FieldCheck(f"gate.{key} (argv)", gate[key], params.get(key)))
+    return checks
