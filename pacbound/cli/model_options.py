@@ -316,6 +316,7 @@ def resolve_dataset(
         csv_delimiter=csv_delimiter,
         input_shape=input_shape,
         scale=scale,
+        option=_option_for(data),
     )
 
 
@@ -343,7 +344,16 @@ def resolve_features(
         csv_delimiter=csv_delimiter,
         input_shape=input_shape,
         scale=scale,
+        option=_option_for(path),
     )
+
+
+def _option_for(path: str) -> str:
+    """The option of the running command that holds ``path`` (``--heldout``, …), for error
+    messages; ``--data`` outside a command."""
+    ctx = click.get_current_context(silent=True)
+    params = {} if ctx is None else ctx.params
+    return next((f"--{name}" for name in DATA_PATHS if params.get(name) == path), "--data")
 
 
 def _refuse_inapplicable() -> None:

@@ -133,6 +133,7 @@ def load_dataset(
     csv_delimiter: str = ",",
     input_shape: Sequence[int] | str | None = None,
     scale: str = "auto",
+    option: str = "--data",
 ) -> Dataset:
     """Read a data set and check it (non-empty, matching counts, integer labels, finite).
 
@@ -140,12 +141,13 @@ def load_dataset(
     indexes the CSV label column; ``x_key``/``y_key`` name the arrays of a ``.npz`` or
     ``.safetensors`` file; ``input_shape`` and ``scale`` override the shape and scaling rules
     (module docstring); ``subset`` is a count (the first k examples) or explicit indices,
-    applied last. Everything is recorded in the provenance.
+    applied last. Everything is recorded in the provenance. ``option`` is the command-line
+    option errors name (``--data``, ``--heldout``, …).
     """
     opts = _options(x_key, y_key, csv_delimiter, input_shape, scale)
     lmap = parse_label_map(label_map) if isinstance(label_map, str) else label_map
-    loaded = _load(path, split, opts, normalize, label_column, labels=True)
-    where = f"--data {loaded.source}"
+    loaded = _load(path, split, opts, normalize, label_column, labels=True, option=option)
+    where = f"{option} {loaded.source}"
     assert loaded.raw_y is not None
     y = _labels(loaded.raw_y, n=len(loaded.x), source=where)
     if lmap is not None:
@@ -169,6 +171,7 @@ def load_features(
     csv_delimiter: str = ",",
     input_shape: Sequence[int] | str | None = None,
     scale: str = "auto",
+    option: str = "--data",
 ) -> Features:
     """Read inputs WITHOUT labels (``--unlabeled``), with :func:`load_dataset`'s rules.
 
@@ -179,7 +182,7 @@ def load_features(
     files read, with their sha256, and ``num_classes`` ``None``.
     """
     opts = _options(x_key, "y", csv_delimiter, input_shape, scale)
-    loaded = _load(path, split, opts, normalize, label_column, labels=False)
+    loaded = _load(path, split, opts, normalize, label_column, labels=False, option=option)
     x, indices = _subset(loaded.x, subset)
     provenance = loaded.provenance(x, indices, num_classes=None, label_map=None)
     return Features(_contiguous(x), provenance)
@@ -284,19 +287,20 @@ def _load(
     label_column: str | int | None,
     *,
     labels: bool,
+    option: str,
 ) -> _Loaded:
     source = Path(path)
-    chosen, fmt = split_of(split), detect_format(source)
-    where = f"--data {source}"
+    chosen, fmt = split_of(split), detect_format(source, option)
+    where = f"{option} {source}"
     norm = parse_normalization(normalize) if isinstance(normalize, str) else normalize
     if fmt is DataFormat.NPY:
         names = (FEATURES_FILE, LABELS_FILE) if labels else (FEATURES_FILE,)
-        stored = open_npy(source, FEATURES_FILE, mmap=True)
-        raw_y = open_npy(source, LABELS_FILE, mmap=False) if labels else None
-        files = tuple(check_file(source / name, "--data") for name in names)
+        stored = open_npy(source, FEATURES_FILE, mmap=True, option=option)
+        raw_y = open_npy(source, LABELS_FILE, mmap=False, option=option) if labels else None
+        files = tuple(check_file(source / name, option) for name in names)
         label_column = None
     else:
-        raw = _read(source, fmt, chosen, opts, label_column, labels=labels)
+        raw = _read(source, fmt, chosen, opts, label_column, labels=labels, option=option)
         stored, raw_y, files, label_column = raw.x, raw.y, raw.files, raw.label_column
     _check_feature_array(stored, where)
     scaled = opts.scale == "auto" and stored.dtype == np.uint8
@@ -341,17 +345,17 @@ def _read(
     label_column: str | int | None,
     *,
     labels: bool,
+    option: str,
 ) -> RawData:
     y_key = opts.y_key if labels else None
     if fmt is DataFormat.IDX:
-        return read_idx_folder(source, split.value, labels=labels)
+        return read_idx_folder(source, split.value, labels=labels, option=option)
+    file = check_file(source, option)
     if fmt is DataFormat.NPZ:
-        return read_npz(check_file(source, "--data"), opts.x_key, y_key)
+        return read_npz(file, opts.x_key, y_key, option)
     if fmt is DataFormat.SAFETENSORS:
-        return read_safetensors(check_file(source, "--data"), opts.x_key, y_key)
-    return read_csv(
-        check_file(source, "--data"), label_column, delimiter=opts.csv_delimiter, labels=labels
-    )
+        return read_safetensors(file, opts.x_key, y_key, option)
+    return read_csv(file, label_column, delimiter=opts.csv_delimiter, labels=labels, option=option)
 
 
 def example_shape(

@@ -69,7 +69,7 @@ def split_of(split: str | Split) -> Split:
         ) from None
 
 
-def detect_format(path: Path) -> DataFormat:
+def detect_format(path: Path, option: str = "--data") -> DataFormat:
     if is_npy_folder(path):
         return DataFormat.NPY
     if path.is_dir():
@@ -78,11 +78,11 @@ def detect_format(path: Path) -> DataFormat:
     if suffix in {f.value for f in DataFormat if f not in (DataFormat.IDX, DataFormat.NPY)}:
         return DataFormat(suffix)
     if not path.exists():
-        raise InvalidInputError(f"--data: {path} does not exist; check the path", param="--data")
+        raise InvalidInputError(f"{option}: {path} does not exist; check the path", param=option)
     raise InvalidInputError(
-        f"--data: cannot tell the format of {path}; give an MNIST IDX folder, a folder with "
+        f"{option}: cannot tell the format of {path}; give an MNIST IDX folder, a folder with "
         "x.npy and y.npy (streamed), or a .npz, .safetensors or .csv file",
-        param="--data",
+        param=option,
     )
 
 
@@ -94,24 +94,24 @@ def data_format(path: str | os.PathLike[str]) -> DataFormat | None:
         return None
 
 
-def read_idx_folder(folder: Path, split: str, *, labels: bool) -> RawData:
+def read_idx_folder(folder: Path, split: str, *, labels: bool, option: str = "--data") -> RawData:
     """The images (and, with ``labels``, the labels) of one split of an MNIST IDX folder."""
-    images = find_idx(folder, split, "images")
-    x = read_idx(check_file(images, "--data"), ndim=3)
+    images = find_idx(folder, split, "images", option)
+    x = read_idx(check_file(images, option), ndim=3, option=option)
     if not labels:
         return RawData(x, None, (images,))
-    labels_file = find_idx(folder, split, "labels")
-    y = read_idx(check_file(labels_file, "--data"), ndim=1)
+    labels_file = find_idx(folder, split, "labels", option)
+    y = read_idx(check_file(labels_file, option), ndim=1, option=option)
     if x.shape[0] != y.shape[0]:
         raise InvalidInputError(
-            f"--data {folder}: {images.name} has {x.shape[0]} images but {labels_file.name} has "
+            f"{option} {folder}: {images.name} has {x.shape[0]} images but {labels_file.name} has "
             f"{y.shape[0]} labels; use files from the same split and release",
-            param="--data",
+            param=option,
         )
     return RawData(x, y, (images, labels_file))
 
 
-def find_idx(folder: Path, split: str, kind: str) -> Path:
+def find_idx(folder: Path, split: str, kind: str, option: str = "--data") -> Path:
     candidates = sorted(
         p
         for p in folder.iterdir()
@@ -121,15 +121,15 @@ def find_idx(folder: Path, split: str, kind: str) -> Path:
     if not candidates:
         expected = f"{IDX_PREFIXES[split][0]}-{kind}-idx{3 if kind == 'images' else 1}-ubyte"
         raise InvalidInputError(
-            f"--data {folder}: no {split} {kind} file ({expected}[.gz]) in this folder; "
+            f"{option} {folder}: no {split} {kind} file ({expected}[.gz]) in this folder; "
             "point --data to a folder with the MNIST IDX files, or change --split",
-            param="--data",
+            param=option,
         )
     raw = [p for p in candidates if p.suffix != ".gz"]
     return (raw or candidates)[0]
 
 
-def read_npz(file: Path, x_key: str, y_key: str | None) -> RawData:
+def read_npz(file: Path, x_key: str, y_key: str | None, option: str = "--data") -> RawData:
     wanted = [k for k in (x_key, y_key) if k is not None]
     try:
         with np.load(file, allow_pickle=False) as archive:
@@ -137,20 +137,20 @@ def read_npz(file: Path, x_key: str, y_key: str | None) -> RawData:
             arrays = {key: archive[key] for key in wanted if key in keys}
     except ValueError as exc:  # object arrays need pickle, which is refused
         raise InvalidInputError(
-            f"--data: {file} holds object arrays, which would need pickle ({_short(exc)}); "
+            f"{option}: {file} holds object arrays, which would need pickle ({_short(exc)}); "
             "save numeric arrays with np.savez(path, x=..., y=...)",
-            param="--data",
+            param=option,
         ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as exc:
         raise InvalidInputError(
-            f"--data: {file} is not a readable .npz file ({_short(exc)}); save it with "
+            f"{option}: {file} is not a readable .npz file ({_short(exc)}); save it with "
             "np.savez(path, x=..., y=...)",
-            param="--data",
+            param=option,
         ) from None
-    return _pick(arrays, keys, file, x_key, y_key)
+    return _pick(arrays, keys, file, x_key, y_key, option)
 
 
-def read_safetensors(file: Path, x_key: str, y_key: str | None) -> RawData:
+def read_safetensors(file: Path, x_key: str, y_key: str | None, option: str = "--data") -> RawData:
     try:
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             keys = list(handle.keys())
@@ -161,15 +161,20 @@ def read_safetensors(file: Path, x_key: str, y_key: str | None) -> RawData:
             }
     except Exception as exc:  # safetensors raises its own SafetensorError
         raise InvalidInputError(
-            f"--data: {file} is not a valid safetensors file ({_short(exc)}); save it with "
+            f"{option}: {file} is not a valid safetensors file ({_short(exc)}); save it with "
             "safetensors.torch.save_file({'x': x, 'y': y}, path)",
-            param="--data",
+            param=option,
         ) from None
-    return _pick(arrays, keys, file, x_key, y_key)
+    return _pick(arrays, keys, file, x_key, y_key, option)
 
 
 def _pick(
-    arrays: dict[str, Any], keys: list[str], file: Path, x_key: str, y_key: str | None
+    arrays: dict[str, Any],
+    keys: list[str],
+    file: Path,
+    x_key: str,
+    y_key: str | None,
+    option: str,
 ) -> RawData:
     missing = [k for k in (x_key, y_key) if k is not None and k not in arrays]
     if missing:
@@ -177,7 +182,7 @@ def _pick(
             f"--{'x' if k == x_key else 'y'}-key {k!r}" for k in dict.fromkeys(missing)
         )
         raise InvalidInputError(
-            f"--data: {file} has no array for {which} (it has {name_list(keys)}); name the "
+            f"{option}: {file} has no array for {which} (it has {name_list(keys)}); name the "
             "arrays with --x-key and --y-key",
             param="--x-key" if x_key in missing else "--y-key",
         )

@@ -43,25 +43,25 @@ def is_npy_folder(path: Path) -> bool:
     return path.is_dir() and (path / FEATURES_FILE).is_file()
 
 
-def open_npy(path: Path, name: str, *, mmap: bool) -> np.ndarray:
+def open_npy(path: Path, name: str, *, mmap: bool, option: str = "--data") -> np.ndarray:
     """``path/name`` as an array (memory-mapped when ``mmap``), refusing pickled objects."""
     file = path / name
     if not file.is_file():
         raise InvalidInputError(
-            f"--data {path}: no {name} in this folder; a streamed data set is a folder with "
+            f"{option} {path}: no {name} in this folder; a streamed data set is a folder with "
             f"{FEATURES_FILE} (features) and {LABELS_FILE} (labels), saved with np.save",
-            param="--data",
+            param=option,
         )
     try:
         array = np.load(file, mmap_mode="r" if mmap else None, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:
         raise InvalidInputError(
-            f"--data: {file} is not a readable .npy file of numbers ({exc}); save it with "
+            f"{option}: {file} is not a readable .npy file of numbers ({exc}); save it with "
             "np.save(path, array)",
-            param="--data",
+            param=option,
         ) from None
     if not isinstance(array, np.ndarray):
-        raise InvalidInputError(f"--data: {file} holds no array", param="--data")
+        raise InvalidInputError(f"{option}: {file} holds no array", param=option)
     return array
 
 
@@ -214,5 +214,5 @@ class LazyFeatures:
                 first = start + int(np.argmin(finite))
                 raise InvalidInputError(
                     f"{source}: example {first} has NaN/Inf features; clean or drop those rows",
-                    param="--data",
+                    param=source.split(" ", 1)[0],
                 )

@@ -41,7 +41,12 @@ def shorten(text: str, limit: int = SHOWN_CHARS) -> str:
 
 
 def read_csv(
-    file: Path, label_column: str | int | None, *, delimiter: str = ",", labels: bool = True
+    file: Path,
+    label_column: str | int | None,
+    *,
+    delimiter: str = ",",
+    labels: bool = True,
+    option: str = "--data",
 ) -> RawData:
     """Features and labels of a CSV file.
 
@@ -49,9 +54,9 @@ def read_csv(
     a header column with a label name (:data:`LABEL_COLUMN_NAMES`), else none; every other
     column is a feature.
     """
-    rows = _rows(file, delimiter)
+    rows = _rows(file, delimiter, option)
     if not rows:
-        raise InvalidInputError(f"--data: {file} is empty; it has no rows", param="--data")
+        raise InvalidInputError(f"{option}: {file} is empty; it has no rows", param=option)
     header = rows[0] if not all(_is_number(c) for c in rows[0]) else None
     body = rows[1:] if header is not None else rows
     width = len(rows[0])
@@ -62,9 +67,9 @@ def read_csv(
         line = r + (2 if header is not None else 1)
         if len(row) != width:
             raise InvalidInputError(
-                f"--data: {file} line {line} has {len(row)} fields, expected {width}; "
+                f"{option}: {file} line {line} has {len(row)} fields, expected {width}; "
                 f"every row needs the same columns{hint}",
-                param="--data",
+                param=option,
             )
         for c, cell in enumerate(row):
             try:
@@ -72,10 +77,10 @@ def read_csv(
             except ValueError:
                 name = header[c] if header is not None else str(c)
                 raise InvalidInputError(
-                    f"--data: {file} line {line}, column {shorten(name)!r} holds "
+                    f"{option}: {file} line {line}, column {shorten(name)!r} holds "
                     f"{shorten(cell)!r}, not a number; "
                     + (hint[2:] if hint else "encode categories as numbers first"),
-                    param="--data",
+                    param=option,
                 ) from None
     if column is None:
         return RawData(values, None, (file,))
@@ -84,21 +89,21 @@ def read_csv(
     return RawData(x, values[:, column], (file,), label_column=name)
 
 
-def _rows(file: Path, delimiter: str) -> list[list[str]]:
+def _rows(file: Path, delimiter: str, option: str) -> list[list[str]]:
     try:
         with open(file, newline="", encoding="utf-8") as handle:
             return [row for row in csv.reader(handle, delimiter=delimiter) if row]
     except UnicodeDecodeError as exc:
         raise InvalidInputError(
-            f"--data: {file} is not UTF-8 text (byte {exc.start} cannot be decoded); save "
+            f"{option}: {file} is not UTF-8 text (byte {exc.start} cannot be decoded); save "
             "the CSV as UTF-8",
-            param="--data",
+            param=option,
         ) from None
     except csv.Error as exc:
         raise InvalidInputError(
-            f"--data: {file} is not a readable CSV file ({shorten(str(exc))}); check that it "
+            f"{option}: {file} is not a readable CSV file ({shorten(str(exc))}); check that it "
             "is plain text with one example per line",
-            param="--data",
+            param=option,
         ) from None
 
 

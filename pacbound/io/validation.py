@@ -19,6 +19,12 @@ if TYPE_CHECKING:
     from pacbound.io.models import LoadedModel
 
 
+def option_of(source: str) -> str:
+    """The option a ``source`` text such as ``"--heldout path"`` names (``--data`` if none)."""
+    first = source.split(" ", 1)[0].rstrip(":")
+    return first if first.startswith("--") else "--data"
+
+
 @dataclass(frozen=True)
 class DryRun:
     """What one forward pass on the first batch showed: shapes and the number of outputs."""
@@ -45,7 +51,7 @@ def check_features_finite(x: Tensor, source: str) -> None:
         raise InvalidInputError(
             f"{source}: example {int(bad[0])} has NaN/Inf features ({bad.numel()} example(s) "
             "affected); clean or drop those rows",
-            param="--data",
+            param=option_of(source),
         )
 
 
@@ -59,7 +65,7 @@ def check_labels(y: Tensor, num_outputs: int, source: str) -> None:
         raise InvalidInputError(
             f"{source}: label {bad} is outside [0, {num_outputs}) for a model with "
             f"{num_outputs} outputs; set num_classes in --arch-kwargs or use --label-map",
-            param="--data",
+            param=option_of(source),
         )
 
 
@@ -69,18 +75,18 @@ def check_feature_array(x: np.ndarray, source: str) -> None:
         raise InvalidInputError(
             f"{source} has no examples (features of shape {list(x.shape)}); it must hold at "
             "least one example, one row per example",
-            param="--data",
+            param=option_of(source),
         )
     if x.dtype.kind not in "uifb":
         raise InvalidInputError(
             f"{source}: features have dtype {x.dtype}, not numbers; store numeric arrays",
-            param="--data",
+            param=option_of(source),
         )
     if prod(x.shape[1:]) == 0:
         raise InvalidInputError(
             f"{source}: examples have no features (shape {list(x.shape)}); store at least one "
             "feature per example",
-            param="--data",
+            param=option_of(source),
         )
 
 
@@ -90,25 +96,25 @@ def check_label_array(y: np.ndarray, *, n: int, source: str) -> Tensor:
         raise InvalidInputError(
             f"{source}: {n} examples but labels of shape {list(y.shape)}; give one integer "
             "label per example",
-            param="--data",
+            param=option_of(source),
         )
     if y.dtype.kind == "f":
         if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
             raise InvalidInputError(
                 f"{source}: labels must be whole numbers (class indices), found non-integer values",
-                param="--data",
+                param=option_of(source),
             )
     elif y.dtype.kind not in "uib":
         raise InvalidInputError(
             f"{source}: labels have dtype {y.dtype}; store integer class indices",
-            param="--data",
+            param=option_of(source),
         )
     labels = torch.from_numpy(y.astype(np.int64))
     if bool((labels < 0).any()):
         raise InvalidInputError(
             f"{source}: label {int(labels.min())} is negative; labels are class indices "
             "0, 1, …, K−1 (use --label-map to renumber)",
-            param="--data",
+            param=option_of(source),
         )
     return labels
 

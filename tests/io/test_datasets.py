@@ -393,3 +393,27 @@ def test_certify_and_verify_repeat_csv_delimiter_and_input_shape(tmp_path: Path)
     assert unshaped.exit_code == 1 and "inputs.data" in unshaped.stderr
     comma = verify_artifact()
     assert comma.exit_code == 3 and "pass --csv-delimiter ';'" in comma.stderr
+
+
+def test_errors_name_the_option_that_gave_the_file(tmp_path: Path) -> None:
+    """A broken --heldout file is reported as --heldout, not as --data."""
+    import json
+
+    from click.testing import CliRunner
+
+    from pacbound.cli.main import cli
+    from tests.report._tiny import ARCH_KWARGS, make_task
+
+    task = make_task(tmp_path)
+    held = tmp_path / "held.csv"
+    held.write_text("a;b;c;d;e;f;label\n" + "0.5;" * 6 + "1\n")
+    args = ["certify", str(task / "final.safetensors"), "--method", "quantize", "--levels", "4"]
+    args += ["--arch", "mlp", "--arch-kwargs", json.dumps(ARCH_KWARGS)]
+    args += ["--data", str(task / "train.npz"), "--heldout", str(held), "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 3, result.output
+    assert result.stderr.startswith(f"Error: --heldout: {held} line 2, column 'a;b;c;d;e;f;label'")
+    assert "pass --csv-delimiter ';'" in result.stderr
+    with pytest.raises(InvalidInputError, match=r"^--unlabeled: .*held\.csv line 2") as caught:
+        load_dataset(held, option="--unlabeled")
+    assert caught.value.param == "--unlabeled"
