@@ -18,12 +18,11 @@ from pacbound.io.datasets import (
     recorded_load_options,
 )
 from pacbound.io.device import resolve_device
+from pacbound.io.inspection import CheckpointReport, inspect_checkpoint
 from pacbound.io.models import (
-    CheckpointReport,
     LoadedModel,
     TensorInfo,
     TensorKind,
-    inspect_checkpoint,
     load_init_state,
     load_model,
     refuse_trained_init,

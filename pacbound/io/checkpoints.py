@@ -25,7 +25,7 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from pacbound.errors import InvalidInputError
+from pacbound.errors import InvalidInputError, UsageError
 from pacbound.io.provenance import CheckpointProvenance, FileRecord, check_file
 
 #: Keys under which training scripts commonly nest the state dict, tried in this order.
@@ -84,7 +84,7 @@ def read_checkpoint(
     file = check_file(path, option)
     fmt = checkpoint_format(file, option)
     if strip_prefix is not None and fmt is CheckpointFormat.EXPORT:
-        raise InvalidInputError(
+        raise UsageError(
             f"{option} {file} is a torch.export program whose tensor names are fixed: drop "
             "--strip-prefix",
             param="--strip-prefix",

@@ -17,14 +17,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from pacbound.errors import InvalidInputError
+from pacbound.errors import InvalidInputError, UsageError
 from pacbound.io.architectures import ArchitectureSpec, build_module, parse_arch
 from pacbound.io.checkpoints import Checkpoint, read_checkpoint
 from pacbound.io.device import resolve_device
-from pacbound.io.provenance import CheckpointProvenance, ModelProvenance
-
-#: Name endings of buffers, used to classify tensors when no architecture is given.
-BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+from pacbound.io.provenance import ModelProvenance
 
 
 class TensorKind(str, Enum):
@@ -118,15 +115,11 @@ def load_model(
     conversions: tuple[str, ...] = ()
     if ckpt.program is not None:
         if arch is not None or kwargs:
-            raise InvalidInputError(
-                f"CHECKPOINT {checkpoint} is a self-contained torch.export program; drop "
-                "--arch and --arch-kwargs",
-                param="--arch",
-            )
+            raise program_options_error(checkpoint)
         module = ckpt.program
     elif arch is None and ckpt.module is not None:
         if kwargs or strip_prefix is not None:
-            raise InvalidInputError(
+            raise UsageError(
                 f"CHECKPOINT {checkpoint} holds a whole model, which is its own architecture; "
                 "drop --arch-kwargs and --strip-prefix (or name the architecture with --arch)",
                 param="--arch-kwargs" if kwargs else "--strip-prefix",
@@ -146,6 +139,15 @@ def load_model(
     params, buffers = _describe(module)
     provenance = ModelProvenance(ckpt.provenance, arch, kwargs, conversions)
     return LoadedModel(module, params, buffers, provenance, dev)
+
+
+def program_options_error(checkpoint: str | os.PathLike[str]) -> UsageError:
+    """--arch or --arch-kwargs given for a .pt2 program, which brings its own graph."""
+    return UsageError(
+        f"CHECKPOINT {checkpoint} is a self-contained torch.export program; drop --arch and "
+        "--arch-kwargs",
+        param="--arch",
+    )
 
 
 def refuse_trained_init(
@@ -371,104 +373,3 @@ def _describe(module: nn.Module) -> tuple[tuple[TensorInfo, ...], tuple[TensorIn
 
 def _dtype(t: Tensor) -> str:
     return str(t.dtype).removeprefix("torch.")
-
-
-# ---------------------------------------------------------------------------------------------
-# Inspection
-# ---------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class CheckpointReport:
-    """What ``pacbound inspect`` shows: every tensor, totals, and whether it loads.
-
-    ``kinds_from`` says how parameters were told from buffers: ``"architecture"`` (exact) or
-    ``"names"`` (by the usual BatchNorm buffer names, when no architecture was given).
-    ``loads`` is ``None`` when there was nothing to load into.
-    """
-
-    provenance: CheckpointProvenance
-    tensors: tuple[TensorInfo, ...]
-    kinds_from: str
-    architecture: str | None
-    loads: bool | None
-    load_error: str | None = None
-
-    @property
-    def num_parameters(self) -> int:
-        return sum(t.numel for t in self.tensors if t.kind is TensorKind.PARAMETER)
-
-    @property
-    def num_buffer_elements(self) -> int:
-        return sum(t.numel for t in self.tensors if t.kind is TensorKind.BUFFER)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "checkpoint": self.provenance.to_dict(),
-            "architecture": self.architecture,
-            "loads": self.loads,
-            "load_error": self.load_error,
-            "kinds_from": self.kinds_from,
-            "num_parameters": self.num_parameters,
-            "num_buffer_elements": self.num_buffer_elements,
-            "num_parameter_tensors": sum(t.kind is TensorKind.PARAMETER for t in self.tensors),
-            "num_buffer_tensors": sum(t.kind is TensorKind.BUFFER for t in self.tensors),
-            "tensors": [t.to_dict() for t in self.tensors],
-        }
-
-
-def inspect_checkpoint(
-    checkpoint: str | os.PathLike[str],
-    *,
-    arch: str | None = None,
-    arch_kwargs: Mapping[str, Any] | None = None,
-    allow_unsafe_pickle: bool = False,
-    strip_prefix: str | None = None,
-) -> CheckpointReport:
-    """Describe ``checkpoint`` and, given an architecture, try to load it strictly.
-
-    A file that cannot be read raises; a file that reads but does not load into ``arch``
-    (or, holding a whole pickled model, into itself) gives ``loads=False`` and the reason in
-    ``load_error``.
-    """
-    ckpt = read_checkpoint(
-        checkpoint, allow_unsafe_pickle=allow_unsafe_pickle, strip_prefix=strip_prefix
-    )
-    if ckpt.program is not None:
-        program_params = {name for name, _ in ckpt.program.named_parameters()}
-        infos = _infos(ckpt.tensors, {n: _kind(n in program_params) for n in ckpt.tensors})
-        if arch is not None or arch_kwargs:
-            error = (
-                f"CHECKPOINT {checkpoint} is a self-contained torch.export program; drop "
-                "--arch and --arch-kwargs"
-            )
-            return CheckpointReport(ckpt.provenance, infos, "architecture", arch, False, error)
-        return CheckpointReport(ckpt.provenance, infos, "architecture", None, True)
-    by_name = {n: _kind(not n.endswith(BUFFER_SUFFIXES)) for n in ckpt.tensors}
-    if arch is None and ckpt.module is None:
-        return CheckpointReport(ckpt.provenance, _infos(ckpt.tensors, by_name), "names", None, None)
-    try:
-        model = load_model(
-            checkpoint,
-            arch=arch,
-            arch_kwargs=arch_kwargs,
-            allow_unsafe_pickle=allow_unsafe_pickle,
-            strip_prefix=strip_prefix,
-        )
-    except InvalidInputError as exc:
-        infos = _infos(ckpt.tensors, by_name)
-        return CheckpointReport(ckpt.provenance, infos, "names", arch, False, str(exc))
-    kinds = {t.name: t.kind for t in model.parameters + model.buffers}
-    kinds.update({n: by_name[n] for n in ckpt.tensors if n not in kinds})
-    infos = _infos(ckpt.tensors, kinds)
-    return CheckpointReport(ckpt.provenance, infos, "architecture", arch, True)
-
-
-def _kind(is_parameter: bool) -> TensorKind:
-    return TensorKind.PARAMETER if is_parameter else TensorKind.BUFFER
-
-
-def _infos(
-    tensors: Mapping[str, Tensor], kinds: Mapping[str, TensorKind]
-) -> tuple[TensorInfo, ...]:
-    return tuple(TensorInfo.of(name, t, kinds[name]) for name, t in tensors.items())

@@ -235,9 +235,15 @@ def test_pt2_subspace_needs_init_and_then_verifies(task: Path, tmp_path: Path) -
     assert_verifies(report)
 
 
-def test_pt2_refuses_strip_prefix(task: Path) -> None:
-    error = one_line_error(certify(task, "program.pt2", "--strip-prefix", "model.", *QUANTIZE))
+def test_pt2_refuses_strip_prefix_and_arch_as_usage_errors(task: Path) -> None:
+    error = one_line_error(
+        certify(task, "program.pt2", "--strip-prefix", "model.", *QUANTIZE), code=2
+    )
     assert "torch.export program" in error and "drop --strip-prefix" in error
+    error = one_line_error(certify(task, "program.pt2", *ARCH, *QUANTIZE), code=2)
+    assert "self-contained torch.export program; drop --arch" in error
+    error = one_line_error(invoke("inspect", str(task / "program.pt2"), "--arch", "mlp"), code=2)
+    assert "drop --arch" in error
 
 
 @pytest.mark.parametrize(
@@ -321,7 +327,7 @@ def test_whole_pickle_refuses_arch_kwargs_without_arch(task: Path) -> None:
     result = certify(
         task, "whole.pt", "--unsafe-allow-pickle", "--arch-kwargs", '{"hidden": [8]}', *QUANTIZE
     )
-    error = one_line_error(result)
+    error = one_line_error(result, code=2)
     assert "holds a whole model" in error and "drop --arch-kwargs" in error
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from pacbound.errors import InvalidInputError
+from pacbound.errors import InvalidInputError, UsageError
 from pacbound.io import (
     TensorKind,
     inspect_checkpoint,
@@ -106,7 +106,7 @@ def test_exported_program_needs_no_arch(tmp_path: Path) -> None:
     assert model.provenance.architecture is None
     assert model.provenance.checkpoint.format == "pt2"
     assert model.num_parameters == sum(p.numel() for p in net.parameters())
-    with pytest.raises(InvalidInputError, match=r"self-contained torch\.export program"):
+    with pytest.raises(UsageError, match=r"self-contained torch\.export program"):
         load_model(path, arch="mlp")
 
 
