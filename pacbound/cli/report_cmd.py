@@ -53,7 +53,9 @@ def report(
     """Tabulate the certificates of one or more REPORTS (JSON files from certify).
 
     One row per report: method, certified classifier, n, empirical risk (its upper bound),
-    KL or code length, δ, the bound and whether it is non-vacuous. Every bound is rounded up.
+    KL or code length, δ, the bound and whether it is non-vacuous; then, where any report has
+    them, the prior mean and posterior family (Gaussian) and the held-out bound with its δ.
+    Every bound is rounded up.
     """
     documents = [load_report(path) for path in reports]
     for path, document in zip(reports, documents, strict=True):

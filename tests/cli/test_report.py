@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from pacbound.bounds import format_up
 from pacbound.cli.main import cli
 from pacbound.report.summary import append_step_summary
-from pacbound.report.tables import macro_name
+from pacbound.report.tables import TableFormat, macro_name, render, rows_of
 from tests.report._tiny import gaussian_report, make_task, quantize_report
 
 
@@ -24,6 +24,13 @@ def reports(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("report")
     task = make_task(root)
     return gaussian_report(task, root / "gauss"), quantize_report(task, root / "quant")
+
+
+@pytest.fixture(scope="module")
+def heldout_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("report-heldout")
+    task = make_task(root)
+    return gaussian_report(task, root / "held", "--heldout", str(task / "test.npz"))
 
 
 def _run(*args: str) -> tuple[int, str, str]:
@@ -86,6 +93,58 @@ def test_output_file(reports: tuple[Path, Path], tmp_path: Path, mask: int, mode
     assert stdout == ""
     assert "\\newcommand{\\pbBoundGauss}" in out.read_text()
     assert stat.S_IMODE(out.stat().st_mode) == mode  # the umask's, not mkstemp's 0o600
+
+
+def test_gaussian_rows_name_the_prior_and_the_posterior(reports: tuple[Path, Path]) -> None:
+    gauss, quant = reports
+    res = json.loads(gauss.read_text())["results"]
+    code, out, err = _run("report", str(gauss), str(quant))
+    assert code == 0, err
+    header, _, g_row, q_row = out.splitlines()
+    names = [c.strip() for c in header.strip("|").split("|")]
+    assert names[-2:] == ["prior mean", "posterior Q"]  # after the original columns
+    g_cells = [c.strip() for c in g_row.strip("|").split("|")]
+    q_cells = [c.strip() for c in q_row.strip("|").split("|")]
+    assert g_cells[-2:] == [res["prior"]["mean"], f"Gaussian, {res['posterior']['kind']}"]
+    assert q_cells[-2:] == ["", ""]  # a compression row has neither
+    assert "held-out" not in header  # no report has a held-out set
+    code, out, _ = _run("report", str(quant))
+    assert code == 0 and "prior mean" not in out and "posterior Q" not in out
+
+
+def test_heldout_bound_in_every_format(heldout_report: Path, reports: tuple[Path, Path]) -> None:
+    res = json.loads(heldout_report.read_text())["results"]
+    held = res["heldout"]
+    up = format_up(held["bound"], 3)
+    assert float(up) >= held["bound"]
+    code, out, err = _run("report", str(heldout_report), str(reports[1]), "--digits", "3")
+    assert code == 0, err
+    header, _, h_row, q_row = out.splitlines()
+    assert header.endswith("| held-out bound (rounded up) | held-out δ |")
+    assert h_row.endswith(f"| {up} | {held['delta']:g} |")
+    assert q_row.endswith("|  |  |")
+    code, out, err = _run("report", str(heldout_report), "--format", "csv", "--digits", "3")
+    assert code == 0, err
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert list(row)[-5:] == ["bound_exact", "prior", "posterior", "heldout", "heldout_delta"]
+    assert row["heldout"] == up and float(row["heldout_delta"]) == held["delta"]
+    assert row["prior"] == "init" and row["posterior"] == "Gaussian, isotropic"
+    code, out, err = _run("report", str(heldout_report), "--format", "latex", "--digits", "3")
+    assert code == 0, err
+    assert f"\\newcommand{{\\pbHeldoutBoundHeld}}{{{up}}}" in out
+    assert f"\\newcommand{{\\pbHeldoutDeltaHeld}}{{{held['delta']:g}}}" in out
+    assert (
+        "held-out $\\delta$" in out and "init & Gaussian, isotropic & \\pbHeldoutBoundHeld{}" in out
+    )
+
+
+def test_heldout_bound_is_rounded_up_not_to_nearest(reports: tuple[Path, Path]) -> None:
+    doc = json.loads(reports[0].read_text())
+    doc["results"]["heldout"] = {"bound": 0.03120001, "delta": 0.05}
+    (row,) = rows_of([Path("run.json")], [doc])
+    for fmt in TableFormat:
+        text = render([row], fmt, digits=4)
+        assert "0.0313" in text and "0.0312" not in text
 
 
 def test_macro_names() -> None:
