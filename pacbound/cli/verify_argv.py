@@ -16,15 +16,10 @@ from typing import Any
 
 from pacbound.errors import InvalidInputError
 from pacbound.report.recheck import FieldCheck
+from pacbound.report.recheck_budget import grid_identity
 
 #: Gaussian options the command line determines, compared as ``certify`` records them.
 GAUSSIAN_KEYS = ("prior", "prior_fraction", "mc_passes", "mc_delta", "heldout_delta")
-
-
-def _grid_identity(recorded: Any) -> Any:
-    if not isinstance(recorded, dict):
-        return recorded
-    return {k: recorded.get(k) for k in ("size", "min", "max", "values_sha256")}
 
 
 def _gaussian_options(params: dict[str, Any]) -> dict[str, Any]:
@@ -63,11 +58,12 @@ def argv_checks(document: dict[str, Any]) -> list[FieldCheck]:
             expected = _gaussian_options(params)
         except InvalidInputError as exc:
             return [*checks, FieldCheck("argv", "(recorded)", f"(not a valid command: {exc})")]
+        recorded = opts.get("prior_scales")
         checks.append(
             FieldCheck(
                 "options.prior_scales (argv)",
-                _grid_identity(opts.get("prior_scales")),
-                _grid_identity(expected["prior_scales"]),
+                grid_identity(recorded) if isinstance(recorded, dict) else recorded,
+                grid_identity(expected["prior_scales"]),
             )
         )
         checks += [

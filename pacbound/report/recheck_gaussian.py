@@ -20,57 +20,7 @@ from pacbound.report.recheck import (
     load_recorded_dataset,
     load_recorded_model,
 )
-
-
-def _recorded_grid(opts: dict[str, Any]) -> Any:
-    """The prior-scale grid the recorded options describe, rebuilt value for value (a list
-    grid from its values, a log grid from its range and size)."""
-    from pacbound.posterior.priors import ScaleGrid
-
-    recorded = opts.get("prior_scales")
-    if not isinstance(recorded, dict):
-        raise InvalidInputError(
-            "the report's options.prior_scales is missing; the prior-scale grid and the δ it "
-            "costs cannot be re-derived"
-        )
-    return ScaleGrid.from_dict(recorded)
-
-
-def _budget(opts: dict[str, Any], grid: Any) -> Any:
-    """The δ budget the recorded options imply (δ, mc_delta, the grid's size), built by the
-    code certify uses: nothing in the reported ``delta_budget`` is taken as given."""
-    from pacbound.certify.gaussian import GaussianOptions
-
-    options = GaussianOptions(prior_scales=grid, delta=opts["delta"], mc_delta=opts.get("mc_delta"))
-    return options.budget()
-
-
-def _grid_identity(recorded: dict[str, Any]) -> dict[str, Any]:
-    return {k: recorded.get(k) for k in ("size", "min", "max", "values_sha256")}
-
-
-def _scale_checks(
-    res: dict[str, Any],
-    opts: dict[str, Any],
-    grid: Any,
-    network: Any,
-    prior_means: list[Tensor],
-    saved: Any,
-) -> tuple[list[FieldCheck], float]:
-    """The grid is the recorded one, σ_p is its KL-minimising value (as certify chooses it),
-    and the posterior file's σ_p is that value. Returns the checks and the re-derived σ_p."""
-    from pacbound.posterior.fit import kl_over_grid, kl_sufficient_stats
-
-    rebuilt = _grid_identity(grid.to_dict())
-    j = int(kl_over_grid(kl_sufficient_stats(network, prior_means), grid).argmin())
-    checks = [
-        FieldCheck("options.prior_scales", _grid_identity(opts["prior_scales"]), rebuilt),
-        FieldCheck("prior.grid", _grid_identity(res["prior"]["grid"]), rebuilt),
-        FieldCheck("prior.scale_index", res["prior"]["scale_index"], j),
-        FieldCheck("prior.scale", res["prior"]["scale"], grid.scales[j]),
-        FieldCheck("prior.scale (file)", grid.scales[j], saved.prior_scale),
-    ]
-    return checks, float(grid.scales[j])
+from pacbound.report.recheck_budget import budget_from_options, recorded_grid, scale_checks
 
 
 def _network(
@@ -205,9 +155,36 @@ def _retrained_prior(
     }
 
 
-def recheck_gaussian(
-    report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool = False
-) -> list[FieldCheck]:
+def _bound_sample(
+    res: dict[str, Any], opts: dict[str, Any], data: Any
+) -> tuple[list[FieldCheck], Any, Tensor]:
+    """S_bound: all of S, or for a data prior the bound part of the split re-derived from the
+    recorded seed and fraction (the reported split must be that one)."""
+    from pacbound.posterior.priors import split_data
+
+    if res["prior"]["mean"] != "data":
+        return [], data.x, data.y
+    split = split_data(data.n, prior_fraction=opts["prior_fraction"], seed=opts["seed"])
+    reported = res["prior"]["split"]
+    checks = [
+        FieldCheck("prior.split.indices_sha256", reported["indices_sha256"], split.sha256),
+        FieldCheck("prior.split", reported, split.to_dict()),
+    ]
+    return checks, data.x[split.bound_indices], data.y[split.bound_indices]
+
+
+def _certificate_checks(
+    res: dict[str, Any],
+    opts: dict[str, Any],
+    network: Any,
+    kl: float,
+    budget: Any,
+    x: Any,
+    y: Tensor,
+    device: torch.device,
+) -> tuple[list[FieldCheck], Any]:
+    """The Monte-Carlo draws replayed with certify's seed stream, the Chernoff and kl bounds
+    (and the information-only ones) at the re-derived δ parts; returns the certificate too."""
     from pacbound.bounds import (
         mc_upper_per_example,
         pac_bayes_catoni_grid,
@@ -215,12 +192,55 @@ def recheck_gaussian(
         pac_bayes_kl,
         pac_bayes_quad,
     )
-    from pacbound.certify.common import Verdict, model_num_outputs
     from pacbound.certify.gaussian import SEED_OFFSETS
+    from pacbound.posterior.risk import count_stochastic_errors
+
+    n = int(x.shape[0])
+    pb, mc_part = budget.part("pac-bayes"), budget.part("monte-carlo")
+    generator = torch.Generator(device=device).manual_seed(
+        opts["seed"] + SEED_OFFSETS["monte_carlo"]
+    )
+    count = count_stochastic_errors(
+        network,
+        x,
+        y,
+        passes=opts["mc_passes"],
+        generator=generator,
+        batch_size=opts["batch_size"],
+        device=device,
+    )
+    mc = mc_upper_per_example(count.rate, n=n, passes=opts["mc_passes"], delta=mc_part.delta)
+    cert = pac_bayes_kl(mc.value, kl=kl, n=n, delta=pb.per_choice)
+    emp = res["empirical_risk"]
+    checks = [
+        FieldCheck("n", res["n"], n),
+        FieldCheck("kl_nats", res["kl_nats"], kl),
+        FieldCheck("empirical_risk.estimate", emp["estimate"], count.rate),
+        FieldCheck("empirical_risk.draws", emp["draws"], count.evaluations),
+        FieldCheck("empirical_risk.mc_passes", emp["mc_passes"], opts["mc_passes"]),
+        FieldCheck("empirical_risk.upper_bound", emp["upper_bound"], mc.value),
+        FieldCheck("delta_budget", res["delta_budget"], budget.to_dict()),
+        FieldCheck("bound", res["bound"], cert.value),
+        FieldCheck("certificate_terms", res["certificate_terms"], cert.to_dict()),
+    ]
+    information = {
+        "classic": pac_bayes_classic,
+        "quad": pac_bayes_quad,
+        "catoni_grid": pac_bayes_catoni_grid,
+    }
+    for name, reported in res["information_only"].items():
+        if name in information:
+            value = information[name](mc.value, kl=kl, n=n, delta=pb.per_choice).value
+            checks.append(FieldCheck(f"information_only.{name}", reported["value"], value))
+    return checks, cert
+
+
+def recheck_gaussian(
+    report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool = False
+) -> list[FieldCheck]:
+    from pacbound.certify.common import Verdict, model_num_outputs
     from pacbound.posterior.io import load_posterior
     from pacbound.posterior.kl import gaussian_kl
-    from pacbound.posterior.priors import split_data
-    from pacbound.posterior.risk import count_stochastic_errors
     from pacbound.report.recheck_heldout import deterministic_test_set, recheck_heldout
 
     res, opts = report["results"], report["options"]
@@ -237,73 +257,28 @@ def recheck_gaussian(
     )
     prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)
     checks = [FieldCheck("prior.mean", res["prior"]["mean"], opts.get("prior")), prior_check]
+    split_checks, x, y = _bound_sample(res, opts, data)
+    checks += split_checks
 
-    x, y = data.x, data.y
-    if res["prior"]["mean"] == "data":
-        split = split_data(data.n, prior_fraction=opts["prior_fraction"], seed=opts["seed"])
-        reported_split = res["prior"]["split"]
-        checks += [
-            FieldCheck(
-                "prior.split.indices_sha256", reported_split["indices_sha256"], split.sha256
-            ),
-            FieldCheck("prior.split", reported_split, split.to_dict()),
-        ]
-        x, y = x[split.bound_indices], y[split.bound_indices]
-    n = int(x.shape[0])
-
-    grid = _recorded_grid(opts)
+    grid = recorded_grid(opts)
     prior_means = [prior_mu[name].to(device) for name in saved.names]
-    scale_checks, sigma_p = _scale_checks(res, opts, grid, network, prior_means, saved)
-    checks += scale_checks
-
-    budget = _budget(opts, grid)
-    pb, mc_part = budget.part("pac-bayes"), budget.part("monte-carlo")
+    grid_checks, sigma_p = scale_checks(res, opts, grid, network, prior_means, saved)
+    checks += grid_checks
+    budget = budget_from_options(opts, grid)
     # KL against the re-derived prior mean and σ_p (the file's when the checks above agree).
     kl = gaussian_kl((saved.mu[n], saved.sigma[n], prior_mu[n], sigma_p) for n in saved.names)
-    generator = torch.Generator(device=device).manual_seed(
-        opts["seed"] + SEED_OFFSETS["monte_carlo"]
-    )
-    count = count_stochastic_errors(
-        network,
-        x,
-        y,
-        passes=opts["mc_passes"],
-        generator=generator,
-        batch_size=opts["batch_size"],
-        device=device,
-    )
-    mc = mc_upper_per_example(count.rate, n=n, passes=opts["mc_passes"], delta=mc_part.delta)
-    cert = pac_bayes_kl(mc.value, kl=kl, n=n, delta=pb.per_choice)
+    cert_checks, cert = _certificate_checks(res, opts, network, kl, budget, x, y, device)
+    checks += cert_checks
     # chance level 1 − 1/K from the model's own outputs, as certify computes it
     verdict = Verdict(cert.value, model_num_outputs(model, data.x, device)).to_dict()
     sigmas = torch.cat([saved.sigma[name].flatten() for name in saved.names])
-    emp = res["empirical_risk"]
+    post = res["posterior"]
     checks += [
-        FieldCheck("n", res["n"], n),
-        FieldCheck("kl_nats", res["kl_nats"], kl),
-        FieldCheck("empirical_risk.estimate", emp["estimate"], count.rate),
-        FieldCheck("empirical_risk.draws", emp["draws"], count.evaluations),
-        FieldCheck("empirical_risk.mc_passes", emp["mc_passes"], opts["mc_passes"]),
-        FieldCheck("empirical_risk.upper_bound", emp["upper_bound"], mc.value),
-        FieldCheck("delta_budget", res["delta_budget"], budget.to_dict()),
-        FieldCheck("bound", res["bound"], cert.value),
-        FieldCheck("certificate_terms", res["certificate_terms"], cert.to_dict()),
         FieldCheck("verdict", res["verdict"], verdict),
-        FieldCheck("posterior.sigma_min", res["posterior"]["sigma_min"], float(sigmas.min())),
-        FieldCheck(
-            "posterior.sigma_median", res["posterior"]["sigma_median"], float(sigmas.median())
-        ),
-        FieldCheck("posterior.sigma_max", res["posterior"]["sigma_max"], float(sigmas.max())),
+        FieldCheck("posterior.sigma_min", post["sigma_min"], float(sigmas.min())),
+        FieldCheck("posterior.sigma_median", post["sigma_median"], float(sigmas.median())),
+        FieldCheck("posterior.sigma_max", post["sigma_max"], float(sigmas.max())),
     ]
-    information = {
-        "classic": pac_bayes_classic,
-        "quad": pac_bayes_quad,
-        "catoni_grid": pac_bayes_catoni_grid,
-    }
-    for name, reported in res["information_only"].items():
-        if name in information:
-            value = information[name](mc.value, kl=kl, n=n, delta=pb.per_choice).value
-            checks.append(FieldCheck(f"information_only.{name}", reported["value"], value))
     checks += _checkpoint_checks(report, root, model, network, cert, budget, x, y, device)
     heldout_delta = opts.get("heldout_delta")
     checks += recheck_heldout(
