@@ -137,6 +137,32 @@ def test_tampered_report_number_exits_1(
     assert key in result.stderr and "results_sha256" in result.stderr
 
 
+def test_report_gate_is_recomputed_in_artifact_mode(
+    task: Path, certified: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """A report whose gate claims a pass that its own threshold refuses: the gate is
+    recomputed from the re-derived bound (exit 1 naming gate.passed); the honest failed gate
+    exits 1 too, as certify did."""
+    art, report = certified
+    doc = json.loads(report.read_text())
+    doc["gate"].update(max_bound=0.001, passed=True, reasons=[])
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(doc))
+    result = _verify(task, art, "--report", str(forged), "--json")
+    assert result.exit_code == 1
+    fields = {f["field"]: f for f in json.loads(result.stdout)["fields"]}
+    assert fields["gate.passed"]["agree"] is False
+    assert result.stderr.count("\n") == 1 and "gate.passed" in result.stderr
+    bound = json.loads(result.stdout)["results"]["bound"]
+    doc["gate"].update(passed=False, reasons=[f"the bound {bound!r} is above --max-bound 0.001"])
+    forged.write_text(json.dumps(doc))
+    result = _verify(task, art, "--report", str(forged), "--json")
+    assert result.exit_code == 1, result.stderr
+    assert json.loads(result.stdout)["agree"] is True
+    assert json.loads(result.stdout)["gate"]["passed"] is False
+    assert "Gate failed" in result.stderr
+
+
 def test_another_artifact_or_other_data_disagree(
     task: Path, certified: tuple[Path, Path], subspace: tuple[Path, dict[str, object]]
 ) -> None:
