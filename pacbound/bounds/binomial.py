@@ -150,9 +150,10 @@ def _log_cdf(k: int, n: int, p: float) -> tuple[float, float]:
     body = _logsum([down, up])
     tails = _logsum([down_tail, up_tail])
     value = _logsum([body, tails])
-    # the windows' sum carries each term's error, plus rounding of exp and the sums; the tail
+    # the windows' sum carries each term's error, plus rounding of exp and the sums (relative:
+    # the count; absolute: the shifts by the peak and back, a few ulps of |value|); the tail
     # bound is included in the value, so the truth lies within its share of either side
-    err = max(err_d, err_u) + (count_d + count_u + 16) * _EPS * 2.0
+    err = max(err_d, err_u) + (count_d + count_u + 16) * _EPS * 2.0 + 8 * _EPS * abs(value)
     err += math.exp(tails - body) if tails > -math.inf else 0.0
     return value, err
 

@@ -26,7 +26,7 @@ from pacbound.bounds import (
 from pacbound.bounds import (
     test_set_bound as held_out_bound,
 )
-from pacbound.bounds.binomial import BINOMIAL_XTOL
+from pacbound.bounds.binomial import BINOMIAL_XTOL, _log_cdf
 from pacbound.bounds.kl import KL_INVERSE_XTOL
 from pacbound.errors import InvalidInputError
 from tests.bounds.test_kl import ref_kl_inv_upper
@@ -167,11 +167,33 @@ def test_inverse_agrees_with_the_full_sum_and_is_exactly_sound(
     k = min(round(frac * m), m - 1)
     value = binomial_tail_inverse(k, m, log_target)
     reference = _full_sum_inverse(k, m, log_target)
-    # both are ≥ the exact value and within their brackets (plus margins) of it
-    assert abs(value - reference) <= 2 * BINOMIAL_XTOL + 1e-9 * reference
+    # both are ≥ the exact value; the new one is never looser than the old (whose larger log
+    # margin made it 1e-10 looser at m = 2, ln target = −1e-6), and close to it
+    assert reference - 1e-9 <= value <= reference + 2 * BINOMIAL_XTOL + 1e-9 * reference
     # exact: the tail at the returned p is at most the target (50-digit sum)
     if log_target > -700.0:
         assert _decimal_binomial_cdf(k, m, value) <= Decimal(log_target).exp()
+
+
+@pytest.mark.parametrize(
+    ("k", "m", "p"),
+    [
+        (1, 10, 0.3),
+        (3, 10, 0.05),  # p below k/m: the largest term is inside, both sides are summed
+        (50, 100, 0.999),
+        (999, 1000, 0.5),
+        (10**4, 10**6, 0.0101),
+        (1000, 10**6, 0.5),  # ln F ≈ −6.9e5, the scale of an Occam bound with 10⁶ bits
+        (10**7, 10**9, 0.010005),
+        (10**5, 10**7, 0.0099),
+    ],
+)
+def test_log_tail_error_bound_holds(k: int, m: int, p: float) -> None:
+    value, err = _log_cdf(k, m, p)
+    low, high = _mp_binomial_cdf(k, m, p)
+    with mpmath.workdps(40):
+        assert value - err <= mpmath.log(low) and mpmath.log(high) <= value + err
+    assert err < 1e-6 * max(1.0, abs(value))  # and the bound is tight enough to be useful
 
 
 def test_held_out_at_a_billion_examples_is_fast_and_small() -> None:
