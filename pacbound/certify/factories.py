@@ -52,9 +52,11 @@ def factory_for(
 
         spec, kwargs = parse_arch(prov.architecture), dict(prov.arch_kwargs)
         return _init_factory(lambda: build_module(spec, kwargs), loaded, init, allow_unsafe_pickle)
-    template = copy_model(loaded.module).to("cpu")
     source = f"CHECKPOINT {prov.checkpoint.file.path}"
-    _refuse_hidden_tensors(template, source)
+    # on the loaded model itself: copying a program's GraphModule turns its constants and
+    # non-persistent buffers into ordinary buffers
+    _refuse_hidden_tensors(loaded.module, source)
+    template = copy_model(loaded.module).to("cpu")
     if init is not None:
         return _init_factory(lambda: copy_model(template), loaded, init, allow_unsafe_pickle)
     return ResetFactory(template, source, zero_unreset=method == "quantize")

@@ -104,3 +104,26 @@ def test_program_factory_takes_theta0_from_init(tmp_path: Path) -> None:
         assert torch.equal(p, init.state_dict()[name])
     # without init, quantize gets zeros (it codes every parameter in the message)
     assert all(not p.any() for p in factory_for(loaded, "quantize")(0).parameters())
+
+
+class ProgramConstants(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(4, 2)
+        self.register_buffer("shift", torch.ones(2), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x) + self.shift + torch.tensor([0.5, 0.0])
+
+
+def test_program_constants_are_refused(tmp_path: Path) -> None:
+    """A copy of the program would keep them (as buffers) from the trained file."""
+    program = torch.export.export(
+        ProgramConstants().eval(),
+        (torch.rand(2, 4),),
+        dynamic_shapes=({0: torch.export.Dim("batch")},),
+    )
+    torch.export.save(program, tmp_path / "c.pt2")
+    loaded = load_model(tmp_path / "c.pt2", device="cpu")
+    with pytest.raises(InvalidInputError, match=r"neither parameters nor saved buffers \(shift, "):
+        factory_for(loaded, "quantize")
