@@ -187,7 +187,7 @@ def data_options(func: F) -> F:
             "--normalize",
             type=NORMALIZATION,
             metavar="MEAN,STD|mnist",
-            help="Subtract MEAN and divide by STD after scaling to [0, 1]; per channel as "
+            help="Subtract MEAN and divide by STD (after --scale), per channel (axis 1) as "
             "M1/M2/M3,S1/S2/S3; 'mnist' is 0.1307,0.3081.",
         ),
         click.option(

@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from math import prod
 from pathlib import Path
 from typing import Any, cast
 
@@ -53,8 +52,10 @@ from pacbound.io.streaming import (
 from pacbound.io.tabular import LABEL_COLUMN_NAMES as LABEL_COLUMN_NAMES  # re-exported
 from pacbound.io.tabular import parse_delimiter, read_csv
 from pacbound.io.transforms import (
+    LEGACY_CHANNEL_AXIS,
     LabelMap,
     Normalization,
+    example_shape,
     parse_input_shape,
     parse_label_map,
     parse_normalization,
@@ -63,9 +64,6 @@ from pacbound.io.validation import check_feature_array as _check_feature_array
 from pacbound.io.validation import check_features_finite
 from pacbound.io.validation import check_label_array as _labels
 
-#: ``input_shape`` value that repeats the rule of reports written before the rule above:
-#: every N×H×W array, of any dtype, got a channel axis.
-LEGACY_CHANNEL_AXIS = "legacy-channel-axis"
 SCALES = ("auto", "none")
 
 
@@ -304,7 +302,10 @@ def _load(
         stored, raw_y, files, label_column = raw.x, raw.y, raw.files, raw.label_column
     _check_feature_array(stored, where)
     scaled = opts.scale == "auto" and stored.dtype == np.uint8
-    shape, reshape = example_shape(stored, fmt, opts.input_shape, where)
+    images = "IDX images" if fmt is DataFormat.IDX else None
+    if images is None and stored.dtype == np.uint8:
+        images = "uint8 N×H×W images"
+    shape, reshape = example_shape(stored.shape, opts.input_shape, images=images, where=where)
     if fmt is DataFormat.NPY:
         lazy = LazyFeatures(stored, normalization=norm, scale=scaled, example_shape=shape)
         lazy.check_finite(where)
@@ -356,31 +357,6 @@ def _read(
     if fmt is DataFormat.SAFETENSORS:
         return read_safetensors(file, opts.x_key, y_key, option)
     return read_csv(file, label_column, delimiter=opts.csv_delimiter, labels=labels, option=option)
-
-
-def example_shape(
-    array: np.ndarray, fmt: DataFormat, input_shape: tuple[int, ...] | str | None, where: str
-) -> tuple[tuple[int, ...], str | None]:
-    """The shape each example is given to the model in, and why it differs from the stored
-    one (``None`` when it does not)."""
-    stored = tuple(int(d) for d in array.shape[1:])
-    if isinstance(input_shape, tuple):
-        if prod(input_shape) != prod(stored):
-            raise InvalidInputError(
-                f"--input-shape {','.join(map(str, input_shape))} holds {prod(input_shape)} "
-                f"values per example, but {where} has {prod(stored)} (stored shape "
-                f"{'×'.join(map(str, stored))}); give dimensions whose product is {prod(stored)}",
-                param="--input-shape",
-            )
-        return input_shape, (None if input_shape == stored else "--input-shape")
-    if len(stored) == 2:
-        if input_shape == LEGACY_CHANNEL_AXIS:
-            return (1, *stored), "channel axis added (N×H×W array)"
-        if fmt is DataFormat.IDX:
-            return (1, *stored), "channel axis added (IDX images)"
-        if array.dtype == np.uint8:
-            return (1, *stored), "channel axis added (uint8 N×H×W images)"
-    return stored, None
 
 
 def _subset(x: Any, subset: int | Sequence[int] | None) -> tuple[Any, Tensor | None]:

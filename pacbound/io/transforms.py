@@ -12,6 +12,9 @@ from torch import Tensor
 from pacbound.errors import InvalidInputError
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?:(\d+)$")
+#: ``input_shape`` value that repeats the rule of reports written before the shape fields
+#: existed: every N×H×W array, of any dtype, got a channel axis.
+LEGACY_CHANNEL_AXIS = "legacy-channel-axis"
 
 #: Named normalizations (per-channel mean, std of [0, 1] pixels).
 NAMED_NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -155,3 +158,40 @@ def parse_input_shape(text: str) -> tuple[int, ...]:
             param="--input-shape",
         )
     return tuple(int(p) for p in parts)
+
+
+def example_shape(
+    stored_shape: tuple[int, ...],
+    input_shape: tuple[int, ...] | str | None,
+    *,
+    images: str | None,
+    where: str,
+) -> tuple[tuple[int, ...], str | None]:
+    """The shape each example of an array of ``stored_shape`` (N first) is given to the model
+    in, and why it differs from the stored one (``None`` when it does not).
+
+    ``input_shape`` (``--input-shape``) wins; otherwise N×H×W arrays that are ``images``
+    (what kind: an IDX folder, a ``uint8`` array) get a channel axis, and everything else
+    keeps its shape.
+
+    >>> example_shape((5, 28, 28), None, images="IDX images", where="--data d")
+    ((1, 28, 28), 'channel axis added (IDX images)')
+    >>> example_shape((5, 28, 28), None, images=None, where="--data d")
+    ((28, 28), None)
+    """
+    stored = tuple(int(d) for d in stored_shape[1:])
+    if isinstance(input_shape, tuple):
+        if math.prod(input_shape) != math.prod(stored):
+            size = math.prod(stored)
+            raise InvalidInputError(
+                f"--input-shape {','.join(map(str, input_shape))} holds "
+                f"{math.prod(input_shape)} values per example, but {where} has {size} (stored "
+                f"shape {'×'.join(map(str, stored))}); give dimensions whose product is {size}",
+                param="--input-shape",
+            )
+        return input_shape, (None if input_shape == stored else "--input-shape")
+    if len(stored) == 2 and input_shape == LEGACY_CHANNEL_AXIS:
+        return (1, *stored), "channel axis added (N×H×W array)"
+    if len(stored) == 2 and images is not None:
+        return (1, *stored), f"channel axis added ({images})"
+    return stored, None
