@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 import types
 import zipfile
 from collections.abc import Mapping
@@ -33,6 +34,8 @@ NESTED_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "mod
 _PICKLE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")
 _DATA_PARALLEL_PREFIX = "module."
 _FINITE_CHUNK = 1 << 20  # elements per chunk when scanning for NaN/Inf
+#: The class a weights-only load refused, in torch's message.
+_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]{1,120})")
 
 
 class CheckpointFormat(str, Enum):
@@ -172,8 +175,10 @@ def _read_torch(
         if not str(exc).startswith("Weights only load failed") or not _looks_pickled(file, mmap):
             raise _corrupt(file, exc, option) from None
         if not allow_unsafe_pickle:
+            found = _UNSUPPORTED_GLOBAL.search(str(exc))
+            needs = f" (e.g. {found.group(1)})" if found else ""
             raise InvalidInputError(
-                f"{option}: {file} holds Python objects that only a full unpickling can "
+                f"{option}: {file} holds Python objects{needs} that only a full unpickling can "
                 "rebuild, and unpickling can run arbitrary code. Re-save the weights as "
                 "safetensors or as a plain state dict (torch.save(model.state_dict(), …)); "
                 "only for a file you trust, pass --unsafe-allow-pickle",

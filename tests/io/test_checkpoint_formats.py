@@ -116,3 +116,17 @@ def test_program_keeps_its_exported_mode(tmp_path: Path) -> None:
     assert module.eval() is module and module.train() is module
     x = torch.rand(5, 16)
     assert torch.allclose(module(x), net(x))
+
+
+def test_refused_pickle_names_the_class_it_needs(tmp_path: Path) -> None:
+    """A Lightning checkpoint whose hyper_parameters hold an argparse.Namespace."""
+    import argparse
+
+    path = tmp_path / "hp.ckpt"
+    torch.save(
+        {"state_dict": small_mlp().state_dict(), "hyper_parameters": argparse.Namespace()}, path
+    )
+    with pytest.raises(
+        InvalidInputError, match=r"holds Python objects \(e\.g\. argparse\.Namespace\)"
+    ):
+        read_checkpoint(path)
