@@ -19,7 +19,16 @@ from pacbound.report.recheck import FieldCheck
 from pacbound.report.recheck_budget import grid_identity
 
 #: Gaussian options the command line determines, compared as ``certify`` records them.
-GAUSSIAN_KEYS = ("prior", "prior_fraction", "mc_passes", "mc_delta", "heldout_delta")
+GAUSSIAN_KEYS = (
+    "prior",
+    "prior_fraction",
+    "mc_passes",
+    "mc_delta",
+    "heldout_delta",
+    "disagreement_delta",
+)
+#: The δs of a compression run's statements about the checkpoint.
+STATEMENT_KEYS = ("heldout_delta", "disagreement_delta")
 
 
 def _gaussian_options(params: dict[str, Any]) -> dict[str, Any]:
@@ -35,8 +44,42 @@ def _gaussian_options(params: dict[str, Any]) -> dict[str, Any]:
         delta=params["delta"],
         mc_delta=params["mc_delta"],
         heldout_delta=params["heldout_delta"],
+        disagreement_delta=params.get("disagreement_delta"),
         seed=params["seed"],
     ).to_dict()
+
+
+def _statement_deltas(params: dict[str, Any]) -> dict[str, float]:
+    """A compression run's δ_H and δ_D for the parsed command line (certify's defaults)."""
+    from pacbound.certify.compressed_checkpoint import statement_deltas
+
+    held, disagreement = statement_deltas(
+        params["delta"], params.get("heldout_delta"), params.get("disagreement_delta")
+    )
+    return {"heldout_delta": held, "disagreement_delta": disagreement}
+
+
+def _method_checks(opts: dict[str, Any], params: dict[str, Any]) -> list[FieldCheck]:
+    """The method's own recorded options against those the command line gives (a key the
+    report does not record is not compared; the σ_p grid always is)."""
+    if opts.get("method") != params.get("method"):
+        return []  # already a disagreement on options.method
+    if opts["method"] == "gaussian":
+        expected = _gaussian_options(params)
+        recorded = opts.get("prior_scales")
+        checks = [
+            FieldCheck(
+                "options.prior_scales (argv)",
+                grid_identity(recorded) if isinstance(recorded, dict) else recorded,
+                grid_identity(expected["prior_scales"]),
+            )
+        ]
+        keys: tuple[str, ...] = GAUSSIAN_KEYS
+    else:
+        expected, checks, keys = _statement_deltas(params), [], STATEMENT_KEYS
+    return checks + [
+        FieldCheck(f"options.{key} (argv)", opts[key], expected[key]) for key in keys if key in opts
+    ]
 
 
 def argv_checks(document: dict[str, Any]) -> list[FieldCheck]:
@@ -53,23 +96,10 @@ def argv_checks(document: dict[str, Any]) -> list[FieldCheck]:
         FieldCheck(f"options.{key} (argv)", opts.get(key), params.get(key))
         for key in ("method", "delta", "seed")
     ]
-    if opts.get("method") == "gaussian" and params.get("method") == "gaussian":
-        try:
-            expected = _gaussian_options(params)
-        except InvalidInputError as exc:
-            return [*checks, FieldCheck("argv", "(recorded)", f"(not a valid command: {exc})")]
-        recorded = opts.get("prior_scales")
-        checks.append(
-            FieldCheck(
-                "options.prior_scales (argv)",
-                grid_identity(recorded) if isinstance(recorded, dict) else recorded,
-                grid_identity(expected["prior_scales"]),
-            )
-        )
-        checks += [
-            FieldCheck(f"options.{key} (argv)", opts.get(key), expected[key])
-            for key in GAUSSIAN_KEYS
-        ]
+    try:
+        checks += _method_checks(opts, params)
+    except InvalidInputError as exc:
+        checks.append(FieldCheck("argv", "(recorded)", f"(not a valid command: {exc})"))
     checks.append(FieldCheck("gate.exit_zero (argv)", gate["exit_zero"], params.get("exit_zero")))
     for key in ("max_bound", "fail_if_vacuous"):
         if key in gate:

@@ -519,8 +519,45 @@ def test_options_agree_with_the_recorded_command_line(recorded: Path) -> None:
     code, out, err = _verify(recorded, "--json")
     assert code == 0, err
     fields = _fields(out)
-    for name in ("options.prior_scales (argv)", "options.mc_delta (argv)", "gate.max_bound (argv)"):
+    for name in (
+        "options.prior_scales (argv)",
+        "options.mc_delta (argv)",
+        "options.disagreement_delta (argv)",
+        "gate.max_bound (argv)",
+    ):
         assert fields[name]["agree"] is True, fields[name]
+
+
+def test_compression_options_agree_with_the_recorded_command_line(
+    task: Path, tmp_path: Path
+) -> None:
+    """A quantize report from the command line: its statements' δs must be what the line
+    gives, even when no statement uses them (no held-out set here)."""
+    args = certify_args(task, tmp_path)
+    model_and_data = [*args[1 : args.index("--init")], "--data", str(task / "train.npz")]
+    _certify_from_the_command_line(
+        [
+            "certify",
+            *model_and_data,
+            "--method",
+            "quantize",
+            "--levels",
+            "4,8",
+            "--artifact",
+            str(tmp_path / "q.pbcm"),
+            "--output",
+            str(tmp_path / "report.json"),
+            "--quiet",
+        ]
+    )
+    report = tmp_path / "report.json"
+    code, out, err = _verify(report, "--json")
+    assert code == 0, err
+    assert _fields(out)["options.disagreement_delta (argv)"]["agree"] is True
+    doc = json.loads(report.read_text())
+    doc["options"]["disagreement_delta"] = 0.04
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and "options.disagreement_delta (argv)" in err
 
 
 def test_grid_shrunk_to_the_chosen_scale_exits_1(recorded: Path, tmp_path: Path) -> None:
