@@ -1,7 +1,7 @@
 """Options shared by the commands that load a model and a data set, and their resolvers.
 
-``model_options`` adds ``--arch``, ``--arch-kwargs``, ``--init``, ``--unsafe-allow-pickle`` and
-``--device``; ``data_options`` adds ``--data``, ``--split``, ``--label-map``, ``--label-column``,
+``model_options`` adds ``--arch``, ``--strip-prefix``, ``--arch-kwargs``, ``--init``,
+``--unsafe-allow-pickle`` and ``--device``; ``data_options`` adds ``--data``, ``--split``, ``--label-map``, ``--label-column``,
 ``--normalize``, ``--x-key``, ``--y-key``, ``--csv-delimiter``, ``--input-shape`` and
 ``--scale``. A badly written value is *bad input* (exit 3), like the numbers in
 :mod:`pacbound.cli.options`. The resolvers turn the parsed values into library objects.
@@ -146,7 +146,7 @@ def model_options(func: F) -> F:
         metavar="PATH",
         help="Weights at initialization (same formats and architecture), saved before "
         "training: the centre of an initialization prior (gaussian), or θ₀ of the subspace "
-        "(subspace; the decoder then needs the same file).",
+        "(subspace; the decoder then needs the same file; required for a .pt2 program).",
     )(func)
     return arch_options(func)
 
