@@ -1,10 +1,11 @@
 """Options shared by the commands that load a model and a data set, and their resolvers.
 
 ``model_options`` adds ``--arch``, ``--strip-prefix``, ``--arch-kwargs``, ``--init``,
-``--unsafe-allow-pickle`` and ``--device``; ``data_options`` adds ``--data``, ``--split``, ``--label-map``, ``--label-column``,
-``--normalize``, ``--x-key``, ``--y-key``, ``--csv-delimiter``, ``--input-shape`` and
-``--scale``. A badly written value is *bad input* (exit 3), like the numbers in
-:mod:`pacbound.cli.options`. The resolvers turn the parsed values into library objects.
+``--unsafe-allow-pickle`` and ``--device``; ``data_options`` adds ``--data``, ``--split``,
+``--label-map``, ``--label-column``, ``--normalize``, ``--x-key``, ``--y-key``,
+``--csv-delimiter``, ``--input-shape`` and ``--scale``. A badly written value is *bad input*
+(exit 3), like the numbers in :mod:`pacbound.cli.options`. The resolvers turn the parsed
+values into library objects.
 """
 
 from __future__ import annotations
