@@ -85,12 +85,14 @@ def _method_checks(opts: dict[str, Any], params: dict[str, Any]) -> list[FieldCh
 def argv_checks(document: dict[str, Any]) -> list[FieldCheck]:
     """Field checks of ``options`` and ``gate`` against ``argv`` (none when the report was
     not written by the ``pacbound certify`` command line)."""
-    argv = document["argv"]
-    if argv[1:2] != ["certify"]:
+    argv = list(document["argv"][1:])
+    while argv[:1] == ["--debug"]:  # the one option of `pacbound` itself that can come first
+        argv = argv[1:]
+    if argv[:1] != ["certify"]:
         return []
     from pacbound.cli.certify_cmd import certify
 
-    params = certify.make_context("certify", list(argv[2:]), resilient_parsing=True).params
+    params = certify.make_context("certify", argv[1:], resilient_parsing=True).params
     opts, gate = document["options"], document["gate"]
     checks = [
         FieldCheck(f"options.{key} (argv)", opts.get(key), params.get(key))

@@ -687,3 +687,32 @@ def test_report_at_odds_with_its_command_line_exits_1(
     code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
     assert code == 1 and _fields(out)[field]["agree"] is False
     assert err.count("\n") == 1 and err.startswith("Verification failed") and field in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "disagree"),
+    [
+        (["pacbound", "--debug", "certify", "m.pt", "--method", "quantize"], []),
+        (
+            ["pacbound", "--debug", "certify", "m.pt", "--method", "quantize", "--delta", "0.1"],
+            ["options.delta (argv)", "options.heldout_delta (argv)"],
+        ),
+        (["python", "train.py", "--delta", "0.1"], None),
+    ],
+)
+def test_argv_checks_only_for_a_certify_command_line(
+    argv: list[str], disagree: list[str] | None
+) -> None:
+    from pacbound.cli.verify_argv import argv_checks
+
+    document = {
+        "argv": argv,
+        "options": {"method": "quantize", "delta": 0.05, "seed": 0, "heldout_delta": 0.05},
+        "gate": {"passed": True, "reasons": [], "exit_zero": False},
+    }
+    checks = argv_checks(document)
+    if disagree is None:
+        assert checks == []
+    else:
+        assert [c.field for c in checks if not c.agree] == disagree
+        assert "options.method (argv)" in [c.field for c in checks]
