@@ -33,7 +33,11 @@ class _Number(click.ParamType):
         text = str(value).strip()
         try:
             if self.kind is int:
-                number = float(text)
+                try:
+                    return int(text)  # exact, also beyond 2**53 (seeds)
+                except ValueError:
+                    pass
+                number = float(text)  # "1e3", "10.0"
                 if not math.isfinite(number) or number != int(number):
                     raise ValueError
                 return int(number)

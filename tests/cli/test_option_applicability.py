@@ -561,3 +561,17 @@ def test_unlabeled_reads_of_the_training_features_are_refused(tmp_path: Path) ->
         check_disjoint_inputs(a, load_dataset(tmp_path / "b").provenance, "--heldout")
     with pytest.raises(InvalidInputError, match="holds the same examples"):
         check_disjoint_inputs(a, load_features(tmp_path / "b").provenance, "--unlabeled")
+
+
+def test_large_seeds_are_read_exactly(files: Path) -> None:
+    """Integers are not read through a float: 2**63 - 1 is valid, 2**63 is not (and the
+    message quotes it exactly, not 2**63 rounded from 2**63 - 1)."""
+    largest = _certify(files, "--prior", "zero", "--seed", str(2**63 - 1))
+    assert "missing.safetensors" in _one_line_error(CliRunner().invoke(cli, largest), 3)
+    beyond = _certify(files, "--prior", "zero", "--seed", str(2**63))
+    line = _one_line_error(CliRunner().invoke(cli, beyond), 3)
+    assert line == f"Error: --seed must be at most 2**63 - 1, got {2**63}"
+    from pacbound.cli.options import INT
+
+    assert INT.convert("1e3", None, None) == 1000
+    assert INT.convert(str(2**63 - 1), None, None) == 2**63 - 1
