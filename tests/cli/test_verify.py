@@ -253,12 +253,12 @@ def test_report_whose_init_is_the_trained_checkpoint_is_refused(
 # --- issue #11: verify re-derives, it does not trust ----------------------------------------
 
 
-def _save(doc: dict[str, object], path: Path) -> Path:
+def _save(doc: dict[str, Any], path: Path) -> Path:
     path.write_text(json.dumps(doc))
     return path
 
 
-def _reforge(doc: dict[str, object]) -> dict[str, object]:
+def _reforge(doc: dict[str, Any]) -> dict[str, Any]:
     """What a careful forger does after editing δ parts, the KL or σ_p: recompute every
     number that follows (the library's own formulas) and fix ``results_sha256``."""
     from pacbound.bounds import (
@@ -270,20 +270,17 @@ def _reforge(doc: dict[str, object]) -> dict[str, object]:
     )
     from pacbound.certify.common import Verdict
 
-    res: dict[str, object] = doc["results"]  # type: ignore[assignment]
-    parts = {p["name"]: p for p in res["delta_budget"]["parts"]}  # type: ignore[index]
+    res = doc["results"]
+    parts = {p["name"]: p for p in res["delta_budget"]["parts"]}
     for p in parts.values():
         p["per_choice"] = p["delta"] / p["grid_size"]
     emp = res["empirical_risk"]
     mc = mc_upper_per_example(
-        emp["estimate"],  # type: ignore[index]
-        n=res["n"],  # type: ignore[arg-type]
-        passes=emp["mc_passes"],  # type: ignore[index]
-        delta=parts["monte-carlo"]["delta"],
+        emp["estimate"], n=res["n"], passes=emp["mc_passes"], delta=parts["monte-carlo"]["delta"]
     )
-    args = {"kl": res["kl_nats"], "n": res["n"], "delta": parts["pac-bayes"]["per_choice"]}
-    cert = pac_bayes_kl(mc.value, **args)  # type: ignore[arg-type]
-    emp["upper_bound"] = mc.value  # type: ignore[index]
+    kl, n, delta = res["kl_nats"], res["n"], parts["pac-bayes"]["per_choice"]
+    cert = pac_bayes_kl(mc.value, kl=kl, n=n, delta=delta)
+    emp["upper_bound"] = mc.value
     res["bound"] = cert.value
     res["certificate_terms"] = cert.to_dict()
     info = {
@@ -291,9 +288,11 @@ def _reforge(doc: dict[str, object]) -> dict[str, object]:
         "quad": pac_bayes_quad,
         "catoni_grid": pac_bayes_catoni_grid,
     }
-    res["information_only"] = {k: f(mc.value, **args).to_dict() for k, f in info.items()}  # type: ignore[arg-type]
+    res["information_only"] = {
+        k: f(mc.value, kl=kl, n=n, delta=delta).to_dict() for k, f in info.items()
+    }
     res["verdict"] = Verdict(cert.value, 2).to_dict()
-    doc["results_sha256"] = results_hash(res)  # type: ignore[arg-type]
+    doc["results_sha256"] = results_hash(res)
     return doc
 
 
@@ -336,7 +335,7 @@ def test_forged_delta_budget_exits_1(gauss: Path, tmp_path: Path, forgery: str) 
     assert err.count("\n") == 1 and "delta_budget" in err and "bound" in err
 
 
-def _forge_posterior_scale(doc: dict, root: Path, target: Path, scale: float) -> None:  # type: ignore[type-arg]
+def _forge_posterior_scale(doc: dict[str, Any], root: Path, target: Path, scale: float) -> None:
     """Rewrite the saved posterior with another σ_p and record its new sha256."""
     from safetensors import safe_open
     from safetensors.torch import load_file, save_file

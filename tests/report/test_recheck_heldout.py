@@ -78,3 +78,9 @@ def test_deterministic_test_set_counts_and_bounds_like_certify() -> None:
     expected = binomial_test_set_bound(0.25, n=4, delta=0.1)
     assert out == {"errors": 1, "n": 4, "delta": 0.1, "bound": expected.value}
     assert 0.25 < out["bound"] < 1.0
+
+
+def test_a_statement_that_is_not_an_object_disagrees_whole() -> None:
+    (check,) = _check(_report(0.1, {"path": "u.npy"}))  # type: ignore[arg-type]
+    assert check.field == "checkpoint" and check.reported == 0.1 and not check.agree
+    assert check.recomputed == {"inputs": 7, "bound": 0.25}
