@@ -86,6 +86,9 @@ def _render(term: Terminal, report: CheckpointReport) -> None:
         summary.add_row("state dict under key", repr(prov.nested_key))
     if prov.stripped_prefix is not None:
         summary.add_row("stripped prefix", repr(prov.stripped_prefix))
+    elif report.common_prefix is not None and report.loads is not True:
+        prefix = report.common_prefix
+        summary.add_row("names share", f"{prefix!r} (try --strip-prefix {prefix})")
     if prov.unsafe_pickle:
         summary.add_row("loaded by", "full unpickling (--unsafe-allow-pickle)")
     n_params = sum(t.kind is TensorKind.PARAMETER for t in report.tensors)

@@ -24,7 +24,9 @@ class CheckpointReport:
 
     ``kinds_from`` says how parameters were told from buffers: ``"architecture"`` (exact) or
     ``"names"`` (by the usual BatchNorm buffer names, when no architecture was given).
-    ``loads`` is ``None`` when there was nothing to load into.
+    ``loads`` is ``None`` when there was nothing to load into. ``common_prefix`` is the
+    dotted prefix every tensor name shares (``"model."`` in a Lightning checkpoint), the
+    ``--strip-prefix`` the names probably need, or ``None``.
     """
 
     provenance: CheckpointProvenance
@@ -33,6 +35,10 @@ class CheckpointReport:
     architecture: str | None
     loads: bool | None
     load_error: str | None = None
+
+    @property
+    def common_prefix(self) -> str | None:
+        return common_prefix([t.name for t in self.tensors])
 
     @property
     def num_parameters(self) -> int:
@@ -49,6 +55,7 @@ class CheckpointReport:
             "loads": self.loads,
             "load_error": self.load_error,
             "kinds_from": self.kinds_from,
+            "common_prefix": self.common_prefix,
             "num_parameters": self.num_parameters,
             "num_buffer_elements": self.num_buffer_elements,
             "num_parameter_tensors": sum(t.kind is TensorKind.PARAMETER for t in self.tensors),
@@ -108,3 +115,24 @@ def _infos(
     tensors: Mapping[str, Tensor], kinds: Mapping[str, TensorKind]
 ) -> tuple[TensorInfo, ...]:
     return tuple(TensorInfo.of(name, t, kinds[name]) for name, t in tensors.items())
+
+
+def common_prefix(names: list[str]) -> str | None:
+    """The dotted prefix that every name has before its own last components.
+
+    >>> common_prefix(["model.net.0.weight", "model.net.0.bias", "model.head.weight"])
+    'model.'
+    >>> common_prefix(["0.weight", "1.weight"]) is None
+    True
+    """
+    parts = [name.split(".")[:-1] for name in names]
+    if not parts:
+        return None
+    shared = []
+    for components in zip(*parts, strict=False):
+        if len(set(components)) != 1:
+            break
+        shared.append(components[0])
+    if any(len(p) <= len(shared) for p in parts):  # keep at least one component per name
+        shared = shared[: min(len(p) for p in parts) - 1] if shared else []
+    return ".".join(shared) + "." if shared else None

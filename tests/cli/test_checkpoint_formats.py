@@ -185,6 +185,16 @@ def test_inspect_with_strip_prefix_loads(task: Path) -> None:
     assert sorted(t["name"] for t in doc["tensors"]) == ["1.bias", "1.weight", "3.bias", "3.weight"]
 
 
+def test_inspect_without_arch_points_at_the_shared_prefix(task: Path) -> None:
+    table = invoke("inspect", str(task / "lightning.ckpt"))
+    assert table.exit_code == 0, table.output
+    assert "'model.' (try --strip-prefix model.)" in table.stdout
+    doc = json.loads(invoke("inspect", str(task / "lightning.ckpt"), "--json").stdout)
+    assert doc["common_prefix"] == "model."
+    plain = json.loads(invoke("inspect", str(task / "final.safetensors"), "--json").stdout)
+    assert plain["common_prefix"] is None
+
+
 # --- torch.export programs (.pt2) ----------------------------------------------------------
 
 
