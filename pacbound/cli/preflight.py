@@ -101,7 +101,8 @@ def _flag(name: str) -> str:
 
 def check_option_values(params: dict[str, Any]) -> None:
     """Validate every given option value of :data:`CHECKS` (exit 3, naming the option), and
-    the relations between them (``--mc-delta`` < ``--delta``)."""
+    the relations between them (``--mc-delta`` < ``--delta``, ``--delta`` +
+    ``--disagreement-delta`` < 1)."""
     for name, check in CHECKS.items():
         if params.get(name) is not None:
             check(params[name], _flag(name))
@@ -111,6 +112,13 @@ def check_option_values(params: dict[str, Any]) -> None:
             f"--mc-delta ({mc:g}) must be smaller than --delta ({delta:g}): the rest of "
             "delta goes to the PAC-Bayes inequality",
             param="--mc-delta",
+        )
+    disagreement = params.get("disagreement_delta")
+    if disagreement is not None and delta is not None and not delta + disagreement < 1.0:
+        raise InvalidInputError(
+            f"--delta ({delta:g}) plus --disagreement-delta ({disagreement:g}) must be below 1: "
+            "the checkpoint's certificate holds with probability at least 1 - their sum",
+            param="--disagreement-delta",
         )
 
 

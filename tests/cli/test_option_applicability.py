@@ -318,6 +318,10 @@ def test_every_rule_names_an_option_of_certify_or_compress() -> None:
         (("--method", "quantize", "--qat-steps", "-1"), "--qat-steps must be at least 0"),
         (("--threads", "0"), "--threads must be at least 1, got 0"),
         (("--heldout", "{root}/d.csv", "--disagreement-delta", "0"), "--disagreement-delta must"),
+        (
+            ("--heldout", "{root}/d.csv", "--delta", "0.6", "--disagreement-delta", "0.4"),
+            "--delta (0.6) plus --disagreement-delta (0.4) must be below 1",
+        ),
     ],
 )
 def test_cheap_checks_fail_before_the_checkpoint_is_read(
