@@ -340,7 +340,8 @@ def _show(value: Any) -> str:
         return "{…}" if len(str(value)) > 40 else str(value)
     if isinstance(value, float):
         return repr(value)
-    return str(value)
+    text = str(value)
+    return text if len(text) <= 40 else text[:39] + "…"  # long sentences: see --json
 
 
 def _render(term: Terminal, checks: Any) -> None:

@@ -325,6 +325,8 @@ def _checkpoint_statement_checks(
 def compression_checks(reported: dict[str, Any], recomputed: dict[str, Any]) -> list[FieldCheck]:
     """A compression results block against a re-derived certificate's ``to_dict()``."""
     names = (
+        "certified_classifier",
+        "inequality",
         "bound",
         "n",
         "errors",

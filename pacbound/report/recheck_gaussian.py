@@ -23,8 +23,19 @@ from pacbound.report.recheck import (
 from pacbound.report.recheck_budget import budget_from_options, recorded_grid, scale_checks
 
 
+def _certificate_batch(opts: dict[str, Any]) -> int:
+    """The batch size certify's own passes used (one example at a time for a model that
+    is random by design), so the random streams line up."""
+    return int(opts["batch_size"]) if opts.get("check_deterministic", True) else 1
+
+
 def _network(
-    model: torch.nn.Module, saved: Any, device: torch.device, fixed_buffers: Any, probe: Tensor
+    model: torch.nn.Module,
+    saved: Any,
+    device: torch.device,
+    fixed_buffers: Any,
+    probe: Tensor,
+    deterministic: bool,
 ) -> Any:
     """A stochastic copy of ``model`` whose μ and log σ are those of the posterior file,
     under the same invariant checks as certify (buffers against ``fixed_buffers``, the
@@ -38,7 +49,7 @@ def _network(
             f"{list(names)}"
         )
     network = build_stochastic_network(model, fixed_buffers=fixed_buffers).to(device)
-    network.check_coverage(probe.to(device), batch_independence=True)
+    network.check_coverage(probe.to(device), batch_independence=deterministic)
     with torch.no_grad():
         for slot in network.slots:
             slot.mu.copy_(saved.mu[slot.name])
@@ -192,7 +203,7 @@ def _certificate_checks(
         pac_bayes_kl,
         pac_bayes_quad,
     )
-    from pacbound.certify.gaussian import SEED_OFFSETS
+    from pacbound.certify.gaussian import CERTIFIED_CLASSIFIER, SEED_OFFSETS
     from pacbound.posterior.risk import count_stochastic_errors
 
     n = int(x.shape[0])
@@ -206,13 +217,15 @@ def _certificate_checks(
         y,
         passes=opts["mc_passes"],
         generator=generator,
-        batch_size=opts["batch_size"],
+        batch_size=_certificate_batch(opts),
         device=device,
     )
     mc = mc_upper_per_example(count.rate, n=n, passes=opts["mc_passes"], delta=mc_part.delta)
     cert = pac_bayes_kl(mc.value, kl=kl, n=n, delta=pb.per_choice)
     emp = res["empirical_risk"]
     checks = [
+        FieldCheck("certified_classifier", res["certified_classifier"], CERTIFIED_CLASSIFIER),
+        FieldCheck("inequality", res["inequality"], cert.method),
         FieldCheck("n", res["n"], n),
         FieldCheck("kl_nats", res["kl_nats"], kl),
         FieldCheck("empirical_risk.estimate", emp["estimate"], count.rate),
@@ -239,6 +252,7 @@ def recheck_gaussian(
     report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool = False
 ) -> list[FieldCheck]:
     from pacbound.certify.common import Verdict, model_num_outputs
+    from pacbound.certify.compressed_checkpoint import HELDOUT_CLASSIFIER
     from pacbound.posterior.io import load_posterior
     from pacbound.posterior.kl import gaussian_kl
     from pacbound.report.recheck_heldout import deterministic_test_set, recheck_heldout
@@ -253,7 +267,8 @@ def recheck_gaussian(
         saved,
         device,
         _fixed_buffers(report, loaded, root, allow_unsafe_pickle),
-        data.x[: min(3, data.n)],
+        data.x[: min(int(opts["batch_size"]), data.n)],
+        bool(opts.get("check_deterministic", True)),
     )
     prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)
     checks = [FieldCheck("prior.mean", res["prior"]["mean"], opts.get("prior")), prior_check]
@@ -285,13 +300,16 @@ def recheck_gaussian(
         report,
         root,
         field="heldout",
-        recompute=lambda held: deterministic_test_set(
-            model,
-            held,
-            delta=opts["delta"] if heldout_delta is None else heldout_delta,
-            batch_size=opts["batch_size"],
-            device=device,
-        ),
+        recompute=lambda held: {
+            "certified_classifier": HELDOUT_CLASSIFIER,
+            **deterministic_test_set(
+                model,
+                held,
+                delta=opts["delta"] if heldout_delta is None else heldout_delta,
+                batch_size=opts["batch_size"],
+                device=device,
+            ),
+        },
     )
     return checks
 
@@ -315,7 +333,7 @@ def _checkpoint_checks(
     from pacbound.report.recheck_statements import recheck_checkpoint_statement
 
     res, opts = report["results"], report["options"]
-    seed, batch = opts["seed"], opts["batch_size"]
+    seed, batch = opts["seed"], _certificate_batch(opts)
     checks = []
     if "agreement" in res:
         agreement = agreement_on_bound_data(

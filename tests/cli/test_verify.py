@@ -715,3 +715,26 @@ def test_argv_checks_only_for_a_certify_command_line(
     else:
         assert [c.field for c in checks if not c.agree] == disagree
         assert "options.method (argv)" in [c.field for c in checks]
+
+
+@pytest.mark.parametrize(
+    ("where", "field"),
+    [
+        (("results",), "certified_classifier"),
+        (("results", "heldout"), "heldout.certified_classifier"),
+    ],
+)
+def test_a_certificate_relabelled_as_about_another_classifier_exits_1(
+    gauss: Path, tmp_path: Path, where: tuple[str, ...], field: str
+) -> None:
+    """The words saying which classifier a bound is about are re-derived too: a Gaussian
+    certificate (about the stochastic Q) relabelled as one on the checkpoint fails."""
+    doc = json.loads(gauss.read_text())
+    block = doc
+    for key in where:
+        block = block[key]
+    block["certified_classifier"] = "the checkpoint's own weights (deterministic)"
+    doc["results_sha256"] = results_hash(doc["results"])
+    code, out, err = _verify(_save(doc, tmp_path / "forged.json"), "--json")
+    assert code == 1 and _fields(out)[field]["agree"] is False
+    assert err.count("\n") == 1 and field in err
