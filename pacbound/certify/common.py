@@ -56,6 +56,11 @@ def check_deterministic(model: nn.Module, x: Tensor, device: torch.device) -> No
     model.eval()
     batch = x[: min(256, x.shape[0])].to(device)
     first, second = model(batch), model(batch)
+    if not isinstance(first, Tensor) or not isinstance(second, Tensor):
+        raise InvalidInputError(
+            f"the model must return one (batch, classes) tensor of scores; it returned a "
+            f"{type(first).__name__}. Wrap it so that forward returns the logits only"
+        )
     if not torch.equal(first, second):
         raise InvalidInputError(
             "the model is not deterministic in eval mode (two forward passes on the same "

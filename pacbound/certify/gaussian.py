@@ -147,6 +147,14 @@ class GaussianOptions:
         )
 
     @property
+    def certificate_batch_size(self) -> int:
+        """The batch size of the certificate's own passes (Monte-Carlo risk, agreement,
+        disagreement): one example at a time for a model that is random by design
+        (``check_deterministic=False``), so that its randomness is drawn per example and the
+        Chernoff bound's independence holds."""
+        return self.batch_size if self.check_deterministic else 1
+
+    @property
     def resolved_disagreement_delta(self) -> float:
         if self.disagreement_delta is None:
             return self.delta / 5.0
@@ -367,7 +375,8 @@ def certify_gaussian(
         model, fixed_buffers=init_state if fixed_buffers is None else fixed_buffers
     ).to(dev)
     network.check_coverage(
-        x[: min(3, int(x.shape[0]))].to(dev),  # a slice reads streamed features as a tensor
+        # at the certification batch size; a slice reads streamed features as a tensor
+        x[: min(options.batch_size, int(x.shape[0]))].to(dev),
         batch_independence=options.check_deterministic,
     )
     grid = options.prior_scales
@@ -473,7 +482,7 @@ def certify_gaussian(
             y_bound,
             passes=options.mc_passes,
             generator=mc_gen,
-            batch_size=options.batch_size,
+            batch_size=options.certificate_batch_size,
             device=dev,
             progress=hook,
         )
@@ -493,7 +502,7 @@ def certify_gaussian(
             x_bound,
             y_bound,
             generator=random_stream(options.seed, "agreement", dev),
-            batch_size=options.batch_size,
+            batch_size=options.certificate_batch_size,
             device=dev,
         )
         checkpoint = None
@@ -506,7 +515,7 @@ def certify_gaussian(
                 delta_certified=budget.total,
                 delta_disagreement=options.resolved_disagreement_delta,
                 generator=random_stream(options.seed, "disagreement", dev),
-                batch_size=options.batch_size,
+                batch_size=options.certificate_batch_size,
                 device=dev,
             )
     heldout_result = heldout_budget = None

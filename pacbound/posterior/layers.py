@@ -37,6 +37,10 @@ from pacbound.errors import InvalidInputError
 
 SampleMode = Literal["per_example", "shared", "mean"]
 
+#: Per-example weight matrices of a Linear on sequences are drawn for this many weight
+#: elements at a time (64 MiB of float32), however large the batch.
+PER_EXAMPLE_WEIGHT_ELEMENTS = 1 << 24
+
 
 class ForwardGuard:
     """The state of one forward pass of a stochastic network, shared by its layers."""
@@ -44,6 +48,9 @@ class ForwardGuard:
     def __init__(self) -> None:
         self.batch: int | None = None
         self.called: set[str] = set()
+        #: During a probe (:mod:`pacbound.posterior.probe`): the example whose weight noise
+        #: every layer changes, to check that no other example's output moves.
+        self.perturb_row: int | None = None
 
     def start(self, batch: int) -> None:
         self.batch = batch
@@ -107,8 +114,17 @@ class _GaussianModule(nn.Module):
         if self.guard is not None:
             self.guard.enter(self.layer_name, x)
 
-    def _noise(self, shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
-        return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+    def _noise(
+        self, shape: torch.Size | tuple[int, ...], like: Tensor, first_row: int = 0
+    ) -> Tensor:
+        """Standard normal noise whose leading dimension is the examples ``first_row``…"""
+        noise = torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+        guard = self.guard
+        if guard is not None and guard.perturb_row is not None and noise.dim() > 0:
+            row = guard.perturb_row - first_row
+            if 0 <= row < noise.shape[0]:
+                noise[row] += 1.0
+        return noise
 
 
 class GaussianLinear(_GaussianModule):
@@ -116,6 +132,8 @@ class GaussianLinear(_GaussianModule):
 
     def __init__(self, base: nn.Linear, log_sigma_init: float) -> None:
         super().__init__(base.weight, base.bias, log_sigma_init)
+        self.in_features = base.in_features
+        self.out_features = base.out_features
 
     def forward(self, x: Tensor) -> Tensor:
         self._enter(x)
@@ -138,16 +156,22 @@ class GaussianLinear(_GaussianModule):
                 "there is no batch dimension to draw weights per example"
             )
         b = x.shape[0]
-        noise = self._noise((b, *self.weight_mu.shape), x)
-        weights = self.weight_mu + torch.exp(self.weight_log_sigma) * noise
         flat = x.reshape(b, -1, x.shape[-1])
-        out = torch.bmm(flat, weights.transpose(1, 2))
-        if self.bias_mu is not None and self.bias_log_sigma is not None:
-            bias = self.bias_mu + torch.exp(self.bias_log_sigma) * self._noise(
-                (b, *self.bias_mu.shape), x
-            )
-            out = out + bias.unsqueeze(1)
-        return out.reshape(*x.shape[:-1], self.weight_mu.shape[0])
+        sigma = torch.exp(self.weight_log_sigma)
+        # Examples in chunks, so that the per-example weights stay within a memory budget.
+        step = max(1, PER_EXAMPLE_WEIGHT_ELEMENTS // self.weight_mu.numel())
+        chunks = []
+        for start in range(0, b, step):
+            rows = min(step, b - start)
+            noise = self._noise((rows, *self.weight_mu.shape), x, start)
+            weights = self.weight_mu + sigma * noise
+            out = torch.bmm(flat[start : start + rows], weights.transpose(1, 2))
+            if self.bias_mu is not None and self.bias_log_sigma is not None:
+                noise_b = self._noise((rows, *self.bias_mu.shape), x, start)
+                bias = self.bias_mu + torch.exp(self.bias_log_sigma) * noise_b
+                out = out + bias.unsqueeze(1)
+            chunks.append(out)
+        return torch.cat(chunks).reshape(*x.shape[:-1], self.weight_mu.shape[0])
 
 
 class GaussianConv2d(_GaussianModule):
@@ -157,6 +181,10 @@ class GaussianConv2d(_GaussianModule):
         if base.padding_mode != "zeros":
             raise ValueError("only zero padding is supported for Gaussian convolutions")
         super().__init__(base.weight, base.bias, log_sigma_init)
+        self.in_channels = base.in_channels
+        self.out_channels = base.out_channels
+        self.kernel_size = base.kernel_size
+        self.padding_mode = base.padding_mode
         self.stride = base.stride
         self.padding = base.padding
         self.dilation = base.dilation

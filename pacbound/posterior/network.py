@@ -28,7 +28,6 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.overrides import TorchFunctionMode
 
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.layers import (
@@ -76,41 +75,16 @@ class StochasticNetwork(nn.Module):
         self._guard.start(int(x.shape[0]))
         return self.net(x)
 
-    @torch.no_grad()
+    @property
+    def guard(self) -> ForwardGuard:
+        return self._guard
+
     def check_coverage(self, x: Tensor, *, batch_independence: bool = True) -> None:
-        """Probe forward passes on a few examples ``x`` (on the network's device) that refuse
-        what the static checks cannot see: a parameter used outside its layer (a raw
-        ``torch`` op on a module's weight, a closure over it), a layer that does not see the
-        batch as its leading dimension (tried at two batch sizes), and a model whose output
-        for one example depends on the other examples of its batch (skipped with
-        ``batch_independence=False``, for models whose forward is random by design)."""
-        own = {id(p) for p in self.parameters()}
-        mode = self.training
-        self.eval()
-        # A private stream: the probe must not move any random stream of the certificate.
-        probe_gen = torch.Generator(device=x.device).manual_seed(0)
-        try:
-            with _ForeignParameterProbe(own):
-                self.set_mode("per_example", probe_gen)
-                for size in sorted({min(2, x.shape[0]), min(3, x.shape[0])}):
-                    self(x[:size])
-                self.set_mode("mean")
-                together = self(x[:3])
-                alone = torch.cat([self(x[i : i + 1]) for i in range(together.shape[0])])
-        finally:
-            self.set_mode("per_example")
-            self.train(mode)
-        if not batch_independence:
-            return
-        scale = 1.0 + float(together.abs().max()) if together.numel() else 1.0
-        if together.shape != alone.shape or not torch.allclose(
-            together, alone, rtol=1e-4, atol=1e-4 * scale
-        ):
-            raise InvalidInputError(
-                "the model's output for an example depends on the other examples in its batch "
-                "(batch-level mixing, e.g. train-mode normalization or attention across the "
-                "batch): per-example certificates need per-example predictions"
-            )
+        """The probe forward passes of :func:`pacbound.posterior.probe.probe_network` on
+        ``x`` (a batch at the certification batch size, on the network's device)."""
+        from pacbound.posterior.probe import probe_network
+
+        probe_network(self, x, batch_independence=batch_independence)
 
     def gaussian_modules(self) -> Iterator[_GaussianModule]:
         for module in self.net.modules():
@@ -148,39 +122,6 @@ class StochasticNetwork(nn.Module):
 _SUPPORTED = (nn.Linear, nn.Conv2d)
 
 
-class _ForeignParameterProbe(TorchFunctionMode):
-    """Refuses any ``nn.Parameter`` used by a torch op that is not a posterior parameter."""
-
-    def __init__(self, own: set[int]) -> None:
-        super().__init__()
-        self.own = own
-
-    def __torch_function__(
-        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
-    ) -> Any:
-        kwargs = kwargs or {}
-        for arg in _tensors(args, kwargs):
-            if isinstance(arg, nn.Parameter) and id(arg) not in self.own:
-                raise InvalidInputError(
-                    f"the model computes with a parameter of shape {list(arg.shape)} that the "
-                    "posterior does not cover (a weight used outside its layer, or held "
-                    "outside the module tree); certify with a compression method"
-                )
-        return func(*args, **kwargs)
-
-
-def _tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Tensor]:
-    out: list[Tensor] = []
-    stack: list[Any] = [*args, *kwargs.values()]
-    while stack:
-        item = stack.pop()
-        if isinstance(item, Tensor):
-            out.append(item)
-        elif isinstance(item, (list, tuple)):
-            stack.extend(item)
-    return out
-
-
 def tied_parameters(model: nn.Module) -> list[str]:
     """Names under which a parameter is reachable a second time (weight tying), as
     ``"alias = first name"``."""
@@ -215,7 +156,7 @@ def check_structure(model: nn.Module) -> None:
         {
             f"{mod_name or '<root>'} ({type(mod).__name__})"
             for mod_name, mod in model.named_modules()
-            if not isinstance(mod, _SUPPORTED) and any(True for _ in mod.parameters(recurse=False))
+            if type(mod) not in _SUPPORTED and any(True for _ in mod.parameters(recurse=False))
         }
     )
     if unsupported:
@@ -224,6 +165,22 @@ def check_structure(model: nn.Module) -> None:
             f"these modules hold other parameters: {_short(unsupported)}. "
             "Use an architecture made of Linear/Conv2d layers (with parameter-free "
             "activations, pooling and reshapes) or certify with a compression method"
+        )
+    altered = [
+        f"{mod_name} ({why})" for mod_name, mod in model.named_modules() for why in _altered(mod)
+    ]
+    if altered:
+        raise InvalidInputError(
+            f"these layers do not compute as a plain nn.Linear/nn.Conv2d: {_short(altered)}; "
+            "the Gaussian layer that replaces them would drop that behaviour. Remove it, or "
+            "certify with a compression method"
+        )
+    hidden = unregistered_tensors(model)
+    if hidden:
+        raise InvalidInputError(
+            f"the model holds tensors outside its parameters and buffers ({_short(hidden)}): "
+            "they are part of the hypothesis and could hold data. Register them as buffers "
+            "(checked against the --init file or a fresh build), or compute them in forward"
         )
     shared = tied_parameters(model) + reused_modules(model)
     if shared:
@@ -234,6 +191,58 @@ def check_structure(model: nn.Module) -> None:
         )
 
 
+def _altered(mod: nn.Module) -> list[str]:
+    """Why a supported layer does not compute as the plain layer type (hooks, extra
+    parameters, a padding mode the Gaussian convolution does not implement)."""
+    if type(mod) not in _SUPPORTED:
+        return []
+    why = []
+    if mod._forward_hooks or mod._forward_pre_hooks:
+        why.append("forward hooks")
+    extra = sorted(set(mod._parameters) - {"weight", "bias"})
+    if extra:
+        why.append(f"extra parameters {', '.join(extra)}")
+    if isinstance(mod, nn.Conv2d) and mod.padding_mode != "zeros":
+        why.append(f"padding_mode {mod.padding_mode!r}")
+    return why
+
+
+_MODULE_INTERNALS = frozenset(vars(nn.Module()))
+
+
+def unregistered_tensors(model: nn.Module) -> list[str]:
+    """``module.attribute`` paths of tensors (or NumPy arrays) held by a module outside its
+    parameters and buffers, also inside lists, tuples and dicts."""
+    import numpy as np
+
+    found = []
+    for mod_name, mod in model.named_modules():
+        for key, value in vars(mod).items():
+            if key in _MODULE_INTERNALS:
+                continue
+            stack: list[tuple[str, Any, int]] = [(key, value, 0)]
+            while stack:
+                path, item, depth = stack.pop()
+                if isinstance(item, (Tensor, np.ndarray)):
+                    found.append(f"{mod_name}.{path}" if mod_name else path)
+                elif depth < 4 and isinstance(item, (list, tuple)):
+                    stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in enumerate(item))
+                elif depth < 4 and isinstance(item, dict):
+                    stack.extend((f"{path}[{k!r}]", v, depth + 1) for k, v in item.items())
+    return sorted(found)
+
+
+def _same_value(a: Tensor, b: Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    b = b.to(a.device)
+    if a.is_floating_point() or a.is_complex():
+        return bool(torch.equal(torch.isnan(a), torch.isnan(b))) and torch.equal(
+            torch.nan_to_num(a), torch.nan_to_num(b)
+        )
+    return torch.equal(a, b)
+
+
 def check_buffers(model: nn.Module, reference: Mapping[str, Tensor] | None) -> None:
     """Every buffer (floating-point or integer) must equal its data-independent reference
     value (the ``--init`` file, or a fresh build of the architecture): anything else is
@@ -242,13 +251,7 @@ def check_buffers(model: nn.Module, reference: Mapping[str, Tensor] | None) -> N
     differ = []
     for name, buf in model.named_buffers():
         ref = reference.get(name)
-        same = (
-            ref is not None
-            and ref.shape == buf.shape
-            and ref.dtype == buf.dtype
-            and torch.equal(ref.to(buf.device), buf)
-        )
-        if not same:
+        if ref is None or not _same_value(buf, ref):
             differ.append(f"{name} ({str(buf.dtype).removeprefix('torch.')})")
     if differ:
         source = "the --init file or a fresh build" if reference else "no data-independent value"
@@ -282,7 +285,13 @@ def build_stochastic_network(
     """
     check_structure(model)
     check_buffers(model, fixed_buffers)
-    net = copy.deepcopy(model)
+    try:
+        net = copy.deepcopy(model)
+    except Exception as exc:  # e.g. a traced function held as an attribute
+        raise InvalidInputError(
+            f"the model cannot be copied to build the posterior ({type(exc).__name__}: "
+            f"{str(exc)[:100]}); keep only modules, parameters and buffers on it"
+        ) from None
     slots: list[ParameterSlot] = []
     replacements: dict[str, _GaussianModule] = {}
     for mod_name, mod in list(net.named_modules()):

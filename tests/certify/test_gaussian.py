@@ -200,19 +200,13 @@ def test_training_seed_must_not_replay_a_certificate_stream(offset: int) -> None
         certify_gaussian(model, x, y, options=opts, init_state=init)
 
 
-class _FrozenLinear(nn.Linear):
-    """A layer whose reset_parameters does nothing (like a custom raw nn.Parameter)."""
-
-    def reset_parameters(self) -> None:
-        pass
-
-
 def test_seeded_fresh_init_must_reinitialize_every_parameter() -> None:
     """Without --init the data prior starts from a re-initialized copy of the model; a
     parameter that cannot be re-initialized would start it at the trained weights."""
     x, y = _task()
     torch.manual_seed(0)
-    frozen = _FrozenLinear(8, 2)
+    frozen = nn.Linear(8, 2)
+    frozen.reset_parameters = lambda: None  # type: ignore[method-assign]  # nothing re-inits it
     with torch.no_grad():
         frozen.weight.normal_()
         frozen.bias.zero_()
@@ -220,3 +214,53 @@ def test_seeded_fresh_init_must_reinitialize_every_parameter() -> None:
     opts = GaussianOptions(**FAST, prior=PriorMean.DATA, prior_fraction=0.5)
     with pytest.raises(InvalidInputError, match=r"2 parameter\(s\) could not be re-initialized"):
         certify_gaussian(model, x, y, options=opts)
+
+
+class _BatchNoise(torch.nn.Module):
+    """Random by design, one draw per forward call (shared by the whole batch), counting its
+    calls: the certificate must evaluate it one example at a time."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = torch.nn.Linear(4, 2)
+        self.calls = 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        return self.fc(x + torch.randn(1, x.shape[1]))
+
+
+def test_a_model_random_by_design_is_evaluated_one_example_at_a_time() -> None:
+    torch.manual_seed(0)
+    model = _BatchNoise()
+    x = torch.randn(60, 4)
+    y = torch.randint(0, 2, (60,))
+    opts = GaussianOptions(
+        **{**FAST, "mc_passes": 1}, prior=PriorMean.ZERO, check_deterministic=False
+    )
+    assert opts.certificate_batch_size == 1
+    assert GaussianOptions(**FAST).certificate_batch_size == GaussianOptions(**FAST).batch_size
+    calls_before = model.calls
+    cert = certify_gaussian(model, x, y, options=opts)
+    # The network's copy of the model counts its own calls: one per example per pass, plus
+    # the agreement pass; nothing the batched search did is part of the certificate.
+    assert cert.monte_carlo.n == 60
+    assert cert.network.net.calls - calls_before >= 2 * 60
+
+
+def test_a_model_returning_a_tuple_is_refused_with_one_line() -> None:
+    class Pair(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return self.fc(x), x
+
+    with pytest.raises(InvalidInputError, match="returned a tuple"):
+        certify_gaussian(
+            Pair(),
+            torch.randn(8, 4),
+            torch.zeros(8, dtype=torch.int64),
+            options=GaussianOptions(**FAST, prior=PriorMean.ZERO),
+        )

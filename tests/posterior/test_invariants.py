@@ -4,6 +4,8 @@ once per example. Each model here got an optimistic certificate before issue #11
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -124,9 +126,136 @@ def test_a_weight_read_outside_its_layer_is_refused() -> None:
 
 
 def test_a_weight_held_outside_the_module_tree_is_refused() -> None:
-    net = build_stochastic_network(_Closure())
-    with pytest.raises(InvalidInputError, match="does not cover"):
+    with pytest.raises(InvalidInputError, match=r"outside its parameters and buffers \(hidden"):
+        build_stochastic_network(_Closure())
+
+
+class _PlainMemo(nn.Module):
+    """Training data in plain tensor attributes: a nearest-neighbour lookup (review)."""
+
+    def __init__(self, keys: Tensor, labels: Tensor) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+        self.keys, self.labels = keys, labels
+
+    def forward(self, x: Tensor) -> Tensor:
+        nearest = self.labels[torch.cdist(x, self.keys).argmin(dim=1)]
+        return self.fc(x) * 0 + 10 * nn.functional.one_hot(nearest, 2).float()
+
+
+def _closure_memo(keys: Tensor) -> nn.Module:
+    store = {"keys": keys}  # invisible to the module tree: only a forward pass shows it
+
+    class Memo(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x) + torch.cdist(x, store["keys"]).min(dim=1).values[:, None]
+
+    return Memo()
+
+
+class _ParametersRoute(nn.Module):
+    """Reads the layers' weights through .parameters(): they would be the posterior means,
+    used as point weights (review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.l1 = nn.Linear(6, 8, bias=False)
+        self.l2 = nn.Linear(8, 2, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = torch.relu(nn.functional.linear(x, next(self.l1.parameters())))
+        return nn.functional.linear(h, next(self.l2.parameters()))
+
+
+class _Transposed(nn.Module):
+    """Batch-first shape at the layer, but its rows mix examples (review)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b = x.shape[0]
+        h = x.view(b, 3, 2).transpose(0, 1).reshape(b, 3, 2)
+        return self.fc(h).reshape(3, b, 2).transpose(0, 1).mean(dim=1)
+
+
+class _SignFlip(nn.Linear):
+    def forward(self, x: Tensor) -> Tensor:
+        return -super().forward(x)
+
+
+def test_plain_tensor_attributes_are_refused() -> None:
+    x = _x(20)
+    with pytest.raises(InvalidInputError, match=r"\(keys, labels\)"):
+        build_stochastic_network(_PlainMemo(x, torch.zeros(20, dtype=torch.int64)))
+
+
+def test_a_tensor_reached_only_through_a_closure_is_refused_by_the_probe() -> None:
+    net = build_stochastic_network(_closure_memo(_x(20)))
+    with pytest.raises(InvalidInputError, match=r"tensor of shape \[20, 6\] that is neither"):
         net.check_coverage(_x())
+
+
+def test_weights_read_through_parameters_are_refused_by_the_probe() -> None:
+    net = build_stochastic_network(_ParametersRoute())
+    with pytest.raises(InvalidInputError, match=r"weight of layer 'l1' outside"):
+        net.check_coverage(_x())
+
+
+def test_a_layer_whose_rows_are_not_examples_is_refused() -> None:
+    net = build_stochastic_network(_Transposed())
+    with pytest.raises(InvalidInputError, match="changes the outputs of other examples"):
+        net.check_coverage(_x(5))
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: nn.Sequential(_SignFlip(6, 2)), r"0 \(_SignFlip\)"),
+        (lambda: nn.Sequential(nn.Conv2d(1, 2, 3, padding=1, padding_mode="reflect")), "reflect"),
+        (
+            lambda: nn.utils.parametrizations.weight_norm(nn.Linear(6, 2)),
+            r"0 \(ParametrizedLinear\)",
+        ),
+    ],
+)
+def test_layers_that_do_not_compute_as_plain_layers_are_refused(make: Any, message: str) -> None:
+    model = make()
+    if isinstance(model, nn.Linear):
+        model = nn.Sequential(model)
+    with pytest.raises(InvalidInputError, match=message):
+        build_stochastic_network(model)
+
+
+def test_a_layer_with_a_hook_or_an_extra_parameter_is_refused() -> None:
+    model = nn.Sequential(nn.Linear(6, 2))
+    model[0].register_forward_hook(lambda mod, inp, out: out * 2)
+    with pytest.raises(InvalidInputError, match=r"0 \(forward hooks\)"):
+        build_stochastic_network(model)
+    model = nn.Sequential(nn.Linear(6, 2))
+    model[0].lora = nn.Parameter(torch.zeros(2))
+    with pytest.raises(InvalidInputError, match=r"0 \(extra parameters lora\)"):
+        build_stochastic_network(model)
+
+
+def test_layer_attributes_stay_readable_and_nan_buffers_compare_equal() -> None:
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+            self.register_buffer("missing", torch.tensor([float("nan"), 1.0]))
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.fc(x.view(-1, self.fc.in_features))
+
+    model = Reads()
+    net = build_stochastic_network(model, fixed_buffers={"missing": model.missing.clone()})
+    net.check_coverage(_x())
 
 
 def test_integer_buffers_must_equal_the_reference() -> None:
@@ -202,3 +331,25 @@ def test_local_reparameterization_per_position_would_differ() -> None:
     with torch.no_grad():
         out = layer(x)
     assert torch.equal(out[:, 0], out[:, 1])
+
+
+def test_sequence_linear_chunks_examples_within_the_memory_budget(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunked per-example draws (a tiny budget: one example per chunk) are still one
+    weight per example, and the probe's noise perturbation lands on the right example."""
+    import pacbound.posterior.layers as layers
+
+    monkeypatch.setattr(layers, "PER_EXAMPLE_WEIGHT_ELEMENTS", 1)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
+    net = build_stochastic_network(model)
+    x = torch.randn(5, 2, 3)
+    net.check_coverage(x)
+    layer = net.net[0]
+    layer.guard = None  # called on its own below
+    layer.mode = "per_example"
+    layer.generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        out = layer(x.new_ones(5, 2, 3))
+    assert torch.equal(out[:, 0], out[:, 1])  # positions of one example share the draw
+    assert not torch.equal(out[0], out[1])  # examples do not
