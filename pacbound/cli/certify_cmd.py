@@ -486,16 +486,18 @@ def resolve_unlabeled(kw: dict[str, Any], data_kw: dict[str, Any]) -> Any:
 
 
 def reference_buffers(kw: dict[str, Any], init_state: dict[str, Any] | None) -> Any:
-    """The data-independent values every buffer must equal: the --init file's, or a fresh
-    build of --arch (``None`` when neither exists: then any buffer is refused)."""
-    if init_state is not None:
-        return init_state
-    if kw.get("arch") is None:
-        return None
-    from pacbound.io.architectures import build_module, parse_arch
+    """The data-independent values every buffer must equal: the --init file's, and for
+    buffers it does not hold (non-persistent ones) a fresh build of --arch (``None`` when
+    neither exists: then any buffer is refused)."""
+    reference: dict[str, Any] = {}
+    if kw.get("arch") is not None:
+        from pacbound.io.architectures import build_module, parse_arch
 
-    fresh = build_module(parse_arch(kw["arch"]), kw.get("arch_kwargs") or {})
-    return {name: b.detach() for name, b in fresh.named_buffers()}
+        fresh = build_module(parse_arch(kw["arch"]), kw.get("arch_kwargs") or {})
+        reference = {name: b.detach() for name, b in fresh.named_buffers()}
+    if init_state is not None:
+        reference.update(init_state)
+    return reference or None
 
 
 def _render(term: Terminal, res: dict[str, Any]) -> None:

@@ -64,18 +64,19 @@ def _fixed_buffers(
     init file's, or a fresh build of the recorded architecture."""
     from pacbound.io import load_init_state
 
+    reference: dict[str, Tensor] = {}
+    arch = report["inputs"]["model"]["provenance"].get("architecture")
+    if arch is not None:
+        from pacbound.io.architectures import build_module, parse_arch
+
+        kwargs = report["inputs"]["model"]["provenance"].get("arch_kwargs") or {}
+        fresh = build_module(parse_arch(arch), kwargs)
+        reference = {name: b.detach() for name, b in fresh.named_buffers()}
     init = report["inputs"].get("init")
     if init is not None:
         path = _resolve(init["path"], root)
-        return load_init_state(path, loaded, allow_unsafe_pickle=allow_unsafe_pickle)
-    arch = report["inputs"]["model"]["provenance"].get("architecture")
-    if arch is None:
-        return None
-    from pacbound.io.architectures import build_module, parse_arch
-
-    kwargs = report["inputs"]["model"]["provenance"].get("arch_kwargs") or {}
-    fresh = build_module(parse_arch(arch), kwargs)
-    return {name: b.detach() for name, b in fresh.named_buffers()}
+        reference.update(load_init_state(path, loaded, allow_unsafe_pickle=allow_unsafe_pickle))
+    return reference or None
 
 
 def _prior_mean_check(

@@ -57,6 +57,20 @@ USER_MODULE = textwrap.dedent(
 
     def wide():
         return nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 10))
+
+
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+            self.register_buffer("scale", torch.tensor(2.0), persistent=False)
+
+        def forward(self, x):
+            return self.fc(x * self.scale)
+
+
+    def scaled():
+        return Scaled()
     """
 )
 
@@ -290,3 +304,20 @@ def test_verify_rederives_the_checkpoint_statements(task: Path, tmp_path: Path) 
     forged = tmp_path / "no_inputs.json"
     forged.write_text(json.dumps(doc))
     assert CliRunner().invoke(cli, ["verify", str(forged)]).exit_code == 1
+
+
+def test_a_non_persistent_buffer_is_checked_against_a_fresh_build(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffer the --init file cannot hold (non-persistent) is compared with the fresh
+    build of --arch, not refused for being absent from the file."""
+    monkeypatch.syspath_prepend(str(task))
+    torch.manual_seed(0)
+    model = __import__("usermodels").scaled()
+    _save(model, task / "scaled_init.safetensors")
+    with torch.no_grad():
+        model.fc.weight.add_(0.1)
+    _save(model, task / "scaled.safetensors")
+    args = ["--init", str(task / "scaled_init.safetensors")]
+    result = _run(task, "scaled.safetensors", *args, arch=["--arch", "usermodels:scaled"])
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
