@@ -579,3 +579,81 @@ def test_large_seeds_are_read_exactly(files: Path) -> None:
 
     assert INT.convert("1e3", None, None) == 1000
     assert INT.convert(str(2**63 - 1), None, None) == 2**63 - 1
+
+
+def _violating_args(condition: object) -> tuple[str, ...]:
+    """Command-line arguments of a run in which ``condition`` does not hold."""
+    from pacbound.cli import applicability as a
+
+    runs: dict[object, tuple[str, ...]] = {
+        a.GAUSSIAN: ("--method", "quantize"),
+        a.COMPRESSION: (),
+        a.SUBSPACE: ("--method", "quantize"),
+        a.QUANTIZE: ("--method", "subspace"),
+        a.PRIOR_DATA: (),
+        a.DIAGONAL: (),
+        a.INIT: ("--method", "quantize"),
+        a.IDX_DATA: (),
+        a.IDX_HELDOUT: (),
+        a.IDX_UNLABELED: (),
+        a.HELDOUT: (),
+        a.CHECKPOINT_INPUTS: (),
+        a.GATE: (),
+    }
+    return runs[condition]
+
+
+def _typed(param: object) -> tuple[str, ...]:
+    """The option typed with a valid value."""
+    import click
+
+    assert isinstance(param, click.Option)
+    if param.is_flag:
+        return (param.opts[0],)
+    if isinstance(param.type, click.Choice):
+        return (param.opts[0], str(param.type.choices[-1]))
+    from pacbound.cli.options import FLOAT
+
+    return (param.opts[0], "0.01" if param.type is FLOAT else "2")
+
+
+def _compress_violating_args(condition: object, files: Path) -> tuple[str, ...] | None:
+    """A compress --method under which ``condition`` does not hold (None: it always holds)."""
+    from pacbound.cli.applicability import Run
+
+    for method in ("quantize", "subspace"):
+        run = Run.of({"method": method, "data": str(files / "d.npz")})
+        if not condition.holds(run):  # type: ignore[attr-defined]
+            return ("--method", method)
+    return None
+
+
+@pytest.mark.parametrize("command", ["certify", "compress"])
+def test_every_rule_of_the_table_is_enforced(files: Path, command: str) -> None:
+    """Each option of the table, typed in a run its condition excludes: exit 2, one line
+    naming the option and what it needs."""
+    from pacbound.cli.certify_cmd import certify
+    from pacbound.cli.compress_cmd import compress
+
+    cmd, build = (certify, _certify) if command == "certify" else (compress, _compress)
+    checked = 0
+    for param in cmd.params:
+        if param.name not in RULES:
+            continue
+        condition = RULES[param.name]
+        if command == "certify":
+            base: tuple[str, ...] | None = _violating_args(condition)
+        else:
+            base = _compress_violating_args(condition, files)
+        if base is None:
+            continue
+        result = CliRunner().invoke(cli, build(files, *base, *_typed(param)))
+        line = _one_line_error(result, 2)
+        flag = re.escape(_typed(param)[0])
+        needs = re.escape(condition.needs)
+        assert re.match(rf"Error: {flag} applies only with {needs}, and this run has ", line)
+        checked += 1
+    in_table = [p for p in cmd.params if p.name in RULES]
+    # compress is always a compression run: --levels, --codebook, --precision and --qat-steps
+    # (both methods) always apply there.
+    assert checked == len(in_table) - (4 if command == "compress" else 0)
