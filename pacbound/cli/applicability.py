@@ -15,13 +15,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
 from pacbound.errors import UsageError
+from pacbound.io import data_format
 
 COMPRESSION_METHODS = ("subspace", "quantize")
 
@@ -52,24 +52,19 @@ class Run:
 
 
 def _kind(path: object) -> str | None:
-    """``"idx"``, ``"npy"`` (a streamed folder), ``"npz"``/``"csv"``/… (the suffix), ``""``
-    for an unknown suffix, ``"absent"`` for an option not given, ``None`` for a path that does
-    not exist (the loader reports it)."""
+    """The format the loader would read ``path`` as (``"idx"``, ``"npy"`` for a streamed
+    folder, ``"npz"``, ``"csv"``, ``"safetensors"``), ``"absent"`` for an option not given, or
+    ``None`` when the format cannot be told (the loader then reports the path)."""
     if path is None:
         return "absent"
-    p = Path(str(path))
-    if p.is_dir():
-        return "npy" if (p / "x.npy").is_file() else "idx"
-    if not p.exists():
-        return None
-    return p.suffix.lower().lstrip(".")
+    fmt = data_format(str(path))
+    return None if fmt is None else fmt.value
 
 
 _KIND_TEXT = {
     "idx": "an MNIST IDX folder",
     "npy": "a folder with x.npy and y.npy",
     "absent": "none",
-    "": "a file of unknown format",
 }
 
 
