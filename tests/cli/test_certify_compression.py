@@ -78,7 +78,8 @@ def test_heldout_gives_the_checkpoints_bound_and_certificate(
     # The held-out data never touch the Occam certificate of the decoded model.
     assert res["bound"] == json.loads(plain.stdout)["results"]["bound"]
     checkpoint, decoded = _checkpoint_and_decoded(task, art)
-    test = np.load(task / "test.npz")
+    with np.load(task / "test.npz") as archive:
+        test = dict(archive)
     pred = _predict(checkpoint, test["x"])
     errors = int((pred != torch.from_numpy(test["y"])).sum())
     k = int((pred != _predict(decoded, test["x"])).sum())
@@ -98,7 +99,8 @@ def test_heldout_gives_the_checkpoints_bound_and_certificate(
     assert block["bound_on_certified"] == res["bound"]
     assert block["delta_total"] == 0.05 + 0.01
     assert block["bound"] >= min(1.0, res["bound"] + disagreement.value)
-    train = np.load(task / "train.npz")
+    with np.load(task / "train.npz") as archive:
+        train = dict(archive)
     tpred = _predict(checkpoint, train["x"])
     on_training = res["checkpoint_on_training"]
     assert on_training["errors"] == int((tpred != torch.from_numpy(train["y"])).sum())
@@ -179,7 +181,8 @@ def test_compress_shows_the_training_comparison(task: Path, tmp_path: Path) -> N
     res = json.loads(result.stdout)["results"]
     assert res["heldout"] is None and res["checkpoint"] is None
     checkpoint, decoded = _checkpoint_and_decoded(task, art)
-    train = np.load(task / "train.npz")
+    with np.load(task / "train.npz") as archive:
+        train = dict(archive)
     pred = _predict(checkpoint, train["x"])
     differ = int((pred != _predict(decoded, train["x"])).sum())
     errors = int((pred != torch.from_numpy(train["y"])).sum())
@@ -213,7 +216,8 @@ def test_chance_level_is_the_models_number_of_outputs(task: Path, tmp_path: Path
 
 
 def test_unlabeled_inputs_bound_the_disagreement(task: Path, tmp_path: Path) -> None:
-    test = np.load(task / "test.npz")
+    with np.load(task / "test.npz") as archive:
+        test = dict(archive)
     ux = test["x"][:150] * 1.01
     np.savez(tmp_path / "unlabeled.npz", x=ux)
     art = tmp_path / "m.pbcm"

@@ -18,7 +18,8 @@ from tests.report._tiny import ARCH_KWARGS, make_task
 @pytest.fixture(scope="module")
 def quantized(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = make_task(tmp_path_factory.mktemp("statements"))
-    x = np.load(root / "test.npz")["x"]
+    with np.load(root / "test.npz") as archive:
+        x = archive["x"]
     np.savez(root / "inputs.npz", x=x[::-1].copy() * 1.01)
     args = [
         "certify",
