@@ -25,6 +25,7 @@ from pacbound.certify.gaussian import (  # noqa: E402
     certify_gaussian,
     stochastic_error,
 )
+from pacbound.certify.gaussian_checkpoint import CheckpointInputs  # noqa: E402
 from pacbound.io import load_dataset, resolve_device  # noqa: E402
 from pacbound.models import convnet, mlp  # noqa: E402
 from pacbound.posterior.fit import TrainingRecipe  # noqa: E402
@@ -110,6 +111,8 @@ def run(
         train_set.y,
         options=options,
         init_state=init_state,
+        # the test images (labels ignored) bound Q's disagreement with the checkpoint
+        checkpoint_inputs=CheckpointInputs("heldout", test_set.x),
         device=device,
     )
     snn_test = stochastic_error(
@@ -137,6 +140,9 @@ def run(
         "prior_mean_test_error": error_rate(prior_model, test_set.x, test_set.y, device),
         "delta_budget": cert.budget.to_dict(),
         "prior_scale": cert.prior_scale,
+        "prior_error": cert.prior.get("error"),
+        "agreement": cert.agreement,
+        "checkpoint_certificate": cert.checkpoint,
         "posterior": {k: v for k, v in cert.posterior.items() if k != "isotropic_search"},
         "non_vacuous": cert.verdict.non_vacuous,
         "options": options.to_dict(),
