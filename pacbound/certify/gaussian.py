@@ -62,7 +62,7 @@ from pacbound.posterior.fit import (
     train_diagonal_posterior,
 )
 from pacbound.posterior.kl import gaussian_kl
-from pacbound.posterior.network import StochasticNetwork, build_stochastic_network
+from pacbound.posterior.network import Sampler, StochasticNetwork, build_stochastic_network
 from pacbound.posterior.priors import (
     DataSplit,
     PriorMean,
@@ -123,6 +123,7 @@ class GaussianOptions:
     batch_size: int = 1024
     search_examples: int = 10000
     check_deterministic: bool = True
+    sampler: Sampler = Sampler.LAYERS
 
     def budget(self) -> DeltaBudget:
         delta = check_delta(self.delta, "--delta")
@@ -178,6 +179,7 @@ class GaussianOptions:
             "batch_size": self.batch_size,
             "search_examples": self.search_examples,
             "check_deterministic": self.check_deterministic,
+            "sampler": self.sampler.value,
         }
 
 
@@ -372,7 +374,9 @@ def certify_gaussian(
         check_deterministic(model, x, dev)
     num_outputs = model_num_outputs(model, x, dev)
     network = build_stochastic_network(
-        model, fixed_buffers=init_state if fixed_buffers is None else fixed_buffers
+        model,
+        fixed_buffers=init_state if fixed_buffers is None else fixed_buffers,
+        sampler=options.sampler,
     ).to(dev)
     network.check_coverage(
         # at the certification batch size; a slice reads streamed features as a tensor

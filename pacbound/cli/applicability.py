@@ -142,6 +142,7 @@ RULES: dict[str, Condition] = {
             "mc_passes",
             "mc_delta",
             "save_posterior",
+            "sampler",
         ),
         GAUSSIAN,
     ),

@@ -136,6 +136,17 @@ of guessing, 1 − 1/K.
     "per-weight σ trained on the kl bound surrogate.",
 )
 @click.option(
+    "--sampler",
+    type=click.Choice(["auto", "layers", "functional"]),
+    default="auto",
+    show_default=True,
+    help="How per-example weight draws are made. layers: exact fast samplers for "
+    "nn.Linear/nn.Conv2d (other parameters, ties and reuse refused); functional: the whole "
+    "parameter vector drawn per example, each example evaluated alone (torch.func.vmap; "
+    "any module, ties included; memory ∝ batch × parameters); auto: functional for a .pt2 "
+    "program, layers otherwise.",
+)
+@click.option(
     "--posterior-epochs", type=INT, default=10, show_default=True, help="diagonal: training epochs."
 )
 @click.option(
@@ -296,7 +307,6 @@ def certify(**kw: Any) -> None:
         device=kw["device"],
         terminal=term,
         strip_prefix=kw["strip_prefix"],
-        method=method,
     )
     data_kw = data_kwargs(kw)
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
@@ -419,6 +429,7 @@ def _run_gaussian(
         seed=kw["seed"],
         batch_size=kw["batch_size"],
         check_deterministic=not kw["allow_nondeterministic"],
+        sampler=_sampler(kw["sampler"], loaded),
     )
     options.budget()  # validates the δ parts before any heavy work
     init_state = resolve_init(kw["init"], loaded, unsafe_allow_pickle=kw["unsafe_allow_pickle"])
@@ -476,6 +487,15 @@ def _run_gaussian(
         render=_render,
         warnings=warnings,
     )
+
+
+def _sampler(choice: str, loaded: Any) -> Any:
+    from pacbound.posterior.network import Sampler
+
+    if choice != "auto":
+        return Sampler(choice)
+    program = loaded.provenance.checkpoint.format == "pt2"
+    return Sampler.FUNCTIONAL if program else Sampler.LAYERS
 
 
 def resolve_unlabeled(kw: dict[str, Any], data_kw: dict[str, Any]) -> Any:

@@ -107,7 +107,6 @@ def compress(**kw: Any) -> None:
         device=kw["device"],
         terminal=term,
         strip_prefix=kw["strip_prefix"],
-        method=kw["method"],
     )
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
     check_model_data(loaded, data, device=device)

@@ -18,7 +18,6 @@ from click.core import ParameterSource
 from torch import Tensor
 
 from pacbound.cli.terminal import Terminal
-from pacbound.errors import InvalidInputError
 from pacbound.io import (
     Dataset,
     Features,
@@ -250,14 +249,8 @@ def resolve_model(
     device: str | None,
     terminal: Terminal,
     strip_prefix: str | None = None,
-    method: str | None = None,
 ) -> LoadedModel:
-    """Load the model the options describe, warning first when unpickling is allowed.
-
-    With ``method="gaussian"`` a ``.pt2`` program is refused: its graph applies the weights
-    with aten ops, not through the nn.Linear/nn.Conv2d layers that the Gaussian posterior
-    replaces to give every example its own weight draw (MATH.md §3).
-    """
+    """Load the model the options describe, warning first when unpickling is allowed."""
     if unsafe_allow_pickle:
         terminal.warn(UNSAFE_PICKLE_WARNING)
     loaded = load_model(
@@ -268,14 +261,6 @@ def resolve_model(
         device=device,
         strip_prefix=strip_prefix,
     )
-    if method == "gaussian" and loaded.provenance.checkpoint.format == "pt2":
-        raise InvalidInputError(
-            f"CHECKPOINT {checkpoint} is a torch.export program: its graph has no nn.Linear/"
-            "nn.Conv2d layers in which --method gaussian could draw fresh weights for every "
-            "example; certify it with --method subspace or quantize, or save model.state_dict() "
-            "and pass --arch",
-            param="--method",
-        )
     return loaded
 
 

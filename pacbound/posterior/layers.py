@@ -51,10 +51,16 @@ class ForwardGuard:
         #: During a probe (:mod:`pacbound.posterior.probe`): the example whose weight noise
         #: every layer changes, to check that no other example's output moves.
         self.perturb_row: int | None = None
+        #: True while a layer evaluates examples one by one under ``torch.func.vmap``
+        #: (per-example by construction; the data-flow probe does not look inside).
+        self.opaque = False
+        #: Outputs of such vmapped evaluations (made outside any op the probe can see).
+        self.vouched: list[Tensor] = []
 
     def start(self, batch: int) -> None:
         self.batch = batch
         self.called = set()
+        self.vouched = []
 
     def enter(self, layer: str, x: Tensor) -> None:
         if self.batch is None:
@@ -63,8 +69,8 @@ class ForwardGuard:
             raise InvalidInputError(
                 f"module {layer!r} is called twice in one forward pass: its weights would be "
                 "drawn twice for the same example, but they are one coordinate of the "
-                "hypothesis. Certify this model with a compression method (or unroll the "
-                "reuse into separate modules)"
+                "hypothesis. Use --sampler functional (one draw per example, however often a "
+                "weight is used), or certify with a compression method"
             )
         self.called.add(layer)
         if x.dim() == 0 or x.shape[0] != self.batch:

@@ -22,8 +22,10 @@ posterior (and its KL) or is identical to a data-independent value fixed before 
 from __future__ import annotations
 
 import copy
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from enum import Enum
 from typing import Any
 
 import torch
@@ -163,8 +165,8 @@ def check_structure(model: nn.Module) -> None:
         raise InvalidInputError(
             "the Gaussian posterior supports parameters of nn.Linear and nn.Conv2d only; "
             f"these modules hold other parameters: {_short(unsupported)}. "
-            "Use an architecture made of Linear/Conv2d layers (with parameter-free "
-            "activations, pooling and reshapes) or certify with a compression method"
+            "Draw every parameter per example with --sampler functional, or certify with a "
+            "compression method"
         )
     altered = [
         f"{mod_name} ({why})" for mod_name, mod in model.named_modules() for why in _altered(mod)
@@ -172,22 +174,17 @@ def check_structure(model: nn.Module) -> None:
     if altered:
         raise InvalidInputError(
             f"these layers do not compute as a plain nn.Linear/nn.Conv2d: {_short(altered)}; "
-            "the Gaussian layer that replaces them would drop that behaviour. Remove it, or "
-            "certify with a compression method"
+            "the Gaussian layer that replaces them would drop that behaviour. Use --sampler "
+            "functional, or certify with a compression method"
         )
-    hidden = unregistered_tensors(model)
-    if hidden:
-        raise InvalidInputError(
-            f"the model holds tensors outside its parameters and buffers ({_short(hidden)}): "
-            "they are part of the hypothesis and could hold data. Register them as buffers "
-            "(checked against the --init file or a fresh build), or compute them in forward"
-        )
+    _refuse_hidden_tensors(model)
     shared = tied_parameters(model) + reused_modules(model)
     if shared:
         raise InvalidInputError(
             f"the model shares weights ({_short(shared)}): a tied weight is one coordinate of "
-            "the hypothesis, drawn once per example, which the Gaussian posterior does not "
-            "support yet. Untie the weights, or certify with a compression method"
+            "the hypothesis, drawn once per example, and the layer sampler does not draw "
+            "that way. Use --sampler functional (one draw of the whole "
+            "parameter vector per example), or certify with a compression method"
         )
 
 
@@ -243,6 +240,47 @@ def _same_value(a: Tensor, b: Tensor) -> bool:
     return torch.equal(a, b)
 
 
+def _refuse_hidden_tensors(model: nn.Module) -> None:
+    hidden = unregistered_tensors(model)
+    if hidden:
+        raise InvalidInputError(
+            f"the model holds tensors outside its parameters and buffers ({_short(hidden)}): "
+            "they are part of the hypothesis and could hold data. Register them as buffers "
+            "(checked against the --init file or a fresh build), or compute them in forward"
+        )
+
+
+def _copy(model: nn.Module) -> nn.Module:
+    try:
+        with warnings.catch_warnings():
+            # torch's own deprecation notice when copying a torch.export program's module
+            warnings.simplefilter("ignore", FutureWarning)
+            return copy.deepcopy(model)
+    except Exception as exc:  # e.g. a traced function held as an attribute
+        raise InvalidInputError(
+            f"the model cannot be copied to build the posterior ({type(exc).__name__}: "
+            f"{str(exc)[:100]}); keep only modules, parameters and buffers on it"
+        ) from None
+
+
+def _functional_network(
+    model: nn.Module, log_sigma_init: float, fixed_buffers: Mapping[str, Tensor] | None
+) -> StochasticNetwork:
+    """Every parameter of ``model`` covered by one :class:`FunctionalGaussian`."""
+    from pacbound.posterior.functional import FunctionalGaussian
+
+    _refuse_hidden_tensors(model)
+    check_buffers(model, fixed_buffers)
+    if not any(True for _ in model.parameters()):
+        raise InvalidInputError("the model has no parameters to put a posterior on")
+    net = FunctionalGaussian(_copy(model), log_sigma_init)
+    net.layer_name = "<model>"
+    slots = [ParameterSlot(name, net, net.slot_attr(name)) for name in net.slot_names]
+    stochastic = StochasticNetwork(net, slots)
+    stochastic.eval()
+    return stochastic
+
+
 def check_buffers(model: nn.Module, reference: Mapping[str, Tensor] | None) -> None:
     """Every buffer (floating-point or integer) must equal its data-independent reference
     value (the ``--init`` file, or a fresh build of the architecture): anything else is
@@ -269,11 +307,27 @@ def _short(items: list[str], limit: int = 4) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
+class Sampler(str, Enum):
+    """How per-example weight draws are made (MATH.md §10).
+
+    ``layers``: each nn.Linear/nn.Conv2d is replaced by a Gaussian layer with an exact fast
+    sampler (local reparameterization on 2-D input, per-example weights otherwise); every
+    other parameter, tie or reuse is refused. ``functional``: the whole parameter vector is
+    drawn per example and each example is evaluated alone (``torch.func.vmap`` over
+    ``functional_call``): any module, ties and reuse included, at memory ∝ examples ×
+    parameters (:class:`~pacbound.posterior.functional.FunctionalGaussian`).
+    """
+
+    LAYERS = "layers"
+    FUNCTIONAL = "functional"
+
+
 def build_stochastic_network(
     model: nn.Module,
     *,
     log_sigma_init: float = -5.0,
     fixed_buffers: Mapping[str, Tensor] | None = None,
+    sampler: Sampler = Sampler.LAYERS,
 ) -> StochasticNetwork:
     """A stochastic copy of ``model`` with means at its current weights.
 
@@ -283,15 +337,11 @@ def build_stochastic_network(
     module docstring. Call :meth:`StochasticNetwork.check_coverage` on a few inputs before
     certifying: it catches uses of parameters that only a forward pass reveals.
     """
+    if sampler is Sampler.FUNCTIONAL:
+        return _functional_network(model, log_sigma_init, fixed_buffers)
     check_structure(model)
     check_buffers(model, fixed_buffers)
-    try:
-        net = copy.deepcopy(model)
-    except Exception as exc:  # e.g. a traced function held as an attribute
-        raise InvalidInputError(
-            f"the model cannot be copied to build the posterior ({type(exc).__name__}: "
-            f"{str(exc)[:100]}); keep only modules, parameters and buffers on it"
-        ) from None
+    net = _copy(model)
     slots: list[ParameterSlot] = []
     replacements: dict[str, _GaussianModule] = {}
     for mod_name, mod in list(net.named_modules()):

@@ -67,11 +67,14 @@ class DataFlowProbe(TorchFunctionMode):
             for p in module.parameters(recurse=False):
                 self.owner[id(p)] = module.layer_name
         self.active: list[str] = []
+        self.guard = network.guard
 
     def __torch_function__(
         self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if self.guard.opaque:
+            return func(*args, **kwargs)
         for t in _tensors(args, kwargs):
             self._check(t)
         out = func(*args, **kwargs)
@@ -90,7 +93,7 @@ class DataFlowProbe(TorchFunctionMode):
                     "a compression method"
                 )
             return
-        if id(t) not in self.allowed:
+        if id(t) not in self.allowed and not any(t is v for v in self.guard.vouched):
             raise InvalidInputError(
                 f"the model computes with a tensor of shape {list(t.shape)} that is neither "
                 "its input, a registered buffer, nor computed in forward (a plain tensor "

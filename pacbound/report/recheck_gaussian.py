@@ -36,11 +36,12 @@ def _network(
     fixed_buffers: Any,
     probe: Tensor,
     deterministic: bool,
+    sampler: str,
 ) -> Any:
     """A stochastic copy of ``model`` whose μ and log σ are those of the posterior file,
     under the same invariant checks as certify (buffers against ``fixed_buffers``, the
     probe forward on ``probe``)."""
-    from pacbound.posterior.network import build_stochastic_network
+    from pacbound.posterior.network import Sampler, build_stochastic_network
 
     names = tuple(name for name, _ in model.named_parameters())
     if names != saved.names:
@@ -48,7 +49,9 @@ def _network(
             f"the posterior file's parameters {list(saved.names)} do not match the model's "
             f"{list(names)}"
         )
-    network = build_stochastic_network(model, fixed_buffers=fixed_buffers).to(device)
+    network = build_stochastic_network(
+        model, fixed_buffers=fixed_buffers, sampler=Sampler(sampler)
+    ).to(device)
     network.check_coverage(probe.to(device), batch_independence=deterministic)
     with torch.no_grad():
         for slot in network.slots:
@@ -270,6 +273,7 @@ def recheck_gaussian(
         _fixed_buffers(report, loaded, root, allow_unsafe_pickle),
         data.x[: min(int(opts["batch_size"]), data.n)],
         bool(opts.get("check_deterministic", True)),
+        str(opts.get("sampler", "layers")),
     )
     prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)
     checks = [FieldCheck("prior.mean", res["prior"]["mean"], opts.get("prior")), prior_check]

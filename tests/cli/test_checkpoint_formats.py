@@ -198,12 +198,34 @@ def test_inspect_without_arch_points_at_the_shared_prefix(task: Path) -> None:
 # --- torch.export programs (.pt2) ----------------------------------------------------------
 
 
-def test_pt2_gaussian_is_refused_without_contradiction(task: Path) -> None:
-    """Used to exit 5 (NotImplementedError from the program's eval())."""
-    error = one_line_error(certify(task, "program.pt2", "--prior", "zero", *GAUSSIAN))
-    assert "torch.export program" in error
-    assert "--method subspace or quantize" in error
-    assert "drop --arch" not in error and "needs --arch" not in error
+def test_pt2_gaussian_draws_the_whole_parameter_vector_per_example(
+    task: Path, tmp_path: Path
+) -> None:
+    """Used to exit 5 (NotImplementedError from the program's eval()), then was refused: a
+    program's graph has no layers to replace. --sampler auto uses the functional sampler."""
+    report = tmp_path / "report.json"
+    post = tmp_path / "posterior.safetensors"
+    made = certify(
+        task,
+        "program.pt2",
+        "--prior",
+        "zero",
+        *GAUSSIAN,
+        "--output",
+        str(report),
+        "--save-posterior",
+        str(post),
+    )
+    assert made.exit_code == 0, made.output
+    doc = json.loads(report.read_text())
+    assert doc["options"]["sampler"] == "functional"
+    assert 0.0 < doc["results"]["bound"] < 1.0
+    assert_verifies(report)
+    # the same weights through the layer sampler: another draw layout, the same KL
+    plain = certify(task, "final.safetensors", *ARCH, "--prior", "zero", *GAUSSIAN, "--json")
+    assert plain.exit_code == 0, plain.output
+    other = json.loads(plain.stdout)["results"]
+    assert other["kl_nats"] == pytest.approx(doc["results"]["kl_nats"], rel=1e-9)
 
 
 def test_pt2_quantize_certifies_and_verifies(task: Path, tmp_path: Path) -> None:
