@@ -19,13 +19,9 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from train_mnist_mlp import error_rate, train  # noqa: E402
 
-from pacbound.certify.gaussian import (  # noqa: E402
-    GaussianOptions,
-    Posterior,
-    certify_gaussian,
-    stochastic_error,
-)
+from pacbound.certify.gaussian import certify_gaussian, stochastic_error  # noqa: E402
 from pacbound.certify.gaussian_checkpoint import CheckpointInputs  # noqa: E402
+from pacbound.certify.gaussian_options import GaussianOptions, Posterior  # noqa: E402
 from pacbound.io import load_dataset, resolve_device  # noqa: E402
 from pacbound.models import convnet, mlp  # noqa: E402
 from pacbound.posterior.fit import TrainingRecipe  # noqa: E402

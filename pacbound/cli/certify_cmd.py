@@ -394,8 +394,9 @@ def _run_gaussian(
     device: Any,
     progress: Callable[[str, int], Callable[[int], None]],
 ) -> RunOutcome:
-    from pacbound.certify.gaussian import GaussianOptions, Posterior, certify_gaussian
+    from pacbound.certify.gaussian import certify_gaussian
     from pacbound.certify.gaussian_checkpoint import CheckpointInputs
+    from pacbound.certify.gaussian_options import GaussianOptions, Posterior
     from pacbound.posterior.fit import TrainingRecipe
     from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
 

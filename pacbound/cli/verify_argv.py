@@ -33,7 +33,7 @@ STATEMENT_KEYS = ("heldout_delta", "disagreement_delta")
 
 def _gaussian_options(params: dict[str, Any]) -> dict[str, Any]:
     """``GaussianOptions.to_dict()`` for the parsed command line (certify's own defaults)."""
-    from pacbound.certify.gaussian import GaussianOptions
+    from pacbound.certify.gaussian_options import GaussianOptions
     from pacbound.posterior.priors import PriorMean, ScaleGrid
 
     return GaussianOptions(

@@ -27,7 +27,8 @@ from scipy.stats import binom
 from torch import Tensor, nn
 
 from pacbound.bounds import mc_upper_per_example, test_set_bound
-from pacbound.certify.gaussian import GaussianCertificate, GaussianOptions, certify_gaussian
+from pacbound.certify.gaussian import GaussianCertificate, certify_gaussian
+from pacbound.certify.gaussian_options import GaussianOptions
 from pacbound.harness import controls
 from pacbound.harness.synthetic import TRUE_RISK_EXAMPLES, TeacherTask
 from pacbound.posterior.fit import SIGMA_CANDIDATES

@@ -107,7 +107,8 @@ def planted_refusals(task: TeacherTask, *, n: int = 200, seed: int = 0) -> list[
     """Certify each refused planted model on random labels (true risk 1 − 1/K) with the
     Gaussian method and (for the memorizing model) the quantize method; record the outcome."""
     from pacbound.certify.compression import CompressionOptions, Method, certify_quantized
-    from pacbound.certify.gaussian import GaussianOptions, certify_gaussian
+    from pacbound.certify.gaussian import certify_gaussian
+    from pacbound.certify.gaussian_options import GaussianOptions
     from pacbound.posterior.priors import PriorMean, ScaleGrid
 
     gen = torch.Generator().manual_seed(seed)

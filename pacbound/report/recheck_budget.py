@@ -34,7 +34,7 @@ def recorded_grid(opts: dict[str, Any]) -> Any:
 def budget_from_options(opts: dict[str, Any], grid: Any) -> Any:
     """The δ budget the recorded options imply (δ, mc_delta, the grid's size), built by the
     code certify uses: nothing in the reported ``delta_budget`` is taken as given."""
-    from pacbound.certify.gaussian import GaussianOptions
+    from pacbound.certify.gaussian_options import GaussianOptions
 
     options = GaussianOptions(prior_scales=grid, delta=opts["delta"], mc_delta=opts.get("mc_delta"))
     return options.budget()

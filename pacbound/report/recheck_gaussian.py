@@ -207,7 +207,8 @@ def _certificate_checks(
         pac_bayes_kl,
         pac_bayes_quad,
     )
-    from pacbound.certify.gaussian import CERTIFIED_CLASSIFIER, SEED_OFFSETS
+    from pacbound.certify.gaussian import CERTIFIED_CLASSIFIER
+    from pacbound.certify.gaussian_options import SEED_OFFSETS
     from pacbound.posterior.risk import count_stochastic_errors
 
     n = int(x.shape[0])
@@ -332,8 +333,8 @@ def _checkpoint_checks(
 ) -> list[FieldCheck]:
     """Q's agreement with the checkpoint on S_bound and the certificate for the checkpoint
     itself, recomputed with certify's code and random streams."""
-    from pacbound.certify.gaussian import GaussianOptions, random_stream
     from pacbound.certify.gaussian_checkpoint import agreement_on_bound_data
+    from pacbound.certify.gaussian_options import GaussianOptions, random_stream
     from pacbound.posterior.risk import count_disagreements
     from pacbound.report.recheck_statements import recheck_checkpoint_statement
 

@@ -9,11 +9,8 @@ import torch
 from torch import nn
 
 from pacbound.bounds import mc_upper_per_example, pac_bayes_kl
-from pacbound.certify.gaussian import (
-    GaussianOptions,
-    Posterior,
-    certify_gaussian,
-)
+from pacbound.certify.gaussian import certify_gaussian
+from pacbound.certify.gaussian_options import GaussianOptions, Posterior
 from pacbound.errors import InvalidInputError, NumericalError
 from pacbound.posterior.fit import TrainingRecipe
 from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid

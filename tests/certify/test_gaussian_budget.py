@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pacbound.certify.gaussian import GaussianOptions
+from pacbound.certify.gaussian_options import GaussianOptions
 
 
 def _spent(options: GaussianOptions) -> Fraction:

@@ -75,7 +75,8 @@ def test_n_full_control_is_more_optimistic_on_the_same_run() -> None:
 def test_correct_reassembly_equals_the_pipeline() -> None:
     """The controls change exactly one piece: with the correct pieces they give the pipeline's
     own value (up to its outward rounding), so a caught control is caught for its bug."""
-    from pacbound.certify.gaussian import GaussianOptions, certify_gaussian
+    from pacbound.certify.gaussian import certify_gaussian
+    from pacbound.certify.gaussian_options import GaussianOptions
     from pacbound.harness.coverage import _pretrained, _state
 
     init = _pretrained(TASK, 16, 500, 0)

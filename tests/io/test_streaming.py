@@ -13,7 +13,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from pacbound.certify.gaussian import GaussianOptions, certify_gaussian
+from pacbound.certify.gaussian import certify_gaussian
+from pacbound.certify.gaussian_options import GaussianOptions
 from pacbound.cli.main import cli
 from pacbound.errors import InvalidInputError
 from pacbound.io import load_dataset

@@ -10,7 +10,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from pacbound.certify.gaussian import GaussianOptions, certify_gaussian
+from pacbound.certify.gaussian import certify_gaussian
+from pacbound.certify.gaussian_options import GaussianOptions
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.network import Sampler, build_stochastic_network
 from pacbound.posterior.priors import PriorMean, ScaleGrid
