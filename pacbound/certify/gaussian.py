@@ -252,14 +252,16 @@ def certify_gaussian(
     check_count(options.mc_passes, "--mc-passes")
     timer = Timer()
     model = model.to(dev).eval()
-    if options.check_deterministic:
-        check_deterministic(model, x, dev)
-    num_outputs = model_num_outputs(model, x, dev)
+    # Buffers are compared with their data-independent values before any forward pass
+    # (a forward may update a counter buffer).
     network = build_stochastic_network(
         model,
         fixed_buffers=init_state if fixed_buffers is None else fixed_buffers,
         sampler=options.sampler,
     ).to(dev)
+    if options.check_deterministic:
+        check_deterministic(model, x, dev)
+    num_outputs = model_num_outputs(model, x, dev)
     network.check_coverage(
         # at the certification batch size; a slice reads streamed features as a tensor
         x[: min(options.batch_size, int(x.shape[0]))].to(dev),

@@ -48,9 +48,12 @@ class ForwardGuard:
     def __init__(self) -> None:
         self.batch: int | None = None
         self.called: set[str] = set()
-        #: During a probe (:mod:`pacbound.posterior.probe`): the example whose weight noise
-        #: every layer changes, to check that no other example's output moves.
-        self.perturb_row: int | None = None
+        #: During a probe (:mod:`pacbound.posterior.probe`): the examples (a boolean mask
+        #: over the batch) whose weight noise every layer changes, to check that no other
+        #: example's output moves.
+        self.perturb_rows: Tensor | None = None
+        #: The Gaussian layers whose forward is running (innermost last).
+        self.active: list[str] = []
         #: True while a layer evaluates examples one by one under ``torch.func.vmap``
         #: (per-example by construction; the data-flow probe does not look inside).
         self.opaque = False
@@ -105,6 +108,18 @@ class _GaussianModule(nn.Module):
         self.mode = "per_example"
         self.generator: torch.Generator | None = None
 
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """The layer's own forward, without module hooks: no user code may replace or
+        rewrite a draw of the posterior. The guard records which layer is running."""
+        guard = self.guard
+        if guard is not None:
+            guard.active.append(self.layer_name)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            if guard is not None:
+                guard.active.pop()
+
     def __getattr__(self, name: str) -> Any:
         if name in ("weight", "bias"):
             # The model reads the layer's tensor outside the layer's own forward (a raw op,
@@ -126,10 +141,10 @@ class _GaussianModule(nn.Module):
         """Standard normal noise whose leading dimension is the examples ``first_row``…"""
         noise = torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
         guard = self.guard
-        if guard is not None and guard.perturb_row is not None and noise.dim() > 0:
-            row = guard.perturb_row - first_row
-            if 0 <= row < noise.shape[0]:
-                noise[row] += 1.0
+        if guard is not None and guard.perturb_rows is not None and noise.dim() > 0:
+            rows = guard.perturb_rows[first_row : first_row + noise.shape[0]]
+            if rows.shape[0] == noise.shape[0]:
+                noise[rows.to(noise.device)] += 1.0
         return noise
 
 

@@ -75,7 +75,16 @@ class StochasticNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._guard.start(int(x.shape[0]))
-        return self.net(x)
+        sampling = [(m, m.mode, m.generator) for m in self.gaussian_modules()]
+        out = self.net(x)
+        for module, mode, generator in sampling:
+            if module.mode != mode or module.generator is not generator:
+                raise InvalidInputError(
+                    f"the model's forward changed how layer {module.layer_name!r} draws its "
+                    "weights (its sampling mode or random generator): the certificate's draws "
+                    "must be the ones pacbound makes"
+                )
+        return out
 
     @property
     def guard(self) -> ForwardGuard:
@@ -206,10 +215,27 @@ def _altered(mod: nn.Module) -> list[str]:
 
 _MODULE_INTERNALS = frozenset(vars(nn.Module()))
 
+#: Python lists or tuples of more numbers than this held by a module are refused: they could hold a
+#: data set as well as a tensor could (layer sizes and similar settings are short).
+MAX_PYTHON_NUMBERS = 64
+
+
+def _numbers(items: list[Any] | tuple[Any, ...]) -> int:
+    """How many numbers a (nested) Python list or tuple holds."""
+    count, stack = 0, [items]
+    while stack:
+        for v in stack.pop():
+            if isinstance(v, (int, float, complex)):
+                count += 1
+            elif isinstance(v, (list, tuple)):
+                stack.append(v)
+    return count
+
 
 def unregistered_tensors(model: nn.Module) -> list[str]:
     """``module.attribute`` paths of tensors (or NumPy arrays) held by a module outside its
-    parameters and buffers, also inside lists, tuples and dicts."""
+    parameters and buffers, also inside lists, tuples, dicts and plain objects, and of Python
+    lists/tuples of more than :data:`MAX_PYTHON_NUMBERS` numbers."""
     import numpy as np
 
     found = []
@@ -220,12 +246,17 @@ def unregistered_tensors(model: nn.Module) -> list[str]:
             stack: list[tuple[str, Any, int]] = [(key, value, 0)]
             while stack:
                 path, item, depth = stack.pop()
+                where = f"{mod_name}.{path}" if mod_name else path
                 if isinstance(item, (Tensor, np.ndarray)):
-                    found.append(f"{mod_name}.{path}" if mod_name else path)
+                    found.append(where)
+                elif isinstance(item, (list, tuple)) and _numbers(item) > MAX_PYTHON_NUMBERS:
+                    found.append(f"{where} ({_numbers(item)} numbers)")
                 elif depth < 4 and isinstance(item, (list, tuple)):
                     stack.extend((f"{path}[{i}]", v, depth + 1) for i, v in enumerate(item))
                 elif depth < 4 and isinstance(item, dict):
                     stack.extend((f"{path}[{k!r}]", v, depth + 1) for k, v in item.items())
+                elif depth < 4 and hasattr(item, "__dict__") and not callable(item):
+                    stack.extend((f"{path}.{k}", v, depth + 1) for k, v in vars(item).items())
     return sorted(found)
 
 

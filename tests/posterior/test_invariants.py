@@ -353,3 +353,129 @@ def test_sequence_linear_chunks_examples_within_the_memory_budget(
         out = layer(x.new_ones(5, 2, 3))
     assert torch.equal(out[:, 0], out[:, 1])  # positions of one example share the draw
     assert not torch.equal(out[0], out[1])  # examples do not
+
+
+class _SwitchesToMean(nn.Module):
+    """Forward code that sets the Gaussian layers to their mean (review, round 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if hasattr(self.fc, "weight_mu"):
+            self.fc.mode = "mean"
+        return self.fc(x)
+
+
+def test_forward_code_cannot_change_how_a_layer_draws() -> None:
+    net = build_stochastic_network(_SwitchesToMean())
+    net.set_mode("per_example", torch.Generator().manual_seed(0))
+    with pytest.raises(InvalidInputError, match="changed how layer 'fc' draws"), torch.no_grad():
+        net(_x())
+
+
+def test_hooks_cannot_replace_a_draw() -> None:
+    """A global forward hook returning the mean output for Gaussian layers never runs on
+    them: their draws are made by their own forward only."""
+
+    def mean_instead(mod: nn.Module, inputs: tuple[Tensor, ...], out: Tensor) -> Tensor | None:
+        if hasattr(mod, "weight_mu"):
+            return nn.functional.linear(inputs[0], mod.weight_mu, mod.bias_mu)
+        return None
+
+    net = build_stochastic_network(nn.Sequential(nn.Linear(6, 2)))
+    net.set_log_sigma(0.0)
+    handle = nn.modules.module.register_module_forward_hook(mean_instead)
+    try:
+        net.set_mode("per_example", torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            drawn = net(_x())
+        net.set_mode("mean")
+        with torch.no_grad():
+            mean = net(_x())
+    finally:
+        handle.remove()
+    assert not torch.allclose(drawn, mean)
+
+
+class _PythonMemo(nn.Module):
+    def __init__(self, keys: list[list[float]]) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+        self.keys = keys
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) + torch.cdist(x, torch.tensor(self.keys)).min(dim=1).values[:, None]
+
+
+def test_data_in_python_lists_is_refused() -> None:
+    keys = _x(20).tolist()
+    with pytest.raises(InvalidInputError, match=r"keys \(120 numbers\)"):
+        build_stochastic_network(_PythonMemo(keys))
+    store = {"keys": keys}
+
+    class Closure(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            table = torch.tensor(store["keys"])
+            return self.fc(x) + torch.cdist(x, table).min(dim=1).values[:, None]
+
+    net = build_stochastic_network(Closure())
+    with pytest.raises(InvalidInputError, match="builds a tensor from 120 Python/NumPy values"):
+        net.check_coverage(_x())
+
+
+class _RollsSomeRows(nn.Module):
+    """Rows 1.. exchange half their features before the layer; row 0 is untouched, so
+    perturbing only row 0's draw would not reveal it (review, round 2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        rolled = torch.cat([h[:1], torch.roll(h[1:], 1, dims=0)])
+        return h + 0.0 * rolled + torch.cat([h[:1] * 0, torch.roll(h[1:], 1, dims=0) * 0.5])
+
+
+def test_dependence_between_any_two_rows_is_caught() -> None:
+    net = build_stochastic_network(_RollsSomeRows())
+    with pytest.raises(InvalidInputError, match="changes the outputs of other examples"):
+        net.check_coverage(_x(9))
+
+
+class _Ordinary(nn.Module):
+    """Common honest patterns that must pass: device/dtype reads through .parameters(),
+    a small constant built from Python numbers, a call counter buffer."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 2)
+        self.register_buffer("calls", torch.zeros((), dtype=torch.int64))
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.calls += 1
+        x = x.to(next(self.parameters()).device)
+        scale = torch.tensor([1.0] * 6, device=x.device)
+        return self.fc(x * scale)
+
+
+def test_ordinary_patterns_are_not_refused() -> None:
+    model = _Ordinary()
+    reference = {k: v.clone() for k, v in model.state_dict().items()}
+    net = build_stochastic_network(model, fixed_buffers=reference)
+    net.check_coverage(_x(64))
+
+
+def test_half_precision_models_are_not_refused_as_batch_mixing() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Linear(6, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10)
+    ).half()
+    net = build_stochastic_network(model)
+    net.check_coverage(torch.randn(64, 6).half() * 10)
