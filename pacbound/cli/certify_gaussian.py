@@ -8,6 +8,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from pacbound.bounds import format_up
 from pacbound.cli.certify_compression import RunOutcome
 from pacbound.cli.model_options import resolve_init
@@ -81,7 +83,7 @@ def run_gaussian(
         data.y,
         options=options,
         init_state=init_state,
-        fixed_buffers=reference_buffers(kw, init_state),
+        fixed_buffers=reference_buffers(kw, init_state, warnings),
         heldout=None if heldout is None else (heldout.x, heldout.y),
         checkpoint_inputs=checkpoint_inputs,
         device=device,
@@ -128,16 +130,36 @@ def _sampler(choice: str, loaded: Any) -> Any:
     return Sampler.FUNCTIONAL if program else Sampler.LAYERS
 
 
-def reference_buffers(kw: dict[str, Any], init_state: dict[str, Any] | None) -> Any:
+def reference_buffers(
+    kw: dict[str, Any], init_state: dict[str, Any] | None, warnings: list[str]
+) -> Any:
     """The data-independent values every buffer must equal: the --init file's, and for
     buffers it does not hold (non-persistent ones) a fresh build of --arch (``None`` when
-    neither exists: then any buffer is refused)."""
+    neither exists: then any buffer is refused). An --init whose buffers differ from the
+    fresh build gets a warning appended to ``warnings``: the file is trusted to have been
+    saved before training, and buffers rarely change between a build and its init."""
     reference: dict[str, Any] = {}
     if kw.get("arch") is not None:
         from pacbound.io.architectures import build_module, parse_arch
 
         fresh = build_module(parse_arch(kw["arch"]), kw.get("arch_kwargs") or {})
         reference = {name: b.detach() for name, b in fresh.named_buffers()}
+    if init_state is not None and reference:
+        differ = [
+            name
+            for name, value in reference.items()
+            if name in init_state
+            and (
+                value.shape != init_state[name].shape
+                or not torch.equal(value.cpu(), init_state[name].detach().cpu().to(value.dtype))
+            )
+        ]
+        if differ:
+            warnings.append(
+                f"the --init file's buffers {', '.join(differ[:4])} differ from a fresh build "
+                "of --arch; they are trusted as fixed before training: make sure they hold "
+                "no data"
+            )
     if init_state is not None:
         reference.update(init_state)
     return reference or None

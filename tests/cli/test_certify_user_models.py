@@ -321,3 +321,29 @@ def test_a_non_persistent_buffer_is_checked_against_a_fresh_build(
     args = ["--init", str(task / "scaled_init.safetensors")]
     result = _run(task, "scaled.safetensors", *args, arch=["--arch", "usermodels:scaled"])
     assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+
+
+def test_init_buffers_that_differ_from_a_fresh_build_are_warned_about(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both files hold the same data-derived table: the buffer check passes (they agree),
+    but the --init file's buffer is not what the architecture builds (review, round 2)."""
+    monkeypatch.syspath_prepend(str(task))
+    model = __import__("usermodels").memo()
+    with torch.no_grad():
+        model.table.copy_(torch.tensor([1, 0, 1, 1]))
+    _save(model, task / "memo_init.safetensors")
+    with torch.no_grad():
+        model.fc.weight.add_(0.1)
+    _save(model, task / "memo_trained.safetensors")
+    result = _run(
+        task,
+        "memo_trained.safetensors",
+        "--init",
+        str(task / "memo_init.safetensors"),
+        "--json",
+        arch=["--arch", "usermodels:memo"],
+    )
+    assert result.exit_code == 0, result.output  # type: ignore[attr-defined]
+    report = json.loads(result.stdout)  # type: ignore[attr-defined]
+    assert any("buffers table differ from a fresh build" in w for w in report["warnings"])
