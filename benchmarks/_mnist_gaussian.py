@@ -19,7 +19,11 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from train_mnist_mlp import error_rate, train  # noqa: E402
 
-from pacbound.certify.gaussian import certify_gaussian, stochastic_error  # noqa: E402
+from pacbound.certify.gaussian import (  # noqa: E402
+    certify_gaussian,
+    data_dependent_prior,
+    stochastic_error,
+)
 from pacbound.certify.gaussian_checkpoint import CheckpointInputs  # noqa: E402
 from pacbound.certify.gaussian_options import GaussianOptions, Posterior  # noqa: E402
 from pacbound.io import load_dataset, resolve_device  # noqa: E402
@@ -71,6 +75,21 @@ def run(
     )
     init_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     t0 = time.perf_counter()
+    if prior is PriorMean.DATA:
+        # The user's checkpoint in the paper's pipeline: the prior network (trained on
+        # S_prior only, with certify's own seeded split and recipe) fine-tuned on all of S
+        # below. certify retrains the prior from the init itself; Q starts at this checkpoint.
+        _, prior_model = data_dependent_prior(
+            model,
+            train_set.x,
+            train_set.y,
+            prior_fraction=prior_fraction,
+            recipe=prior_recipe or PriorTrainingRecipe(seed=args.seed),
+            seed=args.seed,
+            init_state=init_state,
+            device=device,
+        )
+        model.load_state_dict(prior_model.state_dict())
     train(
         model,
         train_set.x,
