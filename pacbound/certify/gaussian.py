@@ -353,6 +353,7 @@ def certify_gaussian(
                 select=select,
                 progress=hook,
             )
+    network.check_buffers_unchanged()
     with timer.phase("kl"):
         kls = kl_over_grid(kl_sufficient_stats(network, prior_means), grid)
         j = int(kls.argmin())

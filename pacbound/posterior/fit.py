@@ -247,7 +247,10 @@ def train_diagonal_posterior(
     estimated bound. Raises :class:`NumericalError` naming the epoch and step if the
     objective or the KL becomes NaN/Inf.
     """
-    network.to(device).train()
+    # Eval mode throughout: the Gaussian layers draw in either mode, and a train-mode pass
+    # would let normalization layers refit their running statistics to the data (buffers
+    # the KL does not pay for) and dropout change the model being certified.
+    network.to(device).eval()
     gen = torch.Generator(device=device).manual_seed(recipe.seed)
     log_prior_scale = torch.tensor(math.log(initial_prior_scale), device=device, requires_grad=True)
     mean_opt = _mean_optimizer(network.mean_parameters(), recipe)
@@ -267,7 +270,6 @@ def train_diagonal_posterior(
         estimates.append(select(network))
         best_state = _snapshot(network)
     for epoch in range(recipe.epochs):
-        network.train()
         network.set_mode("shared", gen)
         perm = torch.randperm(n, generator=shuffle)
         total, batches = 0.0, 0
@@ -302,7 +304,6 @@ def train_diagonal_posterior(
         history.append(total / max(batches, 1))
         if selecting:
             assert select is not None
-            network.eval()
             estimates.append(select(network))
             if estimates[-1] < estimates[kept]:
                 kept = epoch + 1

@@ -27,15 +27,6 @@ from pacbound.posterior import layers
 from pacbound.posterior.layers import _GaussianModule
 
 
-def _delete_parameter(module: nn.Module, dotted: str) -> None:
-    """Replace the parameter ``dotted`` by an empty, non-persistent placeholder buffer: every
-    call supplies the drawn tensor for it (``functional_call``), so its value is never read."""
-    owner_name, _, attr = dotted.rpartition(".")
-    owner = module.get_submodule(owner_name) if owner_name else module
-    del owner._parameters[attr]
-    owner.register_buffer(attr, torch.empty(0), persistent=False)
-
-
 class FunctionalGaussian(_GaussianModule):
     """Every parameter of ``base`` with a diagonal Gaussian posterior (see the module doc).
 
@@ -47,32 +38,26 @@ class FunctionalGaussian(_GaussianModule):
         nn.Module.__init__(self)
         self.mode = "per_example"
         self.generator = None
-        first: dict[int, str] = {}
-        self.aliases: dict[str, list[str]] = {}
-        for name, p in base.named_parameters(remove_duplicate=False):
-            key = first.setdefault(id(p), name)
-            self.aliases.setdefault(key, []).append(name)
-        self.slot_names = list(self.aliases)
+        self.slot_names = [name for name, _ in base.named_parameters()]  # ties: first name
         for i, (_, p) in enumerate(base.named_parameters()):
             self.register_parameter(f"p{i}_mu", nn.Parameter(p.detach().clone()))
             self.register_parameter(
                 f"p{i}_log_sigma", nn.Parameter(torch.full_like(p.detach(), log_sigma_init))
             )
-        for names in self.aliases.values():
-            for name in names:
-                _delete_parameter(base, name)
+        for p in base.parameters():
+            # The checkpoint's values stay registered (so that forward code reading
+            # self.parameters() sees the tensors functional_call swaps in) but are never
+            # computed with: every call supplies a tensor for every name, ties included.
+            p.requires_grad_(False)
         self.base = base
 
     def slot_attr(self, name: str) -> str:
         return f"p{self.slot_names.index(name)}"
 
     def _tensors(self, values: list[Tensor]) -> dict[str, Tensor]:
-        """One tensor per parameter, under every name it is reachable by (ties)."""
-        return {
-            alias: value
-            for name, value in zip(self.slot_names, values, strict=True)
-            for alias in self.aliases[name]
-        }
+        """One tensor per parameter under its first name; ``functional_call`` (with
+        ``tie_weights``) uses it for every name of a tied parameter."""
+        return dict(zip(self.slot_names, values, strict=True))
 
     def _mu(self) -> list[Tensor]:
         return [getattr(self, f"p{i}_mu") for i in range(len(self.slot_names))]
@@ -82,27 +67,39 @@ class FunctionalGaussian(_GaussianModule):
 
     def forward(self, x: Tensor) -> Tensor:
         self._enter(x)
-        if self.mode == "mean":
-            return functional_call(self.base, self._tensors(self._mu()), (x,))
-        mus, sigmas = self._mu(), self._sigma()
-        if self.mode == "shared":
-            drawn = [m + s * self._noise(m.shape, x) for m, s in zip(mus, sigmas, strict=True)]
-            return functional_call(self.base, self._tensors(drawn), (x,))
-        return self._per_example(x, mus, sigmas)
+        try:
+            if self.mode == "mean":  # a copy: forward code must not change μ in place
+                return self._call(self._tensors([m.clone() for m in self._mu()]), x)
+            mus, sigmas = self._mu(), self._sigma()
+            if self.mode == "shared":
+                drawn = [m + s * self._noise(m.shape, m) for m, s in zip(mus, sigmas, strict=True)]
+                return self._call(self._tensors(drawn), x)
+            return self._per_example(x, mus, sigmas)
+        except InvalidInputError:
+            raise
+        except Exception as exc:  # the model's own code failed under functional_call/vmap
+            raise InvalidInputError(
+                "the model cannot be evaluated with its parameters supplied per call "
+                f"(--sampler functional: {type(exc).__name__}: {str(exc).splitlines()[0][:140]}"
+                "); randomness or in-place updates of state in forward are not supported"
+            ) from None
+
+    def _call(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        out: Tensor = functional_call(self.base, params, (x,))
+        return out
 
     def _per_example(self, x: Tensor, mus: list[Tensor], sigmas: list[Tensor]) -> Tensor:
         size = sum(m.numel() for m in mus)
         step = max(1, layers.PER_EXAMPLE_WEIGHT_ELEMENTS // max(size, 1))
-        names = list(self._tensors(mus))
 
         def one(params: dict[str, Tensor], xi: Tensor) -> Tensor:
-            return functional_call(self.base, params, (xi.unsqueeze(0),)).squeeze(0)
+            return self._call(params, xi.unsqueeze(0)).squeeze(0)
 
         chunks = []
         for start in range(0, int(x.shape[0]), step):
             rows = min(step, int(x.shape[0]) - start)
             drawn = [
-                m + s * self._noise((rows, *m.shape), x, start)
+                m + s * self._noise((rows, *m.shape), m, start)
                 for m, s in zip(mus, sigmas, strict=True)
             ]
             params = self._tensors(drawn)
@@ -110,13 +107,7 @@ class FunctionalGaussian(_GaussianModule):
             if guard is not None:
                 guard.opaque = True  # inside vmap: per-example by construction
             try:
-                out = vmap(one)({n: params[n] for n in names}, x[start : start + rows])
-            except RuntimeError as exc:
-                raise InvalidInputError(
-                    "the model cannot be evaluated one example at a time with its own weights "
-                    f"(torch.func.vmap: {str(exc).splitlines()[0][:160]}); randomness or "
-                    "in-place updates in forward are not supported by --sampler functional"
-                ) from None
+                out = vmap(one)(params, x[start : start + rows])
             finally:
                 if guard is not None:
                     guard.opaque = False

@@ -54,6 +54,8 @@ class ForwardGuard:
         self.perturb_rows: Tensor | None = None
         #: The Gaussian layers whose forward is running (innermost last).
         self.active: list[str] = []
+        #: True while the network's forward runs: sampling settings are then read-only.
+        self.running = False
         #: True while a layer evaluates examples one by one under ``torch.func.vmap``
         #: (per-example by construction; the data-flow probe does not look inside).
         self.opaque = False
@@ -87,11 +89,41 @@ class ForwardGuard:
 
 
 class _GaussianModule(nn.Module):
-    """Mean and log-σ parameters for a module's ``weight`` (and optional ``bias``)."""
+    """Mean and log-σ parameters for a module's ``weight`` (and optional ``bias``).
 
-    mode: SampleMode
+    ``mode`` and ``generator`` are set by the network (``set_mode``) between passes; the
+    model's own forward code cannot change them while a pass runs.
+    """
+
     layer_name: str = "<layer>"
     guard: ForwardGuard | None = None
+    _mode: SampleMode = "per_example"
+    _generator: torch.Generator | None = None
+
+    def _settable(self, what: str) -> None:
+        if self.guard is not None and self.guard.running:
+            raise InvalidInputError(
+                f"the model's forward changes how layer {self.layer_name!r} draws its weights "
+                f"(its {what}): the certificate's draws must be the ones pacbound makes"
+            )
+
+    @property
+    def mode(self) -> SampleMode:
+        return self._mode
+
+    @mode.setter
+    def mode(self, value: SampleMode) -> None:
+        self._settable("sampling mode")
+        self._mode = value
+
+    @property
+    def generator(self) -> torch.Generator | None:
+        return self._generator
+
+    @generator.setter
+    def generator(self, value: torch.Generator | None) -> None:
+        self._settable("random generator")
+        self._generator = value
 
     def __init__(self, weight: Tensor, bias: Tensor | None, log_sigma_init: float) -> None:
         super().__init__()

@@ -5,6 +5,8 @@ copy of the model with its Gaussian counterpart and enforces the invariant every
 rests on (MATH.md §4, §10): **every tensor the network computes with is covered by the
 posterior (and its KL) or is identical to a data-independent value fixed before the data**.
 
+With the default layer sampler (``Sampler.LAYERS``):
+
 * every parameter belongs to a supported layer (anything else would be a point mass the KL
   does not pay for);
 * no parameter is tied to another and no layer is reachable under two names (a tied weight
@@ -16,7 +18,12 @@ posterior (and its KL) or is identical to a data-independent value fixed before 
 * at run time (:class:`~pacbound.posterior.layers.ForwardGuard`), each layer is called at
   most once per forward pass and sees the batch as its leading dimension, and
   :meth:`StochasticNetwork.check_coverage` runs a probe forward that refuses any use of a
-  parameter outside its layer and any mixing of examples within a batch.
+  parameter outside its layer and any mixing of examples within a batch
+  (:mod:`pacbound.posterior.probe`).
+
+``Sampler.FUNCTIONAL`` instead covers every parameter of any module at once
+(:class:`~pacbound.posterior.functional.FunctionalGaussian`): ties and reuse are drawn once
+per example by construction; the buffer, hidden-tensor and probe checks apply as well.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class StochasticNetwork(nn.Module):
         self._guard = ForwardGuard()
         for module in self.gaussian_modules():
             module.guard = self._guard
+        self._buffers_at_build = {n: b.detach().clone() for n, b in net.named_buffers()}
 
     @property
     def slots(self) -> list[ParameterSlot]:
@@ -76,7 +84,11 @@ class StochasticNetwork(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         self._guard.start(int(x.shape[0]))
         sampling = [(m, m.mode, m.generator) for m in self.gaussian_modules()]
-        out = self.net(x)
+        self._guard.running = True
+        try:
+            out = self.net(x)
+        finally:
+            self._guard.running = False
         for module, mode, generator in sampling:
             if module.mode != mode or module.generator is not generator:
                 raise InvalidInputError(
@@ -85,6 +97,26 @@ class StochasticNetwork(nn.Module):
                     "must be the ones pacbound makes"
                 )
         return out
+
+    def check_buffers_unchanged(self) -> None:
+        """Refuse if fitting the posterior changed a floating-point buffer (e.g. a
+        normalization layer's running statistics refitted to the data): the certificate
+        would compute with state the KL does not pay for."""
+        changed = [
+            name
+            for name, buf in self.net.named_buffers()
+            if buf.is_floating_point()  # a forward's own counters may tick
+            and (
+                name not in self._buffers_at_build
+                or not _same_value(buf, self._buffers_at_build[name])
+            )
+        ]
+        if changed:
+            raise InvalidInputError(
+                f"fitting the posterior changed the model's buffers ({_short(changed)}): they "
+                "would be data-derived state the bound does not pay for. Keep buffers fixed "
+                "in forward (eval-mode normalization), or certify with a compression method"
+            )
 
     @property
     def guard(self) -> ForwardGuard:

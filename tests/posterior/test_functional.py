@@ -86,7 +86,7 @@ def test_randomness_inside_forward_is_refused() -> None:
 
     net = _functional(Noisy())
     net.set_mode("per_example", torch.Generator().manual_seed(0))
-    with pytest.raises(InvalidInputError, match="one example at a time"), torch.no_grad():
+    with pytest.raises(InvalidInputError, match="supplied per call"), torch.no_grad():
         net(torch.randn(3, 4))
 
 
@@ -107,3 +107,32 @@ def test_layer_norm_and_tied_models_certify_with_the_functional_sampler() -> Non
     assert cert.network.num_parameters() == sum(p.numel() for p in model.parameters())
     with pytest.raises(InvalidInputError, match="--sampler functional"):
         certify_gaussian(model, x, y, options=GaussianOptions(prior=PriorMean.ZERO))
+
+
+def test_forward_code_reading_its_parameters_sees_the_drawn_ones() -> None:
+    """``next(self.parameters()).device`` and a penalty over ``self.parameters()`` work and
+    use the tensors of the current draw (review 3)."""
+
+    class Reads(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            x = x.to(next(self.parameters()).device)
+            return self.fc(x) - sum(p.pow(2).sum() for p in self.parameters())
+
+    torch.manual_seed(0)
+    model = Reads()
+    net = _functional(model, sigma=0.3)
+    x = torch.randn(5, 4)
+    net.check_coverage(x)
+    net.set_mode("per_example", torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        out = net(x)
+    gen = torch.Generator().manual_seed(4)
+    params = dict(model.named_parameters())
+    noise = {n: torch.randn((5, *p.shape), generator=gen) for n, p in params.items()}
+    for i in range(5):
+        theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
+        assert torch.allclose(out[i], functional_call(model, theta, (x[i : i + 1],))[0], atol=1e-5)

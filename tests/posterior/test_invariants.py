@@ -371,7 +371,7 @@ class _SwitchesToMean(nn.Module):
 def test_forward_code_cannot_change_how_a_layer_draws() -> None:
     net = build_stochastic_network(_SwitchesToMean())
     net.set_mode("per_example", torch.Generator().manual_seed(0))
-    with pytest.raises(InvalidInputError, match="changed how layer 'fc' draws"), torch.no_grad():
+    with pytest.raises(InvalidInputError, match="changes how layer 'fc' draws"), torch.no_grad():
         net(_x())
 
 
@@ -479,3 +479,46 @@ def test_half_precision_models_are_not_refused_as_batch_mixing() -> None:
     ).half()
     net = build_stochastic_network(model)
     net.check_coverage(torch.randn(64, 6).half() * 10)
+
+
+def test_posterior_training_keeps_normalization_statistics_fixed() -> None:
+    """Posterior training runs in eval mode, so a parameter-free BatchNorm does not refit
+    its running statistics to the data; a buffer changed anyway is refused (review 3)."""
+    from pacbound.posterior.fit import TrainingRecipe, train_diagonal_posterior
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 4), nn.BatchNorm1d(4, affine=False), nn.Linear(4, 2))
+    model.eval()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    net = build_stochastic_network(model, fixed_buffers=fresh)
+    x = _x(200) + 50.0
+    y = torch.randint(0, 2, (200,))
+    recipe = TrainingRecipe(epochs=2, batch_size=50, keep_best=False)
+    train_diagonal_posterior(
+        net, [p.detach() for p in model.parameters()], 0.1, x, y, recipe,
+        n_bound=200, log_term=5.0, device=torch.device("cpu"),
+    )  # fmt: skip
+    net.check_buffers_unchanged()
+    assert torch.equal(net.net[1].running_mean, fresh["1.running_mean"])
+    with torch.no_grad():
+        net.net[1].running_mean.add_(1.0)
+    with pytest.raises(InvalidInputError, match=r"changed the model's buffers \(1\.running_mean"):
+        net.check_buffers_unchanged()
+
+
+def test_forward_code_cannot_flip_the_mode_and_restore_it() -> None:
+    class Flips(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            saved = self.fc.mode
+            self.fc.mode = "mean"
+            out = self.fc(x)
+            self.fc.mode = saved
+            return out
+
+    net = build_stochastic_network(Flips())
+    with pytest.raises(InvalidInputError, match="changes how layer 'fc' draws"):
+        net.check_coverage(_x())
