@@ -257,7 +257,8 @@ of guessing, 1 − 1/K.
     "--allow-nondeterministic",
     is_flag=True,
     help="Skip the check that two eval-mode passes agree (the certificate may then "
-    "not describe the evaluated model).",
+    "not describe the evaluated model). --method gaussian then evaluates one example at a "
+    "time for the certificate, so that randomness in forward is drawn per example (slow).",
 )
 @click.option(
     "--output",
