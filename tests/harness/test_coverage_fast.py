@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -30,15 +29,6 @@ from pacbound.harness.coverage import (
 from pacbound.harness.synthetic import TeacherTask
 
 TASK = TeacherTask()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    """Small models run faster on one thread, and other jobs share the CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

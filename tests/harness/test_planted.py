@@ -3,25 +3,12 @@ refused or certified soundly (MATH.md §9, §10)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
-import torch
-
 from pacbound.harness import controls
 from pacbound.harness.coverage import CORRECT, make_method, run_coverage
 from pacbound.harness.planted import planted_refusals
 from pacbound.harness.synthetic import TeacherTask
 
 TASK = TeacherTask()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_tied_and_memorizing_models_are_refused_on_random_labels() -> None:
