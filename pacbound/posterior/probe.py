@@ -109,8 +109,8 @@ class DataFlowProbe(TorchFunctionMode):
                 )
         out = func(*args, **kwargs)
         results = _tensors((out,), {})
-        if results:  # metadata reads (device, shape, dtype…) return no tensor
-            for t in _tensors(args, kwargs):
+        if results or out is None:  # metadata reads (device, shape…) return other values;
+            for t in _tensors(args, kwargs):  # None: __setitem__ and other in-place writes
                 self._check(t)
         for t in results:
             self.allowed[id(t)] = t

@@ -522,3 +522,21 @@ def test_forward_code_cannot_flip_the_mode_and_restore_it() -> None:
     net = build_stochastic_network(Flips())
     with pytest.raises(InvalidInputError, match="changes how layer 'fc' draws"):
         net.check_coverage(_x())
+
+
+def test_a_hidden_tensor_written_in_place_is_refused() -> None:
+    secret = torch.full((1,), 7.0)
+
+    class Writes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out = self.fc(x)
+            out[:, 0] = secret  # __setitem__ returns None: still checked
+            return out
+
+    net = build_stochastic_network(Writes())
+    with pytest.raises(InvalidInputError, match=r"tensor of shape \[1\] that is neither"):
+        net.check_coverage(_x(4))
