@@ -16,6 +16,7 @@ the network-level checks see to them. Randomness inside ``forward`` is refused b
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
@@ -107,7 +108,10 @@ class FunctionalGaussian(_GaussianModule):
             if guard is not None:
                 guard.opaque = True  # inside vmap: per-example by construction
             try:
-                out = vmap(one)(params, x[start : start + rows])
+                with warnings.catch_warnings():
+                    # torch's notice that an op has no batching rule (a slower fallback)
+                    warnings.filterwarnings("ignore", "There is a performance drop")
+                    out = vmap(one)(params, x[start : start + rows])
             finally:
                 if guard is not None:
                     guard.opaque = False

@@ -136,3 +136,27 @@ def test_forward_code_reading_its_parameters_sees_the_drawn_ones() -> None:
     for i in range(5):
         theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
         assert torch.allclose(out[i], functional_call(model, theta, (x[i : i + 1],))[0], atol=1e-5)
+
+
+def test_attention_models_certify_without_torch_warnings_escaping() -> None:
+    """MultiheadAttention has no vmap batching rule on CPU: torch's performance notice must
+    not escape (nor, under warnings-as-errors, turn into a refusal)."""
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(2, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            h = self.proj(x.view(x.shape[0], 3, 2))
+            a, _ = self.attn(h, h, h, need_weights=False)
+            return self.head((h + a).mean(1))
+
+    torch.manual_seed(0)
+    net = _functional(Attn(), sigma=0.1)
+    net.check_coverage(torch.randn(6, 6))
+    net.set_mode("per_example", torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert net(torch.randn(6, 6)).shape == (6, 2)
