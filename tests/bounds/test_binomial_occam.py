@@ -10,7 +10,7 @@ from decimal import Decimal, localcontext
 import mpmath
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 from scipy.special import gammaln, logsumexp
@@ -156,6 +156,7 @@ def _full_sum_inverse(k: int, m: int, log_target: float) -> float:
 
 
 @settings(deadline=None, max_examples=80)
+@example(m=58, frac=1.0, log_target=-6.103515625e-05)
 @given(
     m=st.integers(1, 400),
     frac=st.floats(0.0, 1.0),
@@ -167,9 +168,11 @@ def test_inverse_agrees_with_the_full_sum_and_is_exactly_sound(
     k = min(round(frac * m), m - 1)
     value = binomial_tail_inverse(k, m, log_target)
     reference = _full_sum_inverse(k, m, log_target)
-    # both are ≥ the exact value; the new one is never looser than the old (whose larger log
-    # margin made it 1e-10 looser at m = 2, ln target = −1e-6), and close to it
-    assert reference - 1e-9 <= value <= reference + 2 * BINOMIAL_XTOL + 1e-9 * reference
+    # both are ≥ the exact value, and close to each other: the old full sum kept a larger
+    # log margin, up to ~1e-9 looser when the target is near 1 (k=57, m=58,
+    # ln target = −6.1e-5: old 0.8459357117, new 0.8459357108, exact 0.8459357105); whether
+    # the new value is above the exact one is the 50-digit check below
+    assert reference - 1e-8 <= value <= reference + 2 * BINOMIAL_XTOL + 1e-9 * reference
     # exact: the tail at the returned p is at most the target (50-digit sum)
     if log_target > -700.0:
         assert _decimal_binomial_cdf(k, m, value) <= Decimal(log_target).exp()
