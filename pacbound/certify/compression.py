@@ -161,7 +161,7 @@ def architecture_factory(
         return seeded_factory(build)
     with torch.random.fork_rng(devices=[]):
         reference = build()
-    state = load_init_state(init, reference, allow_unsafe_pickle=unsafe_allow_pickle)
+    state = load_init_state(init, reference, unsafe_allow_pickle=unsafe_allow_pickle)
     state = {k: v.detach().to("cpu") for k, v in state.items()}
     return InitFileFactory(build, state, theta0_sha256(state))
 

@@ -40,7 +40,7 @@ def factory_for(
     method: str,
     *,
     init: str | os.PathLike[str] | None = None,
-    allow_unsafe_pickle: bool = False,
+    unsafe_allow_pickle: bool = False,
 ) -> ModelFactory:
     """``seed ↦ fresh model`` for ``loaded``: the architecture it was loaded into, or, for a
     model that is its own architecture, a scrubbed copy of it (see the module docstring)."""
@@ -51,14 +51,14 @@ def factory_for(
         from pacbound.io.architectures import build_module, parse_arch
 
         spec, kwargs = parse_arch(prov.architecture), dict(prov.arch_kwargs)
-        return _init_factory(lambda: build_module(spec, kwargs), loaded, init, allow_unsafe_pickle)
+        return _init_factory(lambda: build_module(spec, kwargs), loaded, init, unsafe_allow_pickle)
     source = f"CHECKPOINT {prov.checkpoint.file.path}"
     # on the loaded model itself: copying a program's GraphModule turns its constants and
     # non-persistent buffers into ordinary buffers
     _refuse_hidden_tensors(loaded.module, source)
     template = copy_model(loaded.module).to("cpu")
     if init is not None:
-        return _init_factory(lambda: copy_model(template), loaded, init, allow_unsafe_pickle)
+        return _init_factory(lambda: copy_model(template), loaded, init, unsafe_allow_pickle)
     return ResetFactory(template, source, zero_unreset=method == "quantize")
 
 
@@ -66,9 +66,9 @@ def _init_factory(
     build: Callable[[], nn.Module],
     loaded: LoadedModel,
     init: str | os.PathLike[str],
-    allow_unsafe_pickle: bool,
+    unsafe_allow_pickle: bool,
 ) -> InitFileFactory:
-    state = load_init_state(init, loaded, allow_unsafe_pickle=allow_unsafe_pickle)
+    state = load_init_state(init, loaded, unsafe_allow_pickle=unsafe_allow_pickle)
     state = {k: v.detach().to("cpu") for k, v in state.items()}
     return InitFileFactory(build, state, theta0_sha256(state))
 

@@ -201,7 +201,7 @@ def model_factory(kw: dict[str, Any], loaded: Any = None) -> Any:
             loaded,
             kw["method"],
             init=kw.get("init"),
-            allow_unsafe_pickle=kw.get("unsafe_allow_pickle", False),
+            unsafe_allow_pickle=kw.get("unsafe_allow_pickle", False),
         )
     if kw["arch"] is None:
         raise InvalidInputError(

@@ -53,7 +53,7 @@ def inspect(
         checkpoint,
         arch=arch,
         arch_kwargs=arch_kwargs,
-        allow_unsafe_pickle=unsafe_allow_pickle,
+        unsafe_allow_pickle=unsafe_allow_pickle,
         strip_prefix=strip_prefix,
     )
     if as_json:

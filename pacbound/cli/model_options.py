@@ -257,7 +257,7 @@ def resolve_model(
         checkpoint,
         arch=arch,
         arch_kwargs=arch_kwargs,
-        allow_unsafe_pickle=unsafe_allow_pickle,
+        unsafe_allow_pickle=unsafe_allow_pickle,
         device=device,
         strip_prefix=strip_prefix,
     )
@@ -270,7 +270,7 @@ def resolve_init(
     """The ``--init`` weights checked against ``model``, or ``None`` without ``--init``."""
     if init is None:
         return None
-    state = load_init_state(init, model, allow_unsafe_pickle=unsafe_allow_pickle)
+    state = load_init_state(init, model, unsafe_allow_pickle=unsafe_allow_pickle)
     refuse_trained_init(state, model)
     return state
 

@@ -208,7 +208,7 @@ def _verify_report(report: Path, kw: dict[str, Any]) -> int:
         document,
         root=kw["root"],
         device=resolve_device(kw["device"]),
-        allow_unsafe_pickle=kw["unsafe_allow_pickle"],
+        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
     )
     outcome, gate = _with_gate(document, outcome)
     if kw["as_json"]:

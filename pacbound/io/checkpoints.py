@@ -1,6 +1,6 @@
 """Reading checkpoints: safetensors, weights-only ``torch.load`` and ``torch.export`` programs.
 
-Nothing here executes code from a file unless the caller passes ``allow_unsafe_pickle=True``
+Nothing here executes code from a file unless the caller passes ``unsafe_allow_pickle=True``
 (the CLI's ``--unsafe-allow-pickle``). Every tensor read is checked to be finite.
 
 Tensor names can lose a prefix (``strip_prefix``, the CLI's ``--strip-prefix``): a Lightning
@@ -74,7 +74,7 @@ def checkpoint_format(path: Path, option: str = "CHECKPOINT") -> CheckpointForma
 def read_checkpoint(
     path: str | os.PathLike[str],
     *,
-    allow_unsafe_pickle: bool = False,
+    unsafe_allow_pickle: bool = False,
     option: str = "CHECKPOINT",
     strip_prefix: str | None = None,
 ) -> Checkpoint:
@@ -101,7 +101,7 @@ def read_checkpoint(
     elif fmt is CheckpointFormat.EXPORT:
         checkpoint = _read_export(file, record, option)
     else:
-        checkpoint = _read_torch(file, record, allow_unsafe_pickle, option, strip_prefix)
+        checkpoint = _read_torch(file, record, unsafe_allow_pickle, option, strip_prefix)
     check_finite(checkpoint.tensors, f"{option} {file}")
     return checkpoint
 
@@ -165,7 +165,7 @@ def _read_safetensors(file: Path, option: str) -> dict[str, Tensor]:
 
 
 def _read_torch(
-    file: Path, record: FileRecord, allow_unsafe_pickle: bool, option: str, strip: str | None
+    file: Path, record: FileRecord, unsafe_allow_pickle: bool, option: str, strip: str | None
 ) -> Checkpoint:
     mmap = zipfile.is_zipfile(file)
     unpickled = False
@@ -174,7 +174,7 @@ def _read_torch(
     except pickle.UnpicklingError as exc:
         if not str(exc).startswith("Weights only load failed") or not _looks_pickled(file, mmap):
             raise _corrupt(file, exc, option) from None
-        if not allow_unsafe_pickle:
+        if not unsafe_allow_pickle:
             found = _UNSUPPORTED_GLOBAL.search(str(exc))
             needs = f" (e.g. {found.group(1)})" if found else ""
             raise InvalidInputError(

@@ -69,7 +69,7 @@ def inspect_checkpoint(
     *,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
-    allow_unsafe_pickle: bool = False,
+    unsafe_allow_pickle: bool = False,
     strip_prefix: str | None = None,
 ) -> CheckpointReport:
     """Describe ``checkpoint`` and, given an architecture, try to load it strictly.
@@ -79,7 +79,7 @@ def inspect_checkpoint(
     ``load_error``.
     """
     ckpt = read_checkpoint(
-        checkpoint, allow_unsafe_pickle=allow_unsafe_pickle, strip_prefix=strip_prefix
+        checkpoint, unsafe_allow_pickle=unsafe_allow_pickle, strip_prefix=strip_prefix
     )
     if ckpt.program is not None:
         program_params = {name for name, _ in ckpt.program.named_parameters()}
@@ -95,7 +95,7 @@ def inspect_checkpoint(
             checkpoint,
             arch=arch,
             arch_kwargs=arch_kwargs,
-            allow_unsafe_pickle=allow_unsafe_pickle,
+            unsafe_allow_pickle=unsafe_allow_pickle,
             strip_prefix=strip_prefix,
         )
     except InvalidInputError as exc:

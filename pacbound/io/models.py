@@ -96,12 +96,12 @@ def load_model(
     *,
     arch: str | None = None,
     arch_kwargs: Mapping[str, Any] | None = None,
-    allow_unsafe_pickle: bool = False,
+    unsafe_allow_pickle: bool = False,
     device: str | torch.device | None = None,
     strip_prefix: str | None = None,
 ) -> LoadedModel:
     """Load ``checkpoint`` into ``arch``, strictly; a ``.pt2`` program, or a whole model
-    saved with ``torch.save(model)`` (with ``allow_unsafe_pickle``), needs no ``arch``.
+    saved with ``torch.save(model)`` (with ``unsafe_allow_pickle``), needs no ``arch``.
 
     ``strip_prefix`` is removed from the tensor names first (``--strip-prefix``). Raises
     :class:`~pacbound.errors.InvalidInputError` naming the file and the fix for a bad file,
@@ -109,7 +109,7 @@ def load_model(
     """
     dev = resolve_device(device)
     ckpt = read_checkpoint(
-        checkpoint, allow_unsafe_pickle=allow_unsafe_pickle, strip_prefix=strip_prefix
+        checkpoint, unsafe_allow_pickle=unsafe_allow_pickle, strip_prefix=strip_prefix
     )
     kwargs = dict(arch_kwargs or {})
     conversions: tuple[str, ...] = ()
@@ -217,7 +217,7 @@ def load_init_state(
     path: str | os.PathLike[str],
     model: LoadedModel | nn.Module,
     *,
-    allow_unsafe_pickle: bool = False,
+    unsafe_allow_pickle: bool = False,
 ) -> dict[str, Tensor]:
     """The initial weights in ``path`` (``--init``), checked to match ``model`` exactly.
 
@@ -228,7 +228,7 @@ def load_init_state(
     module = model.module if isinstance(model, LoadedModel) else model
     prefix = model.provenance.checkpoint.stripped_prefix if isinstance(model, LoadedModel) else None
     ckpt = read_checkpoint(
-        path, allow_unsafe_pickle=allow_unsafe_pickle, option="--init", strip_prefix=prefix
+        path, unsafe_allow_pickle=unsafe_allow_pickle, option="--init", strip_prefix=prefix
     )
     expected = module.state_dict()
     source = f"--init {path}"

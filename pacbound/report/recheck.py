@@ -164,7 +164,7 @@ def load_recorded_dataset(record: dict[str, Any], root: Path) -> Any:
 
 
 def load_recorded_model(
-    report: dict[str, Any], root: Path, device: torch.device, *, allow_unsafe_pickle: bool = False
+    report: dict[str, Any], root: Path, device: torch.device, *, unsafe_allow_pickle: bool = False
 ) -> Any:
     from pacbound.io import load_model
 
@@ -176,7 +176,7 @@ def load_recorded_model(
         _resolve(prov["checkpoint"]["path"], root),
         arch=prov["architecture"],
         arch_kwargs=prov["arch_kwargs"],
-        allow_unsafe_pickle=allow_unsafe_pickle,
+        unsafe_allow_pickle=unsafe_allow_pickle,
         device=device,
         strip_prefix=prefix,
     )
@@ -187,7 +187,7 @@ def verify_report(
     *,
     root: Path,
     device: torch.device | None = None,
-    allow_unsafe_pickle: bool = False,
+    unsafe_allow_pickle: bool = False,
 ) -> Verification:
     """Check the input files, then re-derive every certificate field (see module docstring).
 
@@ -195,12 +195,12 @@ def verify_report(
     report's architecture is imported."""
     with import_path(root):
         return _verify_report(
-            report, root=root, device=device, allow_unsafe_pickle=allow_unsafe_pickle
+            report, root=root, device=device, unsafe_allow_pickle=unsafe_allow_pickle
         )
 
 
 def _verify_report(
-    report: dict[str, Any], *, root: Path, device: torch.device | None, allow_unsafe_pickle: bool
+    report: dict[str, Any], *, root: Path, device: torch.device | None, unsafe_allow_pickle: bool
 ) -> Verification:
     dev = device or torch.device("cpu")
     method = report["results"]["method"]
@@ -220,11 +220,11 @@ def _verify_report(
         from pacbound.report.recheck_gaussian import recheck_gaussian
 
         checks = recheck_gaussian(
-            report, root=root, device=dev, allow_unsafe_pickle=allow_unsafe_pickle
+            report, root=root, device=dev, unsafe_allow_pickle=unsafe_allow_pickle
         )
     else:
         checks = _recheck_compression(
-            report, root=root, device=dev, allow_unsafe_pickle=allow_unsafe_pickle
+            report, root=root, device=dev, unsafe_allow_pickle=unsafe_allow_pickle
         )
     return Verification(method, (_hash_check(report), *checks))
 
@@ -238,7 +238,7 @@ def _hash_check(report: dict[str, Any]) -> FieldCheck:
 
 
 def _recheck_compression(
-    report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool
+    report: dict[str, Any], *, root: Path, device: torch.device, unsafe_allow_pickle: bool
 ) -> list[FieldCheck]:
     from pacbound.certify.compression import verify_artifact
     from pacbound.certify.factories import factory_for
@@ -248,13 +248,13 @@ def _recheck_compression(
     # the factory certify used: the recorded architecture, or the .pt2 program / pickled
     # model itself, with θ₀ from the init file (read with the recorded --strip-prefix)
     loaded = load_recorded_model(
-        report, root, torch.device("cpu"), allow_unsafe_pickle=allow_unsafe_pickle
+        report, root, torch.device("cpu"), unsafe_allow_pickle=unsafe_allow_pickle
     )
     factory = factory_for(
         loaded,
         res["method"],
         init=None if init is None else _resolve(init["path"], root),
-        allow_unsafe_pickle=allow_unsafe_pickle,
+        unsafe_allow_pickle=unsafe_allow_pickle,
     )
     if init is not None:  # certify's rule: θ₀ must not be the trained weights
         from pacbound.io import refuse_trained_init

@@ -61,7 +61,7 @@ def _network(
 
 
 def _fixed_buffers(
-    report: dict[str, Any], loaded: Any, root: Path, allow_unsafe_pickle: bool
+    report: dict[str, Any], loaded: Any, root: Path, unsafe_allow_pickle: bool
 ) -> Any:
     """The data-independent buffer values certify compared the model's buffers with: the
     init file's, or a fresh build of the recorded architecture."""
@@ -78,12 +78,12 @@ def _fixed_buffers(
     init = report["inputs"].get("init")
     if init is not None:
         path = _resolve(init["path"], root)
-        reference.update(load_init_state(path, loaded, allow_unsafe_pickle=allow_unsafe_pickle))
+        reference.update(load_init_state(path, loaded, unsafe_allow_pickle=unsafe_allow_pickle))
     return reference or None
 
 
 def _prior_mean_check(
-    report: dict[str, Any], saved: Any, loaded: Any, root: Path, allow_unsafe_pickle: bool
+    report: dict[str, Any], saved: Any, loaded: Any, root: Path, unsafe_allow_pickle: bool
 ) -> tuple[FieldCheck, dict[str, Tensor]]:
     """The prior mean the report names, re-derived (zero, the init file's weights, or a
     data-dependent prior retrained on S_prior), and whether the file's prior mean is that one.
@@ -102,13 +102,13 @@ def _prior_mean_check(
         if init is None:
             raise InvalidInputError("the report's prior is 'init' but it records no init file")
         state = load_init_state(
-            _resolve(init["path"], root), loaded, allow_unsafe_pickle=allow_unsafe_pickle
+            _resolve(init["path"], root), loaded, unsafe_allow_pickle=unsafe_allow_pickle
         )
         refuse_trained_init(state, loaded)
         reference = {n: state[n].detach().cpu().to(saved.prior_mu[n].dtype) for n in saved.names}
         label = "prior.mean (file)"
     else:
-        reference = _retrained_prior(report, saved, loaded, root, allow_unsafe_pickle)
+        reference = _retrained_prior(report, saved, loaded, root, unsafe_allow_pickle)
         label = "prior.mean (retrained on S_prior, bit for bit)"
     same = all(torch.equal(reference[n], saved.prior_mu[n]) for n in saved.names)
     return FieldCheck(label, kind, kind if same else "≠ file"), reference
@@ -133,7 +133,7 @@ def _prior_recipe(recorded: object) -> Any:
 
 
 def _retrained_prior(
-    report: dict[str, Any], saved: Any, loaded: Any, root: Path, allow_unsafe_pickle: bool
+    report: dict[str, Any], saved: Any, loaded: Any, root: Path, unsafe_allow_pickle: bool
 ) -> dict[str, Tensor]:
     """The data-dependent prior mean retrained on S_prior with the recorded recipe and seed.
 
@@ -149,7 +149,7 @@ def _retrained_prior(
     init_state = None
     if init is not None:
         init_state = load_init_state(
-            _resolve(init["path"], root), loaded, allow_unsafe_pickle=allow_unsafe_pickle
+            _resolve(init["path"], root), loaded, unsafe_allow_pickle=unsafe_allow_pickle
         )
         refuse_trained_init(init_state, loaded)
     data = load_recorded_dataset(report["inputs"]["data"], root)
@@ -254,7 +254,7 @@ def _certificate_checks(
 
 
 def recheck_gaussian(
-    report: dict[str, Any], *, root: Path, device: torch.device, allow_unsafe_pickle: bool = False
+    report: dict[str, Any], *, root: Path, device: torch.device, unsafe_allow_pickle: bool = False
 ) -> list[FieldCheck]:
     from pacbound.certify.common import Verdict, model_num_outputs
     from pacbound.certify.compressed_checkpoint import HELDOUT_CLASSIFIER
@@ -263,7 +263,7 @@ def recheck_gaussian(
     from pacbound.report.recheck_heldout import deterministic_test_set, recheck_heldout
 
     res, opts = report["results"], report["options"]
-    loaded = load_recorded_model(report, root, device, allow_unsafe_pickle=allow_unsafe_pickle)
+    loaded = load_recorded_model(report, root, device, unsafe_allow_pickle=unsafe_allow_pickle)
     model = loaded.module.to(device).eval()
     data = load_recorded_dataset(report["inputs"]["data"], root)
     saved = load_posterior(_resolve(report["inputs"]["posterior"]["path"], root))
@@ -271,12 +271,12 @@ def recheck_gaussian(
         model,
         saved,
         device,
-        _fixed_buffers(report, loaded, root, allow_unsafe_pickle),
+        _fixed_buffers(report, loaded, root, unsafe_allow_pickle),
         data.x[: min(int(opts["batch_size"]), data.n)],
         bool(opts.get("check_deterministic", True)),
         str(opts.get("sampler", "layers")),
     )
-    prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, allow_unsafe_pickle)
+    prior_check, prior_mu = _prior_mean_check(report, saved, loaded, root, unsafe_allow_pickle)
     checks = [FieldCheck("prior.mean", res["prior"]["mean"], opts.get("prior")), prior_check]
     split_checks, x, y = _bound_sample(res, opts, data)
     checks += split_checks

@@ -51,7 +51,7 @@ def trained(module: nn.Module) -> nn.Module:
 def whole(tmp_path: Path, module: nn.Module) -> object:
     path = tmp_path / "whole.pt"
     torch.save(module, path)
-    return load_model(path, allow_unsafe_pickle=True, device="cpu")
+    return load_model(path, unsafe_allow_pickle=True, device="cpu")
 
 
 def test_pickled_model_is_reset_exactly_like_its_architecture(tmp_path: Path) -> None:

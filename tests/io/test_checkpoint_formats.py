@@ -95,13 +95,13 @@ def test_whole_model_nested_under_a_key_is_its_own_architecture(tmp_path: Path) 
     torch.save({"model": reference, "epoch": 3}, path)
     with pytest.raises(InvalidInputError, match="--unsafe-allow-pickle"):
         load_model(path)
-    model = load_model(path, allow_unsafe_pickle=True)
+    model = load_model(path, unsafe_allow_pickle=True)
     x = torch.rand(4, 16)
     assert torch.equal(model.module(x), reference(x))
     assert model.provenance.architecture is None
     assert model.provenance.checkpoint.nested_key == "model"
     # with --arch, its state dict is loaded into the architecture as before
-    into_arch = load_model(path, arch="mlp", arch_kwargs=KW, allow_unsafe_pickle=True)
+    into_arch = load_model(path, arch="mlp", arch_kwargs=KW, unsafe_allow_pickle=True)
     assert into_arch.provenance.architecture == "mlp"
 
 

@@ -123,7 +123,7 @@ def test_unsafe_flag_allows_full_unpickling(tmp_path: Path) -> None:
     torch.save({"state_dict": reference.state_dict(), "meta": Trusted(3)}, path)
     with pytest.raises(InvalidInputError, match="--unsafe-allow-pickle"):
         load_model(path, arch="mlp", arch_kwargs=KW)
-    model = load_model(path, arch="mlp", arch_kwargs=KW, allow_unsafe_pickle=True)
+    model = load_model(path, arch="mlp", arch_kwargs=KW, unsafe_allow_pickle=True)
     assert_same_weights(model.module, reference)
     assert model.provenance.checkpoint.unsafe_pickle is True
 
