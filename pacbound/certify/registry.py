@@ -1,0 +1,23 @@
+"""The registry of certification methods: name → :class:`~pacbound.certify.method.Method`.
+
+Like :data:`pacbound.models.BUILTINS`, this dict is the one place that lists the methods;
+the CLI's ``--method`` choices, the report schema's enum, the option-applicability rules and
+the harness list are derived from it. Adding a method is one module plus one line here.
+"""
+
+from __future__ import annotations
+
+from pacbound.certify.method import Method
+from pacbound.errors import UsageError
+
+METHODS: dict[str, Method] = {}
+
+
+def method(name: str) -> Method:
+    """The registered method ``name`` (UsageError naming the valid ones otherwise)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise UsageError(
+            f"unknown method {name!r}; choose one of {', '.join(METHODS)}", param="--method"
+        ) from None
