@@ -27,7 +27,7 @@ from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.preflight import check_disjoint_inputs, check_option_values
 from pacbound.cli.terminal import Terminal, dumps_json, emit_json
 from pacbound.errors import UsageError
-from pacbound.report.files import (
+from pacbound.io.files import (
     MIN_FREE_BYTES,
     check_free_space,
     check_writable,

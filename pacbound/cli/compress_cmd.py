@@ -27,7 +27,7 @@ from pacbound.cli.model_options import (
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.preflight import check_option_values
 from pacbound.cli.terminal import Terminal, emit_json
-from pacbound.report.files import check_writable, write_atomic
+from pacbound.io.files import check_writable, write_atomic
 
 EXAMPLES = """\b
 Examples:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from pacbound.errors import InvalidInputError
-from pacbound.report.files import check_writable, write_atomic
+from pacbound.io.files import check_writable, write_atomic
 from pacbound.report.validate import load_report
 
 EXAMPLES = """\b

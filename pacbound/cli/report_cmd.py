@@ -71,7 +71,7 @@ def report(
     if output is None:
         click.echo(text, nl=False)
         return
-    from pacbound.report.files import check_writable, write_atomic
+    from pacbound.io.files import check_writable, write_atomic
 
     check_writable(output)
     write_atomic(output, text.encode())

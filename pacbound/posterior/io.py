@@ -19,9 +19,9 @@ from safetensors.torch import load, save
 from torch import Tensor
 
 from pacbound.errors import InvalidInputError
+from pacbound.io.files import write_atomic
 from pacbound.posterior.kl import gaussian_kl
 from pacbound.posterior.network import StochasticNetwork
-from pacbound.report.files import write_atomic
 
 FORMAT = "pacbound.gaussian-posterior/1"
 

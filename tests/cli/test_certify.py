@@ -331,7 +331,7 @@ class _FullDisk:
 def test_full_disk_is_reported_before_work(
     task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import pacbound.report.files as files
+    import pacbound.io.files as files
 
     monkeypatch.setattr(files.os, "statvfs", lambda path: _FullDisk())
     result = CliRunner().invoke(cli, _args(task, "--output", str(tmp_path / "r.json")))
@@ -348,7 +348,7 @@ def test_probe_write_failure_is_reported_before_work(
     """A disk whose statvfs looks fine but refuses writes (ENOSPC on the probe)."""
     import errno
 
-    import pacbound.report.files as files
+    import pacbound.io.files as files
 
     def no_space(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -367,7 +367,7 @@ def test_posterior_too_large_for_the_free_space(
     task: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """1 MiB + 100 bytes free passes the early check, not the posterior's 3·4 bytes/weight."""
-    import pacbound.report.files as files
+    import pacbound.io.files as files
 
     class Tight:
         f_bavail = (1 << 20) + 100

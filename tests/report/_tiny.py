@@ -87,8 +87,8 @@ def quantize_report(task: Path, out: Path) -> Path:
         seeded_factory,
     )
     from pacbound.io import load_dataset, load_model
+    from pacbound.io.files import write_atomic
     from pacbound.report.document import build_report
-    from pacbound.report.files import write_atomic
 
     out.mkdir(parents=True, exist_ok=True)
     loaded = load_model(task / "final.safetensors", arch="mlp", arch_kwargs=ARCH_KWARGS)

@@ -1,4 +1,5 @@
-"""Atomic report files: checked before the long work, written all at once at the end.
+"""Atomic output files (reports, posteriors, artifacts, plots): checked before the long work,
+written all at once at the end.
 
 Files are created with the permissions of an ordinary ``open(path, "w")``, 0o666 masked by
 the process umask (0o644 under the common umask 0o022), not the 0o600 of

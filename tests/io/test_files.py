@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from pacbound.errors import InvalidInputError
-from pacbound.report.files import current_umask, write_atomic
+from pacbound.io.files import current_umask, write_atomic
 
 
 @pytest.fixture
