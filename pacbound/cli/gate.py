@@ -4,15 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 import click
 
 from pacbound.bounds.validation import check_risk
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK
-
-if TYPE_CHECKING:
-    from pacbound.report.recheck import FieldCheck
+from pacbound.verify.fields import FieldCheck
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,7 +93,6 @@ def recheck_gate(
 ) -> tuple[GateOutcome, list[FieldCheck]]:
     """The report's gate recomputed from a re-derived ``bound`` and ``chance_error`` with the
     recorded thresholds: (the recomputed :class:`GateOutcome`, its field checks)."""
-    from pacbound.report.recheck import FieldCheck
 
     outcome = evaluate_gate(bound, chance_error, **recorded_gate_options(gate, argv))
     checks = [

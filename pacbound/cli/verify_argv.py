@@ -15,8 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from pacbound.errors import InvalidInputError
-from pacbound.report.recheck import FieldCheck
-from pacbound.report.recheck_budget import grid_identity
+from pacbound.verify.fields import FieldCheck
 
 #: Gaussian options the command line determines, compared as ``certify`` records them.
 GAUSSIAN_KEYS = (

@@ -15,11 +15,14 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
+from pacbound.cli.gate import GateOutcome, recheck_gate
 from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.terminal import Terminal, emit_json
+from pacbound.cli.verify_argv import argv_checks
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
 from pacbound.report.validate import load_report
+from pacbound.verify.fields import FieldCheck, Verification
 
 EXAMPLES = """\b
 Examples:
@@ -200,9 +203,9 @@ def _is_artifact(path: Path, *, expected: bool) -> bool:
 
 
 def _verify_report(report: Path, kw: dict[str, Any]) -> int:
-    document = load_report(report)
+    document = load_report(report, upgrade=False)
     from pacbound.io import resolve_device
-    from pacbound.report.recheck import verify_report
+    from pacbound.verify.engine import verify_report
 
     outcome = verify_report(
         document,
@@ -218,25 +221,20 @@ def _verify_report(report: Path, kw: dict[str, Any]) -> int:
     return _exit_code(outcome, gate)
 
 
-def _with_gate(document: dict[str, Any], outcome: Any) -> tuple[Any, Any]:
+def _with_gate(document: dict[str, Any], outcome: Verification) -> tuple[Verification, GateOutcome]:
     """The report's gate recomputed from the re-derived bound and verdict (not the reported
     ones), with its checks and those of the options against the recorded command line added
     to the verification."""
-    from pacbound.cli.gate import recheck_gate
-    from pacbound.cli.verify_argv import argv_checks
-    from pacbound.report.recheck import Verification
-
     gate, checks = recheck_gate(
         document["gate"],
         document["argv"],
         outcome.recomputed("bound"),
-        outcome.recomputed("verdict")["chance_error"],
+        outcome.recomputed("verdict.chance_error"),
     )
-    extra = (*checks, *argv_checks(document))
-    return Verification(outcome.method, (*outcome.checks, *extra)), gate
+    return outcome.extended([*checks, *argv_checks(document)]), gate
 
 
-def _exit_code(outcome: Any, gate: Any) -> int:
+def _exit_code(outcome: Verification, gate: GateOutcome) -> int:
     """1 when any field disagrees; otherwise the recomputed gate's exit code (as certify's),
     never the report's say-so."""
     _explain(outcome)
@@ -323,7 +321,7 @@ def _first(*values: Any) -> Any:
 NAMED_FIELDS = 8
 
 
-def _explain(outcome: Any) -> None:
+def _explain(outcome: Verification) -> None:
     if not outcome.agree:
         names = outcome.disagreeing
         more = f" and {len(names) - NAMED_FIELDS} more" if len(names) > NAMED_FIELDS else ""
@@ -344,7 +342,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:39] + "…"  # long sentences: see --json
 
 
-def _render(term: Terminal, checks: Any) -> None:
+def _render(term: Terminal, checks: tuple[FieldCheck, ...]) -> None:
     table = Table(title="pacbound verify", title_justify="left")
     for column in ("field", "report", "recomputed", "agree"):
         table.add_column(column)

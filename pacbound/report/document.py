@@ -1,7 +1,7 @@
-"""The report document (schema v1): provenance around a certificate.
+"""The report document (schema v2): provenance around a certificate.
 
 Field by field documentation: ``docs/report-schema.md``; JSON Schema:
-``pacbound/report/schema_v1.json``.
+``pacbound/report/schema_v2.json``.
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ import json
 import platform
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pacbound._version import __version__
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 
 def _git_commit() -> str | None:
@@ -54,7 +55,7 @@ def environment(device: str) -> dict[str, Any]:
     }
 
 
-def results_hash(results: dict[str, Any]) -> str:
+def results_hash(results: Mapping[str, Any]) -> str:
     """sha256 of the canonical JSON of the results block (sorted keys, no whitespace)."""
     canonical = json.dumps(results, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -66,7 +67,7 @@ def build_report(
     inputs: dict[str, Any],
     options: dict[str, Any],
     seeds: dict[str, int],
-    results: dict[str, Any],
+    results: Mapping[str, Any],
     gate: dict[str, Any],
     timings: dict[str, float],
     warnings: list[str],
@@ -81,7 +82,7 @@ def build_report(
         "inputs": inputs,
         "options": options,
         "seeds": seeds,
-        "results": results,
+        "results": dict(results),
         "results_sha256": results_hash(results),
         "gate": gate,
         "timings_seconds": timings,

@@ -1,4 +1,4 @@
-"""Read a report back and check it against ``schema_v1.json``.
+"""Read a report back and check it against ``schema_v2.json``.
 
 A focused validator for the part of JSON Schema (draft 2020-12) that the shipped schema uses:
 ``type``, ``const``, ``enum``, ``required``, ``properties``, ``additionalProperties``,
@@ -8,6 +8,14 @@ Any other keyword in the schema is an error (so the schema cannot silently outgr
 validator). A dependency on ``jsonschema`` would buy generality we do not need, and its
 messages (a Python repr of the whole failing instance) are not one-line user errors;
 ``tests/report`` cross-checks this validator on valid and broken documents.
+
+The method names and the per-method results rules are filled in from the method registry
+when the schema is loaded (:func:`schema`), so the file cannot drift from it.
+
+A report of schema version 1 (written before every method's ``empirical_risk`` was an object)
+is upgraded in memory for reading (:func:`upgrade_v1`: tables and plots of old runs stay
+available); ``verify`` refuses it instead (:func:`refuse_older`), since its certificate cannot
+be compared field by field with one this version re-derives.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from functools import cache
 from importlib import resources
 from pathlib import Path
@@ -44,9 +52,24 @@ _TYPES: dict[str, Any] = {
 
 @cache
 def schema() -> dict[str, Any]:
-    """The shipped JSON Schema of report version 1."""
-    text = resources.files("pacbound.report").joinpath("schema_v1.json").read_text("utf-8")
+    """The shipped JSON Schema of the current report version, with the registered methods
+    filled in: ``$defs.method.enum``, and for each method ``name`` that has a
+    ``$defs.<name>_results`` rule, that rule applied to results of that method."""
+    from pacbound.certify.registry import METHODS
+
+    name = f"schema_v{SCHEMA_VERSION}.json"
+    text = resources.files("pacbound.report").joinpath(name).read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
+    defs = loaded["$defs"]
+    defs["method"]["enum"] = list(METHODS)
+    loaded["properties"]["results"]["allOf"] = [
+        {
+            "if": {"properties": {"method": {"const": method}}},
+            "then": {"$ref": f"#/$defs/{method}_results"},
+        }
+        for method in METHODS
+        if f"{method}_results" in defs
+    ]
     return loaded
 
 
@@ -156,7 +179,7 @@ def _describe(value: Any) -> str:
 
 
 def validation_errors(document: Any) -> list[str]:
-    """All schema violations of a parsed report ([] when it is a valid v1 report)."""
+    """All schema violations of a parsed report ([] when it is a valid current report)."""
     root = schema()
     return list(iter_errors(document, root, root))
 
@@ -165,11 +188,13 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def load_report(path: str | Path) -> dict[str, Any]:
+def load_report(path: str | Path, *, upgrade: bool = True) -> dict[str, Any]:
     """Read and validate a report file; any problem raises one-line InvalidInputError (exit 3).
 
-    The ``results_sha256`` is *not* checked here: a report whose numbers were edited is a
-    disagreement for ``pacbound verify`` to show (exit 1); see :func:`hash_agrees`.
+    A report of an older schema version is upgraded in memory (:func:`upgrade_v1`), or with
+    ``upgrade=False`` refused (:func:`refuse_older`). The ``results_sha256`` is *not* checked
+    here: a report whose numbers were edited is a disagreement for ``pacbound verify`` to
+    show (exit 1); see :func:`hash_agrees`.
     """
     file = Path(path)
     try:
@@ -198,6 +223,10 @@ def load_report(path: str | Path) -> dict[str, Any]:
     if not isinstance(document, dict):
         raise InvalidInputError(f"report {file} is not a pacbound report (not a JSON object)")
     _check_version(document, file)
+    if document["schema_version"] < SCHEMA_VERSION:
+        if not upgrade:
+            refuse_older(document, f"report {file}")
+        document = upgrade_v1(document)
     problems = validation_errors(document)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
@@ -220,6 +249,38 @@ def _check_version(document: dict[str, Any], file: Path) -> None:
         )
 
 
-def hash_agrees(document: dict[str, Any]) -> bool:
+def hash_agrees(document: Mapping[str, Any]) -> bool:
     """Whether ``results_sha256`` is the hash of the ``results`` block as it stands."""
     return bool(results_hash(document["results"]) == document["results_sha256"])
+
+
+def refuse_older(document: Mapping[str, Any], what: str = "the report") -> None:
+    """Refuse (exit 3) a report of an older schema version for re-derivation."""
+    version = document["schema_version"]
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        raise InvalidInputError(
+            f"{what} was written by an older pacbound (report schema v{version}; this one "
+            f"writes v{SCHEMA_VERSION}): its certificate cannot be verified field by field; "
+            "re-run certify"
+        )
+
+
+def upgrade_v1(document: dict[str, Any]) -> dict[str, Any]:
+    """A schema-v1 report in the v2 layout, for reading: a compression method's
+    ``empirical_risk`` k/n becomes ``{"estimate", "upper_bound", "errors", "draws"}``.
+
+    ``results_sha256`` is recomputed only when it covered the v1 results, so an edited old
+    report still reads as edited (:func:`hash_agrees`)."""
+    results = dict(document.get("results") or {})
+    risk = results.get("empirical_risk")
+    if isinstance(risk, (int, float)) and not isinstance(risk, bool):
+        results["empirical_risk"] = {
+            "estimate": risk,
+            "upper_bound": risk,
+            "errors": results.get("errors"),
+            "draws": results.get("n"),
+        }
+    upgraded = {**document, "schema_version": SCHEMA_VERSION, "results": results}
+    if isinstance(document.get("results"), dict) and hash_agrees(document):
+        upgraded["results_sha256"] = results_hash(results)
+    return upgraded

@@ -1,4 +1,5 @@
-"""Schema v1: real reports validate; the validator catches what the schema forbids."""
+"""Schema v2: real reports validate; the validator catches what the schema forbids; v1
+reports are upgraded for reading; the method names come from the registry."""
 
 from __future__ import annotations
 
@@ -65,7 +66,9 @@ def test_real_reports_validate(reports: dict[str, Path], kind: str) -> None:
     assert all(math.isfinite(v) for v in _numbers(document))
     assert document["results_sha256"] == results_hash(document["results"])
     assert hash_agrees(document)
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2
+    risk = document["results"]["empirical_risk"]
+    assert 0.0 <= risk["estimate"] <= risk["upper_bound"] <= document["results"]["bound"]
     assert 0.0 <= document["results"]["bound"] <= 1.0
 
 
@@ -113,7 +116,7 @@ def test_schema_uses_only_supported_keywords() -> None:
         ),
         (lambda d: d["results"]["empirical_risk"].__setitem__("draws", 0), "draws: 0 is below"),
         (lambda d: d["timings_seconds"].__setitem__("total", -1.0), "total: -1.0 is below"),
-        (lambda d: d.__setitem__("schema_version", 2), "schema_version: must be 1"),
+        (lambda d: d.__setitem__("schema_version", 1), "schema_version: must be 2"),
         (lambda d: d["gate"].__setitem__("max_bound", 1.5), "gate.max_bound: 1.5 is above"),
         (
             lambda d: d["results"]["prior"]["grid"].__setitem__("kind", "cubic"),
@@ -151,3 +154,61 @@ def test_nan_is_refused(reports: dict[str, Path], tmp_path: Path) -> None:
     bad.write_text(text.replace('"kl_nats": ', '"kl_nats": NaN, "x": ', 1))
     with pytest.raises(InvalidInputError, match="NaN is not valid JSON"):
         load_report(bad)
+
+
+def test_method_names_and_rules_come_from_the_registry() -> None:
+    from pacbound.certify.registry import METHODS
+
+    loaded = schema()
+    assert loaded["$defs"]["method"]["enum"] == list(METHODS)
+    ruled = [
+        rule["if"]["properties"]["method"]["const"]
+        for rule in loaded["properties"]["results"]["allOf"]
+    ]
+    assert ruled == list(METHODS)  # every registered method has its results rule
+    for rule in loaded["properties"]["results"]["allOf"]:
+        name = rule["then"]["$ref"].rsplit("/", 1)[1]
+        assert name in loaded["$defs"]
+
+
+def test_compression_risk_is_an_object_with_its_count(reports: dict[str, Path]) -> None:
+    res = load_report(reports["quantize"])["results"]
+    assert res["empirical_risk"] == {
+        "estimate": res["errors"] / res["n"],
+        "upper_bound": res["errors"] / res["n"],
+        "errors": res["errors"],
+        "draws": res["n"],
+    }
+
+
+def _as_v1(document: dict[str, Any]) -> dict[str, Any]:
+    """A current report written back in the v1 layout (compression risk a bare k/n)."""
+    old = copy.deepcopy(document)
+    old["schema_version"] = 1
+    risk = old["results"]["empirical_risk"]
+    if "mc_passes" not in risk:
+        old["results"]["empirical_risk"] = risk["estimate"]
+    old["results_sha256"] = results_hash(old["results"])
+    return old
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "quantize"])
+def test_v1_reports_are_upgraded_for_reading(
+    reports: dict[str, Path], tmp_path: Path, kind: str
+) -> None:
+    document = json.loads(reports[kind].read_text())
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(_as_v1(document)))
+    assert load_report(old) == document  # the same document, hash and all
+    with pytest.raises(InvalidInputError, match=r"older pacbound .*schema v1.*re-run certify"):
+        load_report(old, upgrade=False)
+
+
+def test_an_edited_v1_report_still_reads_as_edited(
+    reports: dict[str, Path], tmp_path: Path
+) -> None:
+    old_doc = _as_v1(json.loads(reports["quantize"].read_text()))
+    old_doc["results"]["bound"] = 0.001
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(old_doc))
+    assert not hash_agrees(load_report(old))

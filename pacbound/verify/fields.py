@@ -1,0 +1,115 @@
+"""Field-by-field comparison of a reported results block with a re-derived one.
+
+A results block is compared **leaf by leaf**: every number, string, boolean or null, named by
+its dotted path (``prior.scale``, ``delta_budget.parts[1].delta``). A leaf present on one side
+only disagrees (shown as :data:`ABSENT` on the other side), so a forged field cannot be added
+or removed either. The fields that describe *how* a hypothesis was chosen (a method's
+``choice_fields``: search histories, training curves) are skipped with everything below them;
+they are not part of the certificate and ``verify`` does not redo the search.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: What a leaf present on one side only is shown as on the other.
+ABSENT = "(absent)"
+
+
+def same(a: Any, b: Any) -> bool:
+    """JSON equality: ``True`` is not ``1``, and NaN agrees with nothing."""
+    if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
+        return False
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    return bool(a == b)
+
+
+@dataclass(frozen=True)
+class FieldCheck:
+    """One re-derived field: what the report says, what was recomputed, whether they agree."""
+
+    field: str
+    reported: Any
+    recomputed: Any
+
+    @property
+    def agree(self) -> bool:
+        return same(self.reported, self.recomputed)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "field": self.field,
+            "reported": self.reported,
+            "recomputed": self.recomputed,
+            "agree": self.agree,
+        }
+
+
+@dataclass(frozen=True)
+class Verification:
+    """All field checks of one report (or of one artifact against a report)."""
+
+    method: str
+    checks: tuple[FieldCheck, ...]
+
+    @property
+    def agree(self) -> bool:
+        return all(c.agree for c in self.checks)
+
+    @property
+    def disagreeing(self) -> list[str]:
+        return [c.field for c in self.checks if not c.agree]
+
+    def recomputed(self, field: str) -> Any:
+        """The recomputed value of ``field`` (KeyError when it was not checked)."""
+        for check in self.checks:
+            if check.field == field:
+                return check.recomputed
+        raise KeyError(field)
+
+    def extended(self, checks: tuple[FieldCheck, ...] | list[FieldCheck]) -> Verification:
+        return Verification(self.method, (*self.checks, *checks))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "method": self.method,
+            "agree": self.agree,
+            "fields": [c.to_dict() for c in self.checks],
+        }
+
+
+def leaves(block: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """(dotted path, value) of every leaf of a JSON value; an empty object or array is a
+    leaf itself (so ``{}`` and a missing field differ)."""
+    if isinstance(block, Mapping) and block:
+        for key, value in block.items():
+            yield from leaves(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(block, (list, tuple)) and block:
+        for i, value in enumerate(block):
+            yield from leaves(value, f"{prefix}[{i}]")
+    else:
+        yield prefix, block
+
+
+def is_under(path: str, fields: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``fields`` or lies below one of them."""
+    return any(path == f or path.startswith((f + ".", f + "[")) for f in fields)
+
+
+def compare_results(
+    reported: Mapping[str, Any],
+    recomputed: Mapping[str, Any],
+    *,
+    skip: tuple[str, ...] = (),
+) -> list[FieldCheck]:
+    """Leaf-by-leaf checks of two results blocks, in the reported block's order (then the
+    leaves only the recomputed one has), skipping ``skip`` and everything below it."""
+    mine = {p: v for p, v in leaves(reported) if not is_under(p, skip)}
+    theirs = {p: v for p, v in leaves(recomputed) if not is_under(p, skip)}
+    checks = [FieldCheck(p, v, theirs.get(p, ABSENT)) for p, v in mine.items()]
+    checks += [FieldCheck(p, ABSENT, v) for p, v in theirs.items() if p not in mine]
+    return checks

@@ -1,0 +1,113 @@
+"""The leaf-by-leaf comparison of a reported results block with a re-derived one."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pacbound.verify.fields import (
+    ABSENT,
+    FieldCheck,
+    Verification,
+    compare_results,
+    is_under,
+    leaves,
+    same,
+)
+
+RESULTS = {
+    "bound": 0.25,
+    "verdict": {"non_vacuous": True, "chance_error": 0.5},
+    "delta_budget": {"parts": [{"name": "pac-bayes", "delta": 0.04}], "total": 0.05},
+    "heldout": None,
+    "search": [{"bound": 0.3}, {"bound": 0.25}],
+    "empty": {},
+}
+
+
+def test_leaves_are_dotted_paths_with_list_indices() -> None:
+    assert dict(leaves(RESULTS)) == {
+        "bound": 0.25,
+        "verdict.non_vacuous": True,
+        "verdict.chance_error": 0.5,
+        "delta_budget.parts[0].name": "pac-bayes",
+        "delta_budget.parts[0].delta": 0.04,
+        "delta_budget.total": 0.05,
+        "heldout": None,
+        "search[0].bound": 0.3,
+        "search[1].bound": 0.25,
+        "empty": {},
+    }
+
+
+def test_identical_blocks_agree_on_every_leaf() -> None:
+    checks = compare_results(RESULTS, RESULTS)
+    assert len(checks) == 10 and all(c.agree for c in checks)
+
+
+def test_a_changed_leaf_disagrees_by_its_path() -> None:
+    forged = {
+        **RESULTS,
+        "delta_budget": {"parts": [{"name": "pac-bayes", "delta": 0.05}], "total": 0.05},
+    }
+    bad = [c for c in compare_results(forged, RESULTS) if not c.agree]
+    assert [(c.field, c.reported, c.recomputed) for c in bad] == [
+        ("delta_budget.parts[0].delta", 0.05, 0.04)
+    ]
+
+
+def test_a_leaf_on_one_side_only_disagrees() -> None:
+    added = {**RESULTS, "extra": 1}
+    removed = {k: v for k, v in RESULTS.items() if k != "bound"}
+    assert [
+        (c.field, c.reported, c.recomputed) for c in compare_results(added, RESULTS) if not c.agree
+    ] == [("extra", 1, ABSENT)]
+    assert [
+        (c.field, c.reported, c.recomputed)
+        for c in compare_results(removed, RESULTS)
+        if not c.agree
+    ] == [("bound", ABSENT, 0.25)]
+
+
+def test_a_statement_replaced_by_null_disagrees() -> None:
+    recomputed = {**RESULTS, "heldout": {"bound": 0.3}}
+    bad = {c.field for c in compare_results(RESULTS, recomputed) if not c.agree}
+    assert bad == {"heldout", "heldout.bound"}
+
+
+def test_choice_fields_are_skipped_with_everything_below_them() -> None:
+    other = {**RESULTS, "search": [{"bound": 0.9}]}
+    checks = compare_results(other, RESULTS, skip=("search",))
+    assert all(c.agree for c in checks) and not any(c.field.startswith("search") for c in checks)
+    assert is_under("search[0].bound", ("search",)) and not is_under("searched", ("search",))
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "agree"),
+    [
+        (True, 1, False),
+        (1, 1.0, True),
+        (math.nan, math.nan, False),
+        (None, None, True),
+        ([1], [1], True),
+    ],
+)
+def test_json_equality(a: object, b: object, agree: bool) -> None:
+    assert same(a, b) is agree
+
+
+def test_verification_summarises_its_checks() -> None:
+    outcome = Verification("m", (FieldCheck("a", 1, 1), FieldCheck("b", 1, 2)))
+    assert not outcome.agree and outcome.disagreeing == ["b"]
+    assert outcome.recomputed("b") == 2
+    with pytest.raises(KeyError):
+        outcome.recomputed("c")
+    longer = outcome.extended([FieldCheck("c", 0, 0)])
+    assert [c.field for c in longer.checks] == ["a", "b", "c"] and longer.method == "m"
+    assert outcome.to_dict()["fields"][1] == {
+        "field": "b",
+        "reported": 1,
+        "recomputed": 2,
+        "agree": False,
+    }
