@@ -25,10 +25,10 @@ from torch.func import functional_call, vmap
 
 from pacbound.errors import InvalidInputError
 from pacbound.posterior import layers
-from pacbound.posterior.layers import _GaussianModule
+from pacbound.posterior.layers import GaussianModule
 
 
-class FunctionalGaussian(_GaussianModule):
+class FunctionalGaussian(GaussianModule):
     """Every parameter of ``base`` with a diagonal Gaussian posterior (see the module doc).
 
     ``slot_names`` are the parameters in ``named_parameters()`` order; parameter ``i`` has

@@ -23,6 +23,10 @@ call, the two facts that make its draws per-example draws of one hypothesis (MAT
 its input's leading dimension is the network's batch (examples, not positions or a reshaped
 batch), and it is called at most once per forward pass (a second call would draw its weights
 a second time for the same example). Either failure refuses the model.
+
+Which module types these layers replace, and when (exact type, no hooks, zero padding…), is
+decided in one place: the layer-sampler registry :mod:`pacbound.posterior.samplers`. A new
+exact sampler is a :class:`GaussianModule` subclass here plus one entry there.
 """
 
 from __future__ import annotations
@@ -88,7 +92,7 @@ class ForwardGuard:
             )
 
 
-class _GaussianModule(nn.Module):
+class GaussianModule(nn.Module):
     """Mean and log-σ parameters for a module's ``weight`` (and optional ``bias``).
 
     ``mode`` and ``generator`` are set by the network (``set_mode``) between passes; the
@@ -180,7 +184,7 @@ class _GaussianModule(nn.Module):
         return noise
 
 
-class GaussianLinear(_GaussianModule):
+class GaussianLinear(GaussianModule):
     """A Linear layer with weights ~ N(μ, diag σ²), sampled per example (local reparam)."""
 
     def __init__(self, base: nn.Linear, log_sigma_init: float) -> None:
@@ -227,17 +231,16 @@ class GaussianLinear(_GaussianModule):
         return torch.cat(chunks).reshape(*x.shape[:-1], self.weight_mu.shape[0])
 
 
-class GaussianConv2d(_GaussianModule):
-    """A Conv2d with kernels ~ N(μ, diag σ²): real per-example draws via grouped conv."""
+class GaussianConv2d(GaussianModule):
+    """A Conv2d with kernels ~ N(μ, diag σ²): real per-example draws via grouped conv.
+
+    Zero padding only (the registry refuses other padding modes before building one)."""
 
     def __init__(self, base: nn.Conv2d, log_sigma_init: float) -> None:
-        if base.padding_mode != "zeros":
-            raise ValueError("only zero padding is supported for Gaussian convolutions")
         super().__init__(base.weight, base.bias, log_sigma_init)
         self.in_channels = base.in_channels
         self.out_channels = base.out_channels
         self.kernel_size = base.kernel_size
-        self.padding_mode = base.padding_mode
         self.stride = base.stride
         self.padding = base.padding
         self.dilation = base.dilation

@@ -1,6 +1,6 @@
 """Probe forward passes that check what only running the model can show (MATH.md §10).
 
-The static checks of :mod:`pacbound.posterior.network` see the module tree; a model's
+The static checks of :mod:`pacbound.posterior.static_checks` see the module tree; a model's
 ``forward`` can still compute with tensors outside it, read a layer's weights with a raw op,
 or mix examples. Before certifying, :func:`probe_network` runs a stochastic network on a batch
 of real inputs at the certification batch size and refuses (``InvalidInputError``):
@@ -24,18 +24,41 @@ the data (it is part of the prior), and the probes catch the ways honest code br
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
 from pacbound.errors import InvalidInputError
-from pacbound.posterior.network import MAX_PYTHON_NUMBERS
+from pacbound.posterior.layers import ForwardGuard, GaussianModule, SampleMode
+from pacbound.posterior.static_checks import MAX_PYTHON_NUMBERS, python_numbers
 
-if TYPE_CHECKING:
-    from pacbound.posterior.network import StochasticNetwork
+
+class StochasticForward(Protocol):
+    """What the probes use of a stochastic network
+    (:class:`~pacbound.posterior.network.StochasticNetwork`, which runs them through
+    ``check_coverage``)."""
+
+    training: bool
+
+    @property
+    def guard(self) -> ForwardGuard: ...
+
+    def __call__(self, x: Tensor) -> Tensor: ...
+
+    def buffers(self, recurse: bool = ...) -> Iterator[Tensor]: ...
+
+    def gaussian_modules(self) -> Iterator[GaussianModule]: ...
+
+    def set_mode(self, mode: SampleMode, generator: torch.Generator | None = None) -> None: ...
+
+    def eval(self) -> Any: ...
+
+    def train(self, mode: bool = ...) -> Any: ...
+
 
 #: Relative / absolute (× output scale) tolerance of the batch-independence comparison.
 BATCH_RTOL = 1e-4
@@ -57,19 +80,15 @@ def _tensors(args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> list[Tensor]:
 
 
 #: Functions that build a tensor from Python or NumPy data; more values than
-#: :data:`~pacbound.posterior.network.MAX_PYTHON_NUMBERS` in forward is refused.
+#: :data:`~pacbound.posterior.static_checks.MAX_PYTHON_NUMBERS` in forward is refused.
 _FROM_DATA = {torch.tensor, torch.as_tensor, torch.asarray, torch.from_numpy, Tensor.new_tensor}
 
 
 def _values(data: Any) -> int:
-    import numpy as np
-
     if isinstance(data, np.ndarray):
         return int(data.size)
     if isinstance(data, (list, tuple)):
-        from pacbound.posterior.network import _numbers
-
-        return _numbers(data)
+        return python_numbers(data)
     return 1
 
 
@@ -81,7 +100,7 @@ class DataFlowProbe(TorchFunctionMode):
     (``.device``, ``.shape``, ``.dtype``…) only read metadata and are not checked.
     """
 
-    def __init__(self, network: StochasticNetwork, x: Tensor) -> None:
+    def __init__(self, network: StochasticForward, x: Tensor) -> None:
         super().__init__()
         self.allowed: weakref.WeakValueDictionary[int, Tensor] = weakref.WeakValueDictionary()
         self.allowed[id(x)] = x
@@ -138,7 +157,7 @@ class DataFlowProbe(TorchFunctionMode):
             )
 
 
-def _run(network: StochasticNetwork, x: Tensor, seed: int, perturb: Tensor | None) -> Tensor:
+def _run(network: StochasticForward, x: Tensor, seed: int, perturb: Tensor | None) -> Tensor:
     network.set_mode("per_example", torch.Generator(device=x.device).manual_seed(seed))
     network.guard.perturb_rows = perturb
     try:
@@ -147,7 +166,7 @@ def _run(network: StochasticNetwork, x: Tensor, seed: int, perturb: Tensor | Non
         network.guard.perturb_rows = None
 
 
-def _mean_pass(network: StochasticNetwork, x: Tensor) -> Tensor:
+def _mean_pass(network: StochasticForward, x: Tensor) -> Tensor:
     network.set_mode("mean")
     return network(x)
 
@@ -156,7 +175,7 @@ def _mean_pass(network: StochasticNetwork, x: Tensor) -> Tensor:
 LOCALITY_ROWS = 256
 
 
-def _noise_locality(network: StochasticNetwork, x: Tensor) -> None:
+def _noise_locality(network: StochasticForward, x: Tensor) -> None:
     """For every bit k of the row index: perturb the noise of the rows whose bit k is 1
     (then 0) and require every other row's output to stay the same. Any dependence of one
     row's output on another row's draw differs in some bit, so it is caught."""
@@ -187,7 +206,7 @@ def _tolerance(out: Tensor) -> float:
     return max(BATCH_RTOL, 50.0 * eps)
 
 
-def _batch_independence(network: StochasticNetwork, x: Tensor) -> None:
+def _batch_independence(network: StochasticForward, x: Tensor) -> None:
     network.set_mode("mean")
     together = network(x)
     rows = sorted({0, x.shape[0] // 2, x.shape[0] - 1})
@@ -215,7 +234,7 @@ def _batch_independence(network: StochasticNetwork, x: Tensor) -> None:
 
 @torch.no_grad()
 def probe_network(
-    network: StochasticNetwork, x: Tensor, *, batch_independence: bool = True
+    network: StochasticForward, x: Tensor, *, batch_independence: bool = True
 ) -> None:
     """Run the probes of the module doc on ``x`` (a batch at the certification batch size,
     on the network's device). ``batch_independence=False`` skips the comparisons that need a
