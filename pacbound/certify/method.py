@@ -58,7 +58,11 @@ class OptionRule:
     """A further condition, beyond the method, under which one of its options applies.
 
     ``holds(params)`` reads click's parsed parameters; ``needs`` says what the option needs
-    and ``has(params)`` what this run has instead (both for the usage error)."""
+    beyond the method, *without* naming the method (``"--prior data"``), and ``has(params)``
+    what this run has instead (``"--prior zero"``). The CLI composes the usage error
+    (``pacbound.cli.applicability``): ``--prior-lr applies only with --prior data (--method
+    gaussian), and this run has --prior zero: drop --prior-lr``; for an option several
+    methods use, ``--method gaussian with --prior init or data, or --method subspace``."""
 
     needs: str
     holds: Callable[[Mapping[str, Any]], bool]
