@@ -9,15 +9,14 @@ from __future__ import annotations
 from pacbound.io.architectures import ArchitectureSpec, parse_arch, parse_arch_kwargs
 from pacbound.io.checkpoints import Checkpoint, CheckpointFormat, read_checkpoint
 from pacbound.io.datasets import (
-    DataFormat,
     Dataset,
     Features,
-    Split,
     load_dataset,
     load_features,
     recorded_load_options,
 )
 from pacbound.io.device import resolve_device
+from pacbound.io.dry_run import DryRun, check_model_data
 from pacbound.io.inspection import CheckpointReport, inspect_checkpoint
 from pacbound.io.models import (
     LoadedModel,
@@ -34,7 +33,7 @@ from pacbound.io.provenance import (
     ModelProvenance,
     sha256_file,
 )
-from pacbound.io.readers import data_format
+from pacbound.io.readers import DataFormat, Split, data_format
 from pacbound.io.transforms import (
     LabelMap,
     Normalization,
@@ -42,7 +41,6 @@ from pacbound.io.transforms import (
     parse_label_map,
     parse_normalization,
 )
-from pacbound.io.validation import DryRun, check_model_data
 
 __all__ = [
     "ArchitectureSpec",

@@ -33,23 +33,22 @@ from torch import Tensor
 
 from pacbound.errors import InvalidInputError
 from pacbound.io.provenance import DatasetProvenance, FileRecord, check_file
-from pacbound.io.readers import DataFormat as DataFormat  # re-exported
 from pacbound.io.readers import (
+    DataFormat,
     RawData,
+    Split,
     detect_format,
     read_idx_folder,
     read_npz,
     read_safetensors,
     split_of,
 )
-from pacbound.io.readers import Split as Split  # re-exported
 from pacbound.io.streaming import (
     FEATURES_FILE,
     LABELS_FILE,
     LazyFeatures,
     open_npy,
 )
-from pacbound.io.tabular import LABEL_COLUMN_NAMES as LABEL_COLUMN_NAMES  # re-exported
 from pacbound.io.tabular import parse_delimiter, read_csv
 from pacbound.io.transforms import (
     LEGACY_CHANNEL_AXIS,
@@ -176,8 +175,8 @@ def load_features(
     Only the features are read: the IDX images file (a labels file is ignored), the ``x_key``
     array of a ``.npz``/``.safetensors`` file (other arrays ignored), ``x.npy`` of a folder,
     or every CSV column but a label column (``label_column``, or a header column named like a
-    label, :data:`LABEL_COLUMN_NAMES`; dropped and recorded). The provenance lists exactly the
-    files read, with their sha256, and ``num_classes`` ``None``.
+    label, :data:`~pacbound.io.tabular.LABEL_COLUMN_NAMES`; dropped and recorded). The
+    provenance lists exactly the files read, with their sha256, and ``num_classes`` ``None``.
     """
     opts = _options(x_key, "y", csv_delimiter, input_shape, scale)
     loaded = _load(path, split, opts, normalize, label_column, labels=False, option=option)
