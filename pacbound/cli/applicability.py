@@ -1,29 +1,37 @@
-"""Which options apply to which runs: one table, checked before anything is loaded.
+"""Which options apply to which runs, checked before anything is loaded.
 
 An option given on the command line that the chosen method, prior, posterior or data format
 does not use would be silently ignored; pacbound refuses it instead (a usage error, exit 2),
 naming the option and saying what it needs. Defaults never count: only options the user
 typed (click's ``ParameterSource.COMMANDLINE``).
 
-:data:`RULES` maps an option's parameter name to the :class:`Condition` under which it
-applies; options of a command that are not in the table always apply. Format options of the
-data inputs other than ``--split`` (``--x-key``, ``--csv-delimiter``, …) are checked by
+Two sources say when an option applies, and both must hold:
+
+* the method registry (:data:`pacbound.certify.registry.METHODS`): an option that some
+  method lists in its ``parameters`` applies only with a method that lists it, under that
+  method's further :class:`~pacbound.certify.method.OptionRule` if any
+  (:func:`method_condition`);
+* :data:`RULES`, the conditions that are not about a method (data formats, held-out sets,
+  the gate).
+
+Options of a command in neither apply always. Format options of the data inputs other than
+``--split`` (``--x-key``, ``--csv-delimiter``, …) are checked by
 :mod:`pacbound.cli.model_options`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import click
 from click.core import ParameterSource
 
+from pacbound.certify.method import OptionRule
+from pacbound.certify.registry import METHODS
 from pacbound.errors import UsageError
 from pacbound.io import data_format
-
-COMPRESSION_METHODS = ("subspace", "quantize")
 
 
 @dataclass(frozen=True)
@@ -31,23 +39,21 @@ class Run:
     """What decides applicability, read from a command's parsed parameters."""
 
     method: str
-    prior: str | None
-    posterior: str | None
     data: str | None
     heldout: str | None
     unlabeled: str | None
     gated: bool
+    params: Mapping[str, Any]
 
     @classmethod
-    def of(cls, params: dict[str, Any]) -> Run:
+    def of(cls, params: Mapping[str, Any]) -> Run:
         return cls(
-            method=params.get("method") or "gaussian",
-            prior=params.get("prior"),
-            posterior=params.get("posterior"),
+            method=params.get("method") or next(iter(METHODS)),
             data=_kind(params.get("data")),
             heldout=_kind(params.get("heldout")),
             unlabeled=_kind(params.get("unlabeled")),
             gated=params.get("max_bound") is not None or bool(params.get("fail_if_vacuous")),
+            params=params,
         )
 
 
@@ -82,31 +88,6 @@ class Condition:
     has: Callable[[Run], str]
 
 
-def _method(run: Run) -> str:
-    return f"--method {run.method}"
-
-
-GAUSSIAN = Condition("--method gaussian", lambda r: r.method == "gaussian", _method)
-COMPRESSION = Condition(
-    "--method subspace or quantize", lambda r: r.method in COMPRESSION_METHODS, _method
-)
-SUBSPACE = Condition("--method subspace", lambda r: r.method == "subspace", _method)
-QUANTIZE = Condition("--method quantize", lambda r: r.method == "quantize", _method)
-PRIOR_DATA = Condition(
-    "--prior data (--method gaussian)",
-    lambda r: r.method == "gaussian" and r.prior == "data",
-    lambda r: _method(r) if r.method != "gaussian" else f"--prior {r.prior}",
-)
-DIAGONAL = Condition(
-    "--posterior diagonal (--method gaussian)",
-    lambda r: r.method == "gaussian" and r.posterior == "diagonal",
-    lambda r: _method(r) if r.method != "gaussian" else f"--posterior {r.posterior}",
-)
-INIT = Condition(
-    "--method gaussian with --prior init or data, or --method subspace",
-    lambda r: r.method == "subspace" or (r.method == "gaussian" and r.prior != "zero"),
-    lambda r: _method(r) if r.method != "gaussian" else f"--prior {r.prior}",
-)
 IDX_DATA = Condition(
     "an MNIST IDX folder as --data",
     lambda r: r.data in ("idx", None),
@@ -132,58 +113,8 @@ CHECKPOINT_INPUTS = Condition(
     lambda r: "neither",
 )
 
-#: Option (parameter name) → when it applies. The one place that says so.
+#: Option (parameter name) → when it applies, for the conditions that are not about a method.
 RULES: dict[str, Condition] = {
-    **dict.fromkeys(
-        (
-            "prior",
-            "prior_scales",
-            "posterior",
-            "mc_passes",
-            "mc_delta",
-            "save_posterior",
-            "sampler",
-        ),
-        GAUSSIAN,
-    ),
-    **dict.fromkeys(
-        (
-            "prior_fraction",
-            "prior_epochs",
-            "prior_lr",
-            "prior_lr_schedule",
-            "prior_augment_shift",
-        ),
-        PRIOR_DATA,
-    ),
-    **dict.fromkeys(
-        (
-            "posterior_epochs",
-            "posterior_optimizer",
-            "posterior_lr",
-            "keep_best",
-            "sigma_lr",
-            "objective",
-            "p_min",
-        ),
-        DIAGONAL,
-    ),
-    **dict.fromkeys(("levels", "codebook", "precision", "qat_steps", "artifact"), COMPRESSION),
-    **dict.fromkeys(
-        (
-            "d",
-            "projector",
-            "subspace_epochs",
-            "subspace_lr",
-            "subspace_batch_size",
-            "subspace_optimizer",
-            "subspace_lr_schedule",
-            "subspace_init",
-        ),
-        SUBSPACE,
-    ),
-    "zero_level": QUANTIZE,
-    "init": INIT,
     "split": IDX_DATA,
     "heldout_split": IDX_HELDOUT,
     "unlabeled_split": IDX_UNLABELED,
@@ -191,6 +122,50 @@ RULES: dict[str, Condition] = {
     "disagreement_delta": CHECKPOINT_INPUTS,
     "exit_zero": GATE,
 }
+
+
+def _users(option: str) -> dict[str, OptionRule | None]:
+    """The registered methods that use ``option``, with their further rule."""
+    return {name: m.parameters[option] for name, m in METHODS.items() if option in m.parameters}
+
+
+def _needs(users: Mapping[str, OptionRule | None]) -> str:
+    """What an option needs, in words: ``--method subspace or quantize``, ``--prior data
+    (--method gaussian)``, ``--method gaussian with --prior init or data, or --method
+    subspace``."""
+    if len(users) == 1:
+        ((only, rule),) = users.items()
+        if rule is not None:
+            return f"{rule.needs} (--method {only})"
+    ruled = [f"--method {name} with {r.needs}" for name, r in users.items() if r is not None]
+    plain = [name for name, r in users.items() if r is None]
+    return ", or ".join([*ruled, *([f"--method {' or '.join(plain)}"] if plain else [])])
+
+
+def method_condition(option: str) -> Condition | None:
+    """When ``option`` applies as far as the methods say (``None``: no method lists it)."""
+    users = _users(option)
+    if not users:
+        return None
+
+    def holds(run: Run) -> bool:
+        if run.method not in users:
+            return False
+        rule = users[run.method]
+        return rule is None or rule.holds(run.params)
+
+    def has(run: Run) -> str:
+        rule = users.get(run.method)
+        return f"--method {run.method}" if rule is None else rule.has(run.params)
+
+    return Condition(_needs(users), holds, has)
+
+
+def conditions(option: str) -> list[Condition]:
+    """Every condition under which ``option`` applies (none: it always does)."""
+    found = [RULES[option]] if option in RULES else []
+    derived = method_condition(option)
+    return found if derived is None else [*found, derived]
 
 
 def _flag(param: click.Parameter, value: object) -> str:
@@ -201,21 +176,20 @@ def _flag(param: click.Parameter, value: object) -> str:
     return (long or param.opts)[0]
 
 
-def reject_inapplicable(ctx: click.Context, rules: dict[str, Condition] | None = None) -> None:
+def reject_inapplicable(ctx: click.Context) -> None:
     """Refuse (exit 2) the first option typed on the command line that does not apply."""
-    table = RULES if rules is None else rules
     run = Run.of(ctx.params)
     for param in ctx.command.params:
         name = param.name
-        if name is None or name not in table or name not in ctx.params:
+        if name is None or name not in ctx.params:
             continue
         if ctx.get_parameter_source(name) is not ParameterSource.COMMANDLINE:
             continue
-        condition = table[name]
-        if not condition.holds(run):
-            flag = _flag(param, ctx.params[name])
-            raise UsageError(
-                f"{flag} applies only with {condition.needs}, and this run has "
-                f"{condition.has(run)}: drop {flag}",
-                param=flag,
-            )
+        for condition in conditions(name):
+            if not condition.holds(run):
+                flag = _flag(param, ctx.params[name])
+                raise UsageError(
+                    f"{flag} applies only with {condition.needs}, and this run has "
+                    f"{condition.has(run)}: drop {flag}",
+                    param=flag,
+                )

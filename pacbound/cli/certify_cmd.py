@@ -2,37 +2,43 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
+from pacbound.certify.method import Method, RunInputs
+from pacbound.certify.registry import METHODS
 from pacbound.cli.applicability import reject_inapplicable
-from pacbound.cli.certify_compression import (
-    check_same_input_shape,
-    compression_options,
-    run_compression,
-)
-from pacbound.cli.certify_gaussian import run_gaussian
+from pacbound.cli.compression_options import compression_options
 from pacbound.cli.gate import evaluate_gate, gate_options
 from pacbound.cli.model_options import (
     data_kwargs,
     data_options,
     model_options,
     resolve_dataset,
+    resolve_features,
     resolve_model,
 )
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
-from pacbound.cli.preflight import check_disjoint_inputs, check_option_values
-from pacbound.cli.terminal import Terminal, dumps_json, emit_json
-from pacbound.errors import UsageError
+from pacbound.cli.pac_bayes_options import pac_bayes_options
+from pacbound.cli.preflight import (
+    check_disjoint_inputs,
+    check_option_values,
+    check_same_input_shape,
+)
+from pacbound.cli.terminal import Terminal, dumps_json, emit_json, render_certificate
 from pacbound.io.files import (
     MIN_FREE_BYTES,
     check_free_space,
     check_writable,
     write_atomic,
 )
+from pacbound.report.document import build_report
+from pacbound.report.summary import append_step_summary
 
 EXAMPLES = """\b
 Examples:
@@ -65,135 +71,12 @@ of guessing, 1 − 1/K.
 @data_options
 @click.option(
     "--method",
-    type=click.Choice(["gaussian", "subspace", "quantize"]),
-    default="gaussian",
+    type=click.Choice(list(METHODS)),
+    default=next(iter(METHODS)),
     show_default=True,
-    help="gaussian: PAC-Bayes for a Gaussian posterior; subspace / quantize: Occam bound "
-    "for the decoded compressed model.",
+    help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()) + ".",
 )
 @compression_options
-@click.option(
-    "--prior",
-    type=click.Choice(["init", "zero", "data"]),
-    default="init",
-    show_default=True,
-    help="Prior mean: the --init weights, zero, or trained on a seeded prior split of --data.",
-)
-@click.option(
-    "--prior-fraction",
-    type=FLOAT,
-    default=0.5,
-    show_default=True,
-    help="With --prior data: share of --data used to train the prior mean.",
-)
-@click.option(
-    "--prior-epochs",
-    type=INT,
-    default=10,
-    show_default=True,
-    help="With --prior data: SGD epochs on the prior split.",
-)
-@click.option(
-    "--prior-lr",
-    type=FLOAT,
-    default=0.01,
-    show_default=True,
-    help="With --prior data: SGD learning rate (momentum 0.95, batch 250).",
-)
-@click.option(
-    "--prior-lr-schedule",
-    type=click.Choice(["cosine", "constant"]),
-    default="cosine",
-    show_default=True,
-    help="With --prior data: learning-rate schedule (cosine decays to 0 over all steps).",
-)
-@click.option(
-    "--prior-augment-shift",
-    type=INT,
-    default=0,
-    show_default=True,
-    metavar="PIXELS",
-    help="With --prior data and image inputs: shift each prior-training image by a random "
-    "offset of up to PIXELS (S_prior only; the bound part is never augmented).",
-)
-@click.option(
-    "--prior-scales",
-    default="1e-6:1:6001",
-    show_default=True,
-    metavar="LOW:HIGH:COUNT|S1,S2,…",
-    help="Grid of prior standard deviations; the choice costs ln(COUNT) nats.",
-)
-@click.option(
-    "--posterior",
-    type=click.Choice(["isotropic", "diagonal"]),
-    default="isotropic",
-    show_default=True,
-    help="isotropic: one σ by search around the checkpoint (fast); diagonal: mean and "
-    "per-weight σ trained on the kl bound surrogate.",
-)
-@click.option(
-    "--sampler",
-    type=click.Choice(["auto", "layers", "functional"]),
-    default="auto",
-    show_default=True,
-    help="How per-example weight draws are made. layers: exact fast samplers for "
-    "nn.Linear/nn.Conv2d (other parameters, ties and reuse refused); functional: the whole "
-    "parameter vector drawn per example, each example evaluated alone (torch.func.vmap; "
-    "any module, ties included; memory ∝ batch × parameters); auto: functional for a .pt2 "
-    "program, layers otherwise.",
-)
-@click.option(
-    "--posterior-epochs", type=INT, default=10, show_default=True, help="diagonal: training epochs."
-)
-@click.option(
-    "--posterior-optimizer",
-    type=click.Choice(["sgd", "adam"]),
-    default="sgd",
-    show_default=True,
-    help="diagonal: optimizer of the means (SGD with momentum 0.9, or Adam).",
-)
-@click.option(
-    "--posterior-lr",
-    type=FLOAT,
-    default=1e-3,
-    show_default=True,
-    help="diagonal: learning rate of the means.",
-)
-@click.option(
-    "--keep-best/--keep-last",
-    default=True,
-    show_default=True,
-    help="diagonal: keep the epoch (0 = before training) with the smallest estimated bound "
-    "(free: PAC-Bayes holds for every posterior; the certificate's draws are fresh).",
-)
-@click.option(
-    "--sigma-lr",
-    type=FLOAT,
-    default=1e-2,
-    show_default=True,
-    help="diagonal: Adam learning rate of log σ and log σ_prior.",
-)
-@click.option(
-    "--objective",
-    type=click.Choice(["kl", "quad"]),
-    default="kl",
-    show_default=True,
-    help="diagonal: bound form used as the training objective.",
-)
-@click.option(
-    "--p-min",
-    type=FLOAT,
-    default=0.5,
-    show_default=True,
-    help="diagonal: bounded cross-entropy floor; 0.5 makes it an upper bound of the 0-1 loss.",
-)
-@click.option(
-    "--mc-passes",
-    type=INT,
-    default=5,
-    show_default=True,
-    help="Monte-Carlo passes K: n·K independent per-example weight draws.",
-)
 @click.option(
     "--delta",
     type=FLOAT,
@@ -201,12 +84,7 @@ of guessing, 1 − 1/K.
     show_default=True,
     help="Total failure probability δ of the certificate.",
 )
-@click.option(
-    "--mc-delta",
-    type=FLOAT,
-    default=None,
-    help="Part of --delta for the Monte-Carlo bound (default δ/5).",
-)
+@pac_bayes_options
 @click.option(
     "--heldout",
     metavar="PATH",
@@ -267,12 +145,6 @@ of guessing, 1 − 1/K.
     default=None,
     help="Write the JSON report to this file (atomically).",
 )
-@click.option(
-    "--save-posterior",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Save the posterior (means, σ, prior) as safetensors for re-checking.",
-)
 @click.option("--quiet", "-q", is_flag=True, help="No progress or diagnostics on stderr.")
 @gate_options
 @json_option
@@ -280,19 +152,84 @@ of guessing, 1 − 1/K.
 def certify(**kw: Any) -> None:
     start = time.perf_counter()
     term = Terminal(quiet=kw["quiet"] or kw["as_json"])
-    method = kw["method"]
+    method = METHODS[kw["method"]]
     # Cheap checks first: a typo fails in milliseconds, before anything is loaded.
-    reject_inapplicable(click.get_current_context())
+    ctx = click.get_current_context()
+    reject_inapplicable(ctx)
     check_option_values(kw)
-    for option in ("output", "save_posterior", "artifact"):
+    hypothesis_path = kw[hypothesis_param(method)]
+    for option in ("output", hypothesis_param(method)):
         if kw.get(option) is not None:
             check_writable(kw[option], "--" + option.replace("_", "-"))
-    if method == "gaussian" and kw["prior"] == "init" and kw["init"] is None:
-        raise UsageError(
-            "--prior init needs the initial weights: pass --init PATH (saved before training), "
-            "or choose --prior zero or --prior data",
-            param="--init",
-        )
+    options = method.options(ctx.params)
+    inputs, records = _load_inputs(kw, term)
+    if hypothesis_path is not None:
+        # the hypothesis (μ, σ and the prior mean; or a message) at the parameters' precision
+        params = inputs.loaded.module.parameters()
+        needed = 3 * sum(p.numel() * p.element_size() for p in params) + MIN_FREE_BYTES
+        check_free_space(hypothesis_path, needed, method.hypothesis.option)
+    term.info(
+        f"certifying ({method.name}) {inputs.loaded.num_parameters} parameters on "
+        f"n = {inputs.data.n} examples ({inputs.data.num_classes} classes) on {inputs.device}"
+    )
+    with term.progress_callbacks() as progress:
+        run = method.run(replace(inputs, progress=progress), options)
+    cert = run.certificate
+    records.update(run.inputs)
+    if hypothesis_path is not None:
+        records[method.hypothesis.key] = hypothesis_record(hypothesis_path, cert.hypothesis)
+    for message in run.warnings:
+        term.warn(message)
+    gate = evaluate_gate(
+        cert.results["bound"],
+        cert.results["verdict"]["chance_error"],
+        max_bound=kw["max_bound"],
+        fail_if_vacuous=kw["fail_if_vacuous"],
+        exit_zero=kw["exit_zero"],
+    )
+    report = build_report(
+        command="certify",
+        inputs=records,
+        options={**run.options, "threads": kw["threads"]},
+        seeds={"seed": kw["seed"]},
+        results=cert.results,
+        gate=gate.to_dict(),
+        timings={**cert.timings, "total": time.perf_counter() - start},
+        warnings=list(run.warnings),
+        device=str(inputs.device),
+    )
+    if hypothesis_path is not None:
+        write_atomic(hypothesis_path, cert.hypothesis, method.hypothesis.option)
+    if kw["output"] is not None:
+        write_atomic(kw["output"], dumps_json(report).encode(), "--output")
+    append_step_summary(report)
+    if kw["as_json"]:
+        emit_json(report)
+    else:
+        render_certificate(term, method, cert.results)
+    for reason in gate.reasons:
+        click.echo(f"Gate failed: {reason}", err=True)
+    ctx.exit(gate.exit_code)
+
+
+def hypothesis_param(method: Method) -> str:
+    """The click parameter name of the option that writes ``method``'s hypothesis file."""
+    return method.hypothesis.option.lstrip("-").replace("-", "_")
+
+
+def hypothesis_record(path: Path, payload: bytes) -> dict[str, Any]:
+    """``inputs.<hypothesis key>``: the file this run writes, for ``verify``."""
+    return {
+        "path": str(path),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        "note": "written by this run",
+    }
+
+
+def _load_inputs(kw: dict[str, Any], term: Terminal) -> tuple[RunInputs, dict[str, Any]]:
+    """The checkpoint and the data sets, loaded and checked against each other, and their
+    records for the report's ``inputs``."""
     from pacbound.io import check_model_data, resolve_device
 
     device = resolve_device(kw["device"])
@@ -308,82 +245,25 @@ def certify(**kw: Any) -> None:
     data_kw = data_kwargs(kw)
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
     check_model_data(loaded, data, device=device)
-    if kw.get("save_posterior") is not None:
-        # μ, σ and the prior mean at the parameters' precision, plus headroom.
-        param_bytes = sum(p.numel() * p.element_size() for p in loaded.module.parameters())
-        needed = 3 * param_bytes + MIN_FREE_BYTES
-        check_free_space(kw["save_posterior"], needed, "--save-posterior")
-    heldout = None
+    records: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
+    heldout = unlabeled = None
     if kw["heldout"] is not None:
         heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
         check_disjoint_inputs(data.provenance, heldout.provenance, "--heldout")
         check_model_data(loaded, heldout, device=device)
-    unlabeled = None
+        records["heldout"] = heldout.provenance.to_dict()
     if kw["unlabeled"] is not None:
-        unlabeled = resolve_unlabeled(kw, data_kw)
+        unlabeled = resolve_features(kw["unlabeled"], split=kw["unlabeled_split"], **data_kw)
         check_disjoint_inputs(data.provenance, unlabeled.provenance, "--unlabeled")
         check_same_input_shape(unlabeled, data, "--unlabeled")
-    term.info(
-        f"certifying ({method}) {loaded.num_parameters} parameters on n = {data.n} examples "
-        f"({data.num_classes} classes) on {device}"
+        records["unlabeled"] = unlabeled.provenance.to_dict()
+    inputs = RunInputs(
+        loaded=loaded,
+        data=data,
+        heldout=heldout,
+        unlabeled=unlabeled,
+        init=None if kw["init"] is None else Path(kw["init"]),
+        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
+        device=device,
     )
-    inputs: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
-    if heldout is not None:
-        inputs["heldout"] = heldout.provenance.to_dict()
-    if unlabeled is not None:
-        inputs["unlabeled"] = unlabeled.provenance.to_dict()
-    with term.progress_callbacks() as progress:
-        if method == "gaussian":
-            outcome = run_gaussian(kw, loaded, data, heldout, unlabeled, device, progress)
-        else:
-            outcome = run_compression(
-                kw, loaded, data, device, progress, heldout=heldout, unlabeled=unlabeled
-            )
-    inputs.update(outcome.inputs)
-    for message in outcome.warnings:
-        term.warn(message)
-    gate = evaluate_gate(
-        outcome.results["bound"],
-        outcome.results["verdict"]["chance_error"],
-        max_bound=kw["max_bound"],
-        fail_if_vacuous=kw["fail_if_vacuous"],
-        exit_zero=kw["exit_zero"],
-    )
-    from pacbound.report.document import build_report
-
-    timings = dict(outcome.timings)
-    timings["total"] = time.perf_counter() - start
-    report = build_report(
-        command="certify",
-        inputs=inputs,
-        options={**outcome.options, "threads": kw["threads"]},
-        seeds={"seed": kw["seed"]},
-        results=outcome.results,
-        gate=gate.to_dict(),
-        timings=timings,
-        warnings=outcome.warnings,
-        device=str(device),
-    )
-    text = dumps_json(report)
-    for path, payload, option in outcome.files:
-        write_atomic(path, payload, option)
-    if kw["output"] is not None:
-        write_atomic(kw["output"], text.encode(), "--output")
-    from pacbound.report.summary import append_step_summary
-
-    append_step_summary(report)
-    if kw["as_json"]:
-        emit_json(report)
-    else:
-        outcome.render(term, outcome.results)
-    for reason in gate.reasons:
-        click.echo(f"Gate failed: {reason}", err=True)
-    ctx = click.get_current_context()
-    ctx.exit(gate.exit_code)
-
-
-def resolve_unlabeled(kw: dict[str, Any], data_kw: dict[str, Any]) -> Any:
-    """``--unlabeled``: inputs only, read with the same format options as --data."""
-    from pacbound.cli.model_options import resolve_features
-
-    return resolve_features(kw["unlabeled"], split=kw["unlabeled_split"], **data_kw)
+    return inputs, records

@@ -1,7 +1,8 @@
 """``pacbound compress``: compress a checkpoint, save the artifact, print its code length and bound.
 
-The pipeline is ``certify --method subspace|quantize`` (:func:`run_compression`); this command
-only makes the artifact its required output and prints the code length first.
+The pipeline is ``certify`` with a method whose hypothesis is a compressed artifact
+(:func:`artifact_methods`: ``subspace``, ``quantize``); this command only makes the artifact
+its required output.
 """
 
 from __future__ import annotations
@@ -11,12 +12,11 @@ from typing import Any
 
 import click
 
+from pacbound.certify.method import RunInputs
+from pacbound.certify.registry import METHODS
 from pacbound.cli.applicability import reject_inapplicable
-from pacbound.cli.certify_compression import (
-    compression_tuning_options,
-    render_compression,
-    run_compression,
-)
+from pacbound.cli.certify_cmd import hypothesis_record
+from pacbound.cli.compression_options import compression_tuning_options
 from pacbound.cli.model_options import (
     data_kwargs,
     data_options,
@@ -26,7 +26,7 @@ from pacbound.cli.model_options import (
 )
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.preflight import check_option_values
-from pacbound.cli.terminal import Terminal, emit_json
+from pacbound.cli.terminal import Terminal, emit_json, render_certificate
 from pacbound.io.files import check_writable, write_atomic
 
 EXAMPLES = """\b
@@ -51,14 +51,18 @@ least 1 − δ, the true 0-1 error of the DECODED model is at most the printed b
 """
 
 
+def artifact_methods() -> list[str]:
+    """The registered methods whose hypothesis is a compressed artifact."""
+    return [name for name, m in METHODS.items() if m.hypothesis.key == "artifact"]
+
+
 @click.command("compress", help=HELP, epilog=EXAMPLES)
 @click.argument("checkpoint")
 @click.option(
     "--method",
-    type=click.Choice(["subspace", "quantize"]),
+    type=click.Choice(artifact_methods()),
     required=True,
-    help="subspace: θ₀ + P w with w trained in a random subspace; quantize: the checkpoint's "
-    "own weights, quantized.",
+    help="; ".join(f"{name}: {METHODS[name].description}" for name in artifact_methods()) + ".",
 )
 @model_options
 @data_options
@@ -92,10 +96,13 @@ least 1 − δ, the true 0-1 error of the DECODED model is at most the printed b
 @threads_option
 def compress(**kw: Any) -> None:
     term = Terminal(quiet=kw["quiet"] or kw["as_json"])
+    method = METHODS[kw["method"]]
     # Cheap checks first: a typo fails in milliseconds, before anything is loaded.
-    reject_inapplicable(click.get_current_context())
+    ctx = click.get_current_context()
+    reject_inapplicable(ctx)
     check_option_values(kw)
     check_writable(kw["output"], "--output")
+    options = method.options({**ctx.params, "artifact": kw["output"]})
     from pacbound.io import check_model_data, resolve_device
 
     device = resolve_device(kw["device"])
@@ -111,31 +118,37 @@ def compress(**kw: Any) -> None:
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
     check_model_data(loaded, data, device=device)
     term.info(
-        f"compressing ({kw['method']}) {loaded.num_parameters} parameters, scored on "
+        f"compressing ({method.name}) {loaded.num_parameters} parameters, scored on "
         f"n = {data.n} examples on {device}"
     )
+    init = None if kw["init"] is None else Path(kw["init"])
     with term.progress_callbacks() as progress:
-        outcome = run_compression({**kw, "artifact": kw["output"]}, loaded, data, device, progress)
-    for path, payload, _ in outcome.files:
-        write_atomic(path, payload, "--output")
-    res = outcome.results
+        inputs = RunInputs(
+            loaded, data, init=init, unsafe_allow_pickle=kw["unsafe_allow_pickle"],
+            device=device, progress=progress,
+        )  # fmt: skip
+        run = method.run(inputs, options)
+    payload = run.certificate.hypothesis
+    write_atomic(kw["output"], payload, "--output")
+    record = hypothesis_record(kw["output"], payload)
+    res = run.certificate.results
     if kw["as_json"]:
         emit_json(
             {
                 "command": "compress",
-                "artifact": outcome.inputs["artifact"],
+                "artifact": record,
                 "inputs": {
                     "model": loaded.to_dict(),
                     "data": data.provenance.to_dict(),
-                    **({"init": outcome.inputs["init"]} if "init" in outcome.inputs else {}),
+                    **run.inputs,
                 },
-                "options": {**outcome.options, "threads": kw["threads"]},
+                "options": {**run.options, "threads": kw["threads"]},
                 "results": res,
             }
         )
         return
-    render_compression(term, res)
+    render_certificate(term, method, res)
     term.line(
-        f"artifact {kw['output']}: {res['code_length_bits'] // 8} bytes "
-        f"(= {res['code_length_bits']} bits), sha256 {res['compression']['artifact_sha256']}"
+        f"artifact {kw['output']}: {record['bytes']} bytes (= {8 * record['bytes']} bits), "
+        f"sha256 {record['sha256']}"
     )

@@ -40,7 +40,7 @@ def _seed(value: Any, flag: str) -> int:
 
 
 def _levels(value: Any, flag: str) -> Any:
-    from pacbound.compressors.quantize import MAX_LEVELS
+    from pacbound.compressors.codebooks import MAX_LEVELS
 
     return _int_grid(2, MAX_LEVELS)(value, flag)
 
@@ -153,5 +153,16 @@ def check_disjoint_inputs(train_prov: Any, other_prov: Any, option: str) -> None
             f"{option} {other_prov.path} holds the same examples as --data (same files, split "
             f"and subset): it must be data never used for training or the bound; give a "
             f"separate set{hint}",
+            param=option,
+        )
+
+
+def check_same_input_shape(other: Any, data: Any, option: str) -> None:
+    """Refuse inputs whose per-example shape is not the training data's (before any work)."""
+    mine, theirs = tuple(other.x.shape[1:]), tuple(data.x.shape[1:])
+    if mine != theirs:
+        raise InvalidInputError(
+            f"{option} {other.provenance.path}: each input has shape {list(mine)}, but the "
+            f"--data inputs have {list(theirs)}; give inputs in the same format as --data",
             param=option,
         )

@@ -7,9 +7,9 @@ JSON never goes through rich (it wraps long lines); :func:`emit_json` writes it 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 from rich.console import Console
@@ -22,6 +22,9 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from pacbound.certify.method import Method
 
 
 class Terminal:
@@ -87,12 +90,14 @@ class Terminal:
             yield factory
 
 
-def certificate_table(title: str, res: dict[str, Any]) -> Table:
-    """The rows every certificate table starts with: what is certified, the bound (rounded
-    up) and the verdict. Method-specific rows are added by the caller."""
+def render_certificate(term: Terminal, method: Method, res: Mapping[str, Any]) -> None:
+    """The certificate table: what is certified, the bound (rounded up) and the verdict,
+    then the rows the method contributes (:meth:`~pacbound.certify.method.Method.facts`)."""
     from pacbound.bounds import format_up
 
+    facts = method.facts(res)
     verdict = res["verdict"]
+    title = f"pacbound certificate ({res['inequality']}, {facts.classifier})"
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("quantity", style="bold")
     table.add_column("value")
@@ -103,7 +108,9 @@ def certificate_table(title: str, res: dict[str, Any]) -> Table:
         ("NON-VACUOUS" if verdict["non_vacuous"] else "VACUOUS")
         + f" (chance error 1 − 1/{verdict['num_classes']} = {verdict['chance_error']:.4g})",
     )
-    return table
+    for label, text in facts.rows:
+        table.add_row(label, text)
+    term.table(table)
 
 
 def dumps_json(document: Any) -> str:

@@ -15,10 +15,13 @@ import click
 from click.core import ParameterSource
 from rich.table import Table
 
+from pacbound.certify.method import Method
+from pacbound.certify.registry import METHODS
+from pacbound.cli.certify_cmd import hypothesis_record
 from pacbound.cli.gate import GateOutcome, recheck_gate
 from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
-from pacbound.cli.terminal import Terminal, emit_json
+from pacbound.cli.terminal import Terminal, emit_json, render_certificate
 from pacbound.cli.verify_argv import argv_checks
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
 from pacbound.report.validate import load_report
@@ -253,64 +256,78 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
                 "data options the artifact was made with.",
                 ctx=ctx,
             )
-    import hashlib
-
-    from pacbound.certify.compression import verify_artifact
-    from pacbound.cli.certify_compression import factory_from_arch, render_compression
+    from pacbound.certify.factories import architecture_factory
+    from pacbound.certify.occam_method import verify_artifact
     from pacbound.compressors import CompressedMessage
     from pacbound.io import check_model_data, resolve_device
+    from pacbound.verify.engine import artifact_report_method, verify_artifact_report
 
     payload = kw["target"].read_bytes()
     message = CompressedMessage.from_bytes(payload)  # truncated or corrupted: exit 3 here
-    factory = factory_from_arch(
+    report = load_report(kw["against"], upgrade=False) if kw["against"] is not None else None
+    method = None if report is None else artifact_report_method(report)
+    factory = architecture_factory(
         kw["arch"],
         kw["arch_kwargs"],
         init=kw["init"],
         unsafe_allow_pickle=kw["unsafe_allow_pickle"],
     )
-    report = load_report(kw["against"]) if kw["against"] is not None else None
-    recorded = report["options"] if report is not None else {}
     data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
     check_model_data(factory(message.seed or 0), data)
-    features: Any = data.x  # a tensor, or LazyFeatures read per batch
     cert = verify_artifact(
         payload,
         factory,
-        features,
+        data.x,  # a tensor, or LazyFeatures read per batch
         data.y,
         num_classes=data.num_classes,
-        delta=_first(kw["delta"], recorded.get("delta"), DEFAULT_DELTA),
+        options=_artifact_options(kw, method, report),
         device=resolve_device(kw["device"]),
-        batch_size=_first(kw["batch_size"], recorded.get("batch_size"), DEFAULT_BATCH_SIZE),
     )
-    sha256 = hashlib.sha256(payload).hexdigest()
-    artifact = {"path": str(kw["target"]), "sha256": sha256, "bytes": len(payload)}
-    results = cert.to_dict()
-    outcome: Any = None
-    gate: Any = None
+    record = hypothesis_record(kw["target"], payload)
+    del record["note"]
+    outcome: Verification | None = None
+    gate: GateOutcome | None = None
     if report is not None:
-        from pacbound.report.recheck import verify_artifact_report
-
         outcome, gate = _with_gate(
             report,
             verify_artifact_report(
                 report,
                 cert,
-                artifact_sha256=sha256,
+                artifact_sha256=record["sha256"],
                 data=data.provenance.to_dict(),
                 theta0_sha256=getattr(factory, "init_sha256", None),
             ),
         )
     if kw["as_json"]:
-        checked = {} if outcome is None else {**outcome.to_dict(), "gate": gate.to_dict()}
+        checked = {}
+        if outcome is not None and gate is not None:
+            checked = {**outcome.to_dict(), "gate": gate.to_dict()}
         report_path = None if kw["against"] is None else str(kw["against"])
-        emit_json({"artifact": artifact, "report": report_path, **checked, "results": results})
+        emit_json({"artifact": record, "report": report_path, **checked, "results": cert.results})
     else:
         term = Terminal()
-        render_compression(term, results)
+        render_certificate(term, METHODS[cert.method], cert.results)
         if outcome is not None:
             _render(term, outcome.checks)
-    return EXIT_OK if outcome is None else _exit_code(outcome, gate)
+    return EXIT_OK if outcome is None or gate is None else _exit_code(outcome, gate)
+
+
+def _artifact_options(kw: dict[str, Any], method: Method | None, report: Any) -> Any:
+    """The options an artifact is re-derived with: the report's, else the defaults; --delta
+    and --batch-size given on the command line replace theirs."""
+    from dataclasses import replace
+
+    from pacbound.certify.occam_options import CompressionOptions
+
+    if method is None:
+        options = CompressionOptions(delta=DEFAULT_DELTA, batch_size=DEFAULT_BATCH_SIZE)
+    else:
+        options = method.options_from_report(report["options"])
+    return replace(
+        options,
+        delta=_first(kw["delta"], options.delta),
+        batch_size=_first(kw["batch_size"], options.batch_size),
+    )
 
 
 def _first(*values: Any) -> Any:

@@ -131,14 +131,7 @@ def verify_artifact_report(
     the data the recorded sample, and θ₀'s content hash (``theta0_sha256``, for an artifact
     decoded with ``--init``) the one in ``inputs.init``.
     """
-    method = report_method(report)
-    if method.hypothesis.key != "artifact":
-        raise InvalidInputError(
-            f"--report is a {method.name} report; an artifact can only be checked against a "
-            f"report of {' or '.join(artifact_methods())}",
-            param="--report",
-        )
-    refuse_older(report)
+    method = artifact_report_method(report)
     checks = [hash_check(report)]
     recorded = report["inputs"].get("artifact")
     if recorded is not None:
@@ -164,6 +157,20 @@ def verify_artifact_report(
     shared = {k: v for k, v in results.items() if k in rederived}
     checks += compare_results(shared, rederived, skip=tuple(method.choice_fields))
     return Verification(method.name, tuple(checks))
+
+
+def artifact_report_method(report: Mapping[str, Any]) -> Method:
+    """The method of a report an artifact is checked against: one whose hypothesis is a
+    compressed artifact, in the current schema (bad input otherwise)."""
+    method = report_method(report)
+    if method.hypothesis.key != "artifact":
+        raise InvalidInputError(
+            f"--report is a {method.name} report; an artifact can only be checked against a "
+            f"report of {' or '.join(artifact_methods())}",
+            param="--report",
+        )
+    refuse_older(report)
+    return method
 
 
 def artifact_methods() -> list[str]:

@@ -14,8 +14,10 @@ from safetensors.torch import save_file
 from pacbound.bounds import format_up
 from pacbound.bounds import test_set_bound as heldout_bound
 from pacbound.bounds.checkpoint import checkpoint_bound, disagreement_bound
-from pacbound.certify.compression import CompressedMessage, architecture_factory, decoder_for
+from pacbound.certify.factories import architecture_factory
+from pacbound.certify.occam import decoder_for
 from pacbound.cli.main import cli
+from pacbound.compressors import CompressedMessage
 from pacbound.models import mlp
 from tests.report._tiny import ARCH_KWARGS, make_task
 

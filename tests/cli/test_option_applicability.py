@@ -14,7 +14,8 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import save_file
 
-from pacbound.cli.applicability import RULES
+from pacbound.certify.registry import METHODS
+from pacbound.cli.applicability import RULES, Run, conditions, method_condition
 from pacbound.cli.main import cli
 from pacbound.cli.preflight import check_disjoint_inputs
 from pacbound.errors import InvalidInputError
@@ -285,6 +286,23 @@ def test_every_rule_names_an_option_of_certify_or_compress() -> None:
 
     declared = {p.name for p in (*certify.params, *compress.params)}
     assert set(RULES) <= declared
+    for name, method in METHODS.items():
+        assert set(method.parameters) <= declared, name
+
+
+def test_method_conditions_are_derived_from_the_registry() -> None:
+    """An option a method lists applies with that method only, under its further rule."""
+    for name, method in METHODS.items():
+        for option, rule in method.parameters.items():
+            condition = method_condition(option)
+            assert condition is not None
+            params = {"method": name, "data": None, "heldout": None, "unlabeled": None}
+            if rule is None:
+                assert condition.holds(Run.of(params)), (name, option)
+            others = [m for m, other in METHODS.items() if option not in other.parameters]
+            for other in others:
+                assert not condition.holds(Run.of({**params, "method": other})), (other, option)
+                assert condition.has(Run.of({**params, "method": other})) == f"--method {other}"
 
 
 @pytest.mark.parametrize(
@@ -581,28 +599,6 @@ def test_large_seeds_are_read_exactly(files: Path) -> None:
     assert INT.convert(str(2**63 - 1), None, None) == 2**63 - 1
 
 
-def _violating_args(condition: object) -> tuple[str, ...]:
-    """Command-line arguments of a run in which ``condition`` does not hold."""
-    from pacbound.cli import applicability as a
-
-    runs: dict[object, tuple[str, ...]] = {
-        a.GAUSSIAN: ("--method", "quantize"),
-        a.COMPRESSION: (),
-        a.SUBSPACE: ("--method", "quantize"),
-        a.QUANTIZE: ("--method", "subspace"),
-        a.PRIOR_DATA: (),
-        a.DIAGONAL: (),
-        a.INIT: ("--method", "quantize"),
-        a.IDX_DATA: (),
-        a.IDX_HELDOUT: (),
-        a.IDX_UNLABELED: (),
-        a.HELDOUT: (),
-        a.CHECKPOINT_INPUTS: (),
-        a.GATE: (),
-    }
-    return runs[condition]
-
-
 def _typed(param: object) -> tuple[str, ...]:
     """The option typed with a valid value."""
     import click
@@ -617,43 +613,45 @@ def _typed(param: object) -> tuple[str, ...]:
     return (param.opts[0], "0.01" if param.type is FLOAT else "2")
 
 
-def _compress_violating_args(condition: object, files: Path) -> tuple[str, ...] | None:
-    """A compress --method under which ``condition`` does not hold (None: it always holds)."""
-    from pacbound.cli.applicability import Run
-
-    for method in ("quantize", "subspace"):
-        run = Run.of({"method": method, "data": str(files / "d.npz")})
-        if not condition.holds(run):  # type: ignore[attr-defined]
-            return ("--method", method)
+def _violating_args(cmd: object, condition: object, build: object) -> tuple[str, ...] | None:
+    """Arguments of a run of ``cmd`` in which ``condition`` does not hold: the defaults, or
+    another --method (None: it holds in every such run)."""
+    (method,) = [p for p in cmd.params if p.name == "method"]  # type: ignore[attr-defined]
+    runs = [("--method", m) for m in method.type.choices]
+    for extra in runs if method.required else [(), *runs]:
+        args = build(Path("/nowhere"), *extra)[1:]  # type: ignore[operator]
+        params = cmd.make_context(args[0], args[1:], resilient_parsing=True).params  # type: ignore[attr-defined]
+        if not condition.holds(Run.of(params)):  # type: ignore[attr-defined]
+            return extra
     return None
 
 
 @pytest.mark.parametrize("command", ["certify", "compress"])
-def test_every_rule_of_the_table_is_enforced(files: Path, command: str) -> None:
-    """Each option of the table, typed in a run its condition excludes: exit 2, one line
-    naming the option and what it needs."""
+def test_every_condition_is_enforced(files: Path, command: str) -> None:
+    """Each option with a condition (the table's, or a method's), typed in a run its condition
+    excludes: exit 2, one line naming the option and what it needs."""
     from pacbound.cli.certify_cmd import certify
     from pacbound.cli.compress_cmd import compress
 
     cmd, build = (certify, _certify) if command == "certify" else (compress, _compress)
-    checked = 0
+    checked = always = 0
     for param in cmd.params:
-        if param.name not in RULES:
-            continue
-        condition = RULES[param.name]
-        if command == "certify":
-            base: tuple[str, ...] | None = _violating_args(condition)
-        else:
-            base = _compress_violating_args(condition, files)
-        if base is None:
-            continue
-        result = CliRunner().invoke(cli, build(files, *base, *_typed(param)))
-        line = _one_line_error(result, 2)
-        flag = re.escape(_typed(param)[0])
-        needs = re.escape(condition.needs)
-        assert re.match(rf"Error: {flag} applies only with {needs}, and this run has ", line)
-        checked += 1
-    in_table = [p for p in cmd.params if p.name in RULES]
-    # compress is always a compression run: --levels, --codebook, --precision and --qat-steps
-    # (both methods) always apply there.
-    assert checked == len(in_table) - (4 if command == "compress" else 0)
+        for condition in conditions(param.name or ""):
+            base = _violating_args(cmd, condition, build)
+            if base is None:
+                always += 1
+                continue
+            result = CliRunner().invoke(cli, build(files, *base, *_typed(param)))
+            line = _one_line_error(result, 2)
+            flag = re.escape(_typed(param)[0])
+            needs = re.escape(condition.needs)
+            assert re.match(rf"Error: {flag} applies only with {needs}, and this run has ", line)
+            checked += 1
+    assert checked > (20 if command == "certify" else 8)
+    # compress is always a compression run: the options both its methods use always apply
+    both = [
+        p
+        for p in cmd.params
+        if all(p.name in METHODS[m].parameters for m in ("subspace", "quantize"))
+    ]
+    assert always == (0 if command == "certify" else len(both))

@@ -660,7 +660,7 @@ def test_root_puts_a_user_architecture_on_the_import_path(
 
 def test_failure_summary_stays_one_short_line(capsys: pytest.CaptureFixture[str]) -> None:
     from pacbound.cli.verify_cmd import NAMED_FIELDS, _explain
-    from pacbound.report.recheck import FieldCheck, Verification
+    from pacbound.verify.fields import FieldCheck, Verification
 
     checks = tuple(FieldCheck(f"information_only.field_{i:02d}", 1, 2) for i in range(40))
     _explain(Verification("gaussian", checks))
