@@ -1,10 +1,14 @@
 """What defines a Gaussian certificate before the data are seen: its options, δ budget and
-random streams (``certify --method gaussian``; MATH.md §2–5, §8)."""
+random streams (``certify --method gaussian``; MATH.md §2–5, §8).
+
+:func:`options_from_params` builds :class:`GaussianOptions` from the certify command's
+parameters (the one place that does), :func:`options_from_report` from a report's
+``options`` block (for ``verify``)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any
 
 import torch
@@ -12,7 +16,8 @@ import torch
 from pacbound.bounds import DeltaBudget, DeltaPart
 from pacbound.bounds.budget import remaining_delta
 from pacbound.bounds.validation import check_delta
-from pacbound.errors import InvalidInputError
+from pacbound.errors import InvalidInputError, UsageError
+from pacbound.posterior.families import FAMILIES, family
 from pacbound.posterior.fit import TrainingRecipe
 from pacbound.posterior.network import Sampler
 from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
@@ -35,17 +40,15 @@ SEED_OFFSETS = {
 DEFAULT_GRID_SIZE = 6001
 
 
-class Posterior(str, Enum):
-    ISOTROPIC = "isotropic"
-    DIAGONAL = "diagonal"
-
-
 @dataclass(frozen=True)
 class GaussianOptions:
-    """Everything that defines a Gaussian certificate, fixed before the data are seen."""
+    """Everything that defines a Gaussian certificate, fixed before the data are seen.
+
+    ``posterior`` names a family of :data:`~pacbound.posterior.families.FAMILIES`;
+    ``sampler`` ``None`` means "auto" (resolved by the method against the loaded model)."""
 
     prior: PriorMean = PriorMean.INIT
-    posterior: Posterior = Posterior.ISOTROPIC
+    posterior: str = "isotropic"
     prior_scales: ScaleGrid = field(
         default_factory=lambda: ScaleGrid.log_spaced(1e-6, 1.0, DEFAULT_GRID_SIZE)
     )
@@ -61,7 +64,10 @@ class GaussianOptions:
     batch_size: int = 1024
     search_examples: int = 10000
     check_deterministic: bool = True
-    sampler: Sampler = Sampler.LAYERS
+    sampler: Sampler | None = Sampler.LAYERS
+
+    def __post_init__(self) -> None:
+        family(self.posterior)  # an unknown family lists the valid ones
 
     def budget(self) -> DeltaBudget:
         delta = check_delta(self.delta, "--delta")
@@ -102,12 +108,12 @@ class GaussianOptions:
     def to_dict(self) -> dict[str, Any]:
         return {
             "prior": self.prior.value,
-            "posterior": self.posterior.value,
+            "posterior": self.posterior,
             "prior_scales": self.prior_scales.to_dict(),
             "prior_fraction": self.prior_fraction if self.prior is PriorMean.DATA else None,
             "prior_training": self.prior_recipe.to_dict() if self.prior is PriorMean.DATA else None,
             "posterior_training": (
-                self.training.to_dict() if self.posterior is Posterior.DIAGONAL else None
+                self.training.to_dict() if FAMILIES[self.posterior].trained else None
             ),
             "mc_passes": self.mc_passes,
             "mc_delta": self.budget().part("monte-carlo").delta,
@@ -117,7 +123,7 @@ class GaussianOptions:
             "batch_size": self.batch_size,
             "search_examples": self.search_examples,
             "check_deterministic": self.check_deterministic,
-            "sampler": self.sampler.value,
+            "sampler": "auto" if self.sampler is None else self.sampler.value,
         }
 
 
@@ -140,3 +146,91 @@ def _part(name: str, delta: float, grid: int, description: str) -> DeltaPart:
 
 def random_stream(seed: int, purpose: str, device: torch.device) -> torch.Generator:
     return torch.Generator(device=device).manual_seed(seed + SEED_OFFSETS[purpose])
+
+
+def options_from_params(params: Mapping[str, Any]) -> GaussianOptions:
+    """The options of ``certify --method gaussian`` from click's parsed parameters
+    (``--sampler auto`` stays ``None`` until the model is loaded). Raises UsageError or
+    InvalidInputError for a bad value, before anything is loaded."""
+    if params["prior"] == PriorMean.INIT.value and params.get("init") is None:
+        raise UsageError(
+            "--prior init needs the initial weights: pass --init PATH (saved before training), "
+            "or choose --prior zero or --prior data",
+            param="--init",
+        )
+    sampler = params["sampler"]
+    options = GaussianOptions(
+        prior=PriorMean(params["prior"]),
+        posterior=params["posterior"],
+        prior_scales=ScaleGrid.parse(params["prior_scales"]),
+        prior_fraction=params["prior_fraction"],
+        prior_recipe=PriorTrainingRecipe(
+            epochs=params["prior_epochs"],
+            lr=params["prior_lr"],
+            lr_schedule=params["prior_lr_schedule"],
+            augment_shift=params["prior_augment_shift"],
+            seed=params["seed"],
+        ),
+        training=TrainingRecipe(
+            epochs=params["posterior_epochs"],
+            lr=params["posterior_lr"],
+            optimizer=params["posterior_optimizer"],
+            keep_best=params["keep_best"],
+            sigma_lr=params["sigma_lr"],
+            p_min=params["p_min"],
+            objective=params["objective"],
+            seed=params["seed"],
+        ),
+        mc_passes=params["mc_passes"],
+        delta=params["delta"],
+        mc_delta=params["mc_delta"],
+        heldout_delta=params["heldout_delta"],
+        disagreement_delta=params["disagreement_delta"],
+        seed=params["seed"],
+        batch_size=params["batch_size"],
+        check_deterministic=not params["allow_nondeterministic"],
+        sampler=None if sampler == "auto" else Sampler(sampler),
+    )
+    options.budget()  # validates the δ parts before any heavy work
+    return options
+
+
+def options_from_report(recorded: Mapping[str, Any]) -> GaussianOptions:
+    """The options a report's ``options`` block records (InvalidInputError if unreadable).
+
+    The prior-scale grid is rebuilt value for value (:meth:`ScaleGrid.from_dict`) and must
+    hash to the recorded values: the δ it costs is then re-derived, never read."""
+    try:
+        grid = ScaleGrid.from_dict(dict(recorded["prior_scales"]))
+        if grid.to_dict()["values_sha256"] != recorded["prior_scales"].get("values_sha256"):
+            raise InvalidInputError(
+                "the report's options.prior_scales do not describe the grid they hash to; "
+                "the prior-scale grid and the δ it costs cannot be re-derived"
+            )
+        prior_training = recorded.get("prior_training")
+        training = recorded.get("posterior_training")
+        return GaussianOptions(
+            prior=PriorMean(recorded["prior"]),
+            posterior=recorded["posterior"],
+            prior_scales=grid,
+            prior_fraction=recorded.get("prior_fraction") or 0.5,
+            prior_recipe=PriorTrainingRecipe(
+                **{"lr_schedule": "constant", **(prior_training or {})}
+            ),
+            training=TrainingRecipe(**(training or {})),
+            mc_passes=recorded["mc_passes"],
+            delta=recorded["delta"],
+            mc_delta=recorded["mc_delta"],
+            heldout_delta=recorded["heldout_delta"],
+            disagreement_delta=recorded["disagreement_delta"],
+            seed=recorded["seed"],
+            batch_size=recorded["batch_size"],
+            search_examples=recorded["search_examples"],
+            check_deterministic=recorded["check_deterministic"],
+            sampler=Sampler(recorded["sampler"]),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise InvalidInputError(
+            f"the report's Gaussian options cannot be read by this version ({exc!r}); verify "
+            "it with the pacbound version that wrote it"
+        ) from None

@@ -16,6 +16,7 @@ schema's enum, the option-applicability rules and the harness list are derived f
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,12 @@ class HypothesisFile:
 
     key: str  # its record in the report: ``inputs.<key>`` ("posterior", "artifact")
     option: str  # the certify option that writes it ("--save-posterior", "--artifact")
+
+    def record(
+        self, path: Path, payload: bytes, note: str = "written by this run"
+    ) -> dict[str, str]:
+        """The report's ``inputs.<key>`` record of the file written at ``path``."""
+        return {"path": str(path), "sha256": hashlib.sha256(payload).hexdigest(), "note": note}
 
 
 @dataclass(frozen=True)
@@ -127,6 +134,7 @@ class Facts:
     complexity_parts: tuple[tuple[str, float], ...]  # named nats of the complexity term
     search: SearchCurve | None
     rows: tuple[tuple[str, str], ...]  # extra (label, text) rows for terminal and summary
+    title: str = ""  # the terminal table's title, e.g. "pacbound certificate (PAC-Bayes-kl, …)"
 
 
 class Method(Protocol):

@@ -7,10 +7,13 @@ the harness list are derived from it. Adding a method is one module plus one lin
 
 from __future__ import annotations
 
+from pacbound.certify.gaussian_method import GAUSSIAN
 from pacbound.certify.method import Method
 from pacbound.errors import UsageError
 
-METHODS: dict[str, Method] = {}
+METHODS: dict[str, Method] = {
+    GAUSSIAN.name: GAUSSIAN,  # first: the default --method
+}
 
 
 def method(name: str) -> Method:

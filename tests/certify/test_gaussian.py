@@ -10,7 +10,7 @@ from torch import nn
 
 from pacbound.bounds import mc_upper_per_example, pac_bayes_kl
 from pacbound.certify.gaussian import certify_gaussian
-from pacbound.certify.gaussian_options import GaussianOptions, Posterior
+from pacbound.certify.gaussian_options import GaussianOptions
 from pacbound.errors import InvalidInputError, NumericalError
 from pacbound.posterior.fit import TrainingRecipe
 from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
@@ -82,7 +82,7 @@ def test_data_dependent_prior_counts_only_the_bound_part() -> None:
         prior=PriorMean.DATA,
         prior_fraction=0.25,
         prior_recipe=PriorTrainingRecipe(epochs=2, batch_size=50),
-        posterior=Posterior.DIAGONAL,
+        posterior="diagonal",
         training=TrainingRecipe(epochs=2, batch_size=100),
     )
     cert = certify_gaussian(model, x, y, options=opts, init_state=init)
@@ -99,7 +99,7 @@ def test_zero_prior_and_diagonal_training_run() -> None:
     opts = GaussianOptions(
         **FAST,
         prior=PriorMean.ZERO,
-        posterior=Posterior.DIAGONAL,
+        posterior="diagonal",
         training=TrainingRecipe(epochs=1, batch_size=200),
     )
     cert = certify_gaussian(model, x, y, options=opts)
@@ -157,7 +157,7 @@ def test_diverging_training_raises_numerical_error_with_step() -> None:
     x, y = _task()
     opts = GaussianOptions(
         **FAST,
-        posterior=Posterior.DIAGONAL,
+        posterior="diagonal",
         training=TrainingRecipe(epochs=3, lr=1e30, sigma_lr=1e30, batch_size=100),
     )
     with pytest.raises(NumericalError, match=r"epoch \d+, step \d+"):
@@ -189,7 +189,7 @@ def test_training_seed_must_not_replay_a_certificate_stream(offset: int) -> None
     x, y = _task()
     opts = GaussianOptions(
         **FAST,
-        posterior=Posterior.DIAGONAL,
+        posterior="diagonal",
         training=TrainingRecipe(epochs=1, seed=10 + offset),
         seed=10,
     )
