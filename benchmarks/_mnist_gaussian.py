@@ -19,13 +19,10 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from train_mnist_mlp import error_rate, train  # noqa: E402
 
-from pacbound.certify.gaussian import (  # noqa: E402
-    certify_gaussian,
-    data_dependent_prior,
-    stochastic_error,
-)
+from pacbound.certify.gaussian import certify_gaussian, stochastic_error  # noqa: E402
 from pacbound.certify.gaussian_checkpoint import CheckpointInputs  # noqa: E402
-from pacbound.certify.gaussian_options import GaussianOptions, Posterior  # noqa: E402
+from pacbound.certify.gaussian_options import GaussianOptions  # noqa: E402
+from pacbound.certify.gaussian_prior import data_dependent_prior  # noqa: E402
 from pacbound.io import load_dataset, resolve_device  # noqa: E402
 from pacbound.models import convnet, mlp  # noqa: E402
 from pacbound.posterior.fit import TrainingRecipe  # noqa: E402
@@ -104,7 +101,7 @@ def run(
     sgd_seconds = time.perf_counter() - t0
     options = GaussianOptions(
         prior=prior,
-        posterior=Posterior.DIAGONAL,
+        posterior="diagonal",
         prior_fraction=prior_fraction,
         prior_recipe=prior_recipe or PriorTrainingRecipe(seed=args.seed),
         training=TrainingRecipe(
