@@ -1,6 +1,6 @@
 """What a compression certificate says about the user's checkpoint h (issue #11).
 
-The Occam certificate (:mod:`pacbound.certify.compression`) bounds the error of the DECODED
+The Occam certificate (:mod:`pacbound.certify.occam`) bounds the error of the DECODED
 model h', not of the checkpoint h it was compressed from. Next to it:
 
 - **information** (not bounds, the training data chose h'): h's own training errors and how
@@ -27,10 +27,9 @@ from torch import Tensor, nn
 from pacbound.bounds import BoundResult
 from pacbound.bounds.binomial import test_set_bound
 from pacbound.bounds.checkpoint import disagreement_bound
-from pacbound.bounds.validation import check_count, check_delta
+from pacbound.bounds.validation import check_count
 from pacbound.certify.common import check_deterministic, checkpoint_block
-from pacbound.certify.compression import CompressionCertificate, decoder_for
-from pacbound.compressors import ModelFactory
+from pacbound.certify.occam_options import CompressionOptions
 from pacbound.errors import InvalidInputError, NumericalError
 
 HELDOUT_CLASSIFIER = "the checkpoint's deterministic point weights"
@@ -129,45 +128,38 @@ class CheckpointStatements:
         return out
 
 
-def statement_deltas(
-    delta: float, heldout_delta: float | None, disagreement_delta: float | None
-) -> tuple[float, float]:
-    """(δ_H, δ_D) with their defaults δ and δ/5, validated under the options' names."""
-    h = delta if heldout_delta is None else check_delta(heldout_delta, "--heldout-delta")
-    d = delta / 5 if disagreement_delta is None else disagreement_delta
-    return h, check_delta(d, "--disagreement-delta")
+@dataclass(frozen=True)
+class CheckpointSets:
+    """The checkpoint h and the sets its statements use: labeled ``heldout`` examples and
+    ``unlabeled`` inputs, both never used for anything else (not for training h, nor for
+    choosing anything in the certificate)."""
+
+    module: nn.Module
+    heldout: tuple[Tensor, Tensor] | None = None
+    unlabeled: Tensor | None = None
 
 
 def compare_with_checkpoint(
-    certificate: CompressionCertificate,
-    checkpoint: nn.Module,
-    factory: ModelFactory,
+    sets: CheckpointSets,
+    decoded: nn.Module,
     x: Tensor,
     y: Tensor,
     *,
-    heldout: tuple[Tensor, Tensor] | None = None,
-    unlabeled: Tensor | None = None,
-    heldout_delta: float | None = None,
-    disagreement_delta: float | None = None,
-    batch_size: int = 2048,
-    check_determinism: bool = True,
+    certificate: BoundResult,
+    options: CompressionOptions,
     device: torch.device | None = None,
 ) -> CheckpointStatements:
-    """The checkpoint's training errors and disagreements with the decoded model on (x, y),
-    its held-out bound on ``heldout`` (δ_H = ``heldout_delta``, default δ), and with held-out
-    or ``unlabeled`` inputs (the unlabeled ones when both are given) the certificate
-    L(h) ≤ L(decoded) + D(h, decoded) at δ + δ_D (``disagreement_delta``, default δ/5).
-
-    ``heldout`` and ``unlabeled`` must never have been used for anything else (not for
-    training h, nor for choosing anything in the certificate).
+    """The checkpoint's training errors and disagreements with the ``decoded`` model on
+    (x, y), its held-out bound on ``sets.heldout`` (δ_H), and with held-out or unlabeled
+    inputs (the unlabeled ones when both are given) the certificate
+    L(h) ≤ L(decoded) + D(h, decoded) at δ + δ_D, where ``certificate`` is the decoded
+    model's Occam bound at δ (δ_H, δ_D: ``options.statement_deltas``).
     """
     dev = device or torch.device("cpu")
-    delta = certificate.budget.total
-    delta_h, delta_d = statement_deltas(delta, heldout_delta, disagreement_delta)
-    message = certificate.message
-    decoded = decoder_for(message, factory, device=dev).decompress(message.to_bytes())
-    checkpoint = checkpoint.to(dev).eval()
-    if check_determinism:
+    delta = options.delta
+    delta_h, delta_d = options.statement_deltas
+    checkpoint = sets.module.to(dev).eval()
+    if options.check_deterministic:
         check_deterministic(checkpoint, x, dev)
     decoded.eval()
 
@@ -175,18 +167,18 @@ def compare_with_checkpoint(
         if int(inputs.shape[0]) == 0:
             raise InvalidInputError("the held-out or unlabeled set has no examples")
         return compare_predictions(
-            checkpoint, decoded, inputs, labels, batch_size=batch_size, device=dev
+            checkpoint, decoded, inputs, labels, batch_size=options.batch_size, device=dev
         )
 
-    statements = CheckpointStatements(compare(x, y), certificate.certificate, delta)
-    held = None if heldout is None else compare(*heldout)
+    statements = CheckpointStatements(compare(x, y), certificate, delta)
+    held = None if sets.heldout is None else compare(*sets.heldout)
     if held is not None:
         assert held.errors is not None
         hbound = test_set_bound(held.errors / held.n, n=held.n, delta=delta_h)
         statements = replace(statements, heldout=hbound)
     source, counts = "heldout", held
-    if unlabeled is not None:
-        source, counts = "unlabeled", compare(unlabeled, None)
+    if sets.unlabeled is not None:
+        source, counts = "unlabeled", compare(sets.unlabeled, None)
     if counts is not None:
         bound = disagreement_bound(counts.disagreements, m=counts.n, delta=delta_d)
         statements = replace(

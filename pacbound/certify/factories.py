@@ -16,23 +16,95 @@ loaded model (MATH.md §6).
 from __future__ import annotations
 
 import copy
+import hashlib
 import os
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from pacbound.certify.compression import (
-    InitFileFactory,
-    architecture_factory,
-    seeded_factory,
-    theta0_sha256,
-)
 from pacbound.compressors import ModelFactory
 from pacbound.errors import InvalidInputError
 from pacbound.io import LoadedModel, load_init_state
+
+
+def seeded_factory(build: Callable[[], nn.Module]) -> ModelFactory:
+    """``seed ↦ build()`` run under ``torch.manual_seed(seed)`` with the global RNG restored.
+
+    PyTorch's CPU initialisers are deterministic for a given seed and torch version, so the
+    decoder regenerates θ₀ exactly (build on the CPU; move the model afterwards).
+    """
+
+    def factory(seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return build()
+
+    return factory
+
+
+@dataclass(frozen=True)
+class InitFileFactory:
+    """``seed ↦`` the architecture with θ₀ = the weights of an init file; the seed then only
+    regenerates P.
+
+    The file must be fixed before the data are seen (e.g. saved before training): the
+    decoder needs it as side information that the code length does not pay for, exactly
+    like the architecture. Its sha256 goes into the message's architecture fingerprint,
+    so decoding with another (or no) init file is refused.
+    """
+
+    build: Callable[[], nn.Module]
+    state: Mapping[str, Tensor]
+    init_sha256: str
+
+    def __call__(self, seed: int) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            module = self.build()
+        module.load_state_dict(dict(self.state), strict=True)
+        return module
+
+
+def theta0_sha256(state: Mapping[str, Tensor]) -> str:
+    """SHA-256 over θ₀'s content (names, dtypes, shapes and bytes in name order), so the
+    same weights saved in another file format give the same hash."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # raw bytes, any dtype
+    return h.hexdigest()
+
+
+def architecture_factory(
+    arch: str,
+    arch_kwargs: Mapping[str, Any] | None,
+    *,
+    init: str | Path | None = None,
+    unsafe_allow_pickle: bool = False,
+) -> ModelFactory:
+    """The factory that encoder and decoder share: ``--arch``/``--arch-kwargs`` seeded by the
+    message's seed, or with θ₀ from the ``init`` file (checked against the architecture)."""
+    from pacbound.io.architectures import build_module, parse_arch
+
+    spec = parse_arch(arch)
+    kwargs = dict(arch_kwargs or {})
+
+    def build() -> nn.Module:
+        return build_module(spec, kwargs)
+
+    if init is None:
+        return seeded_factory(build)
+    with torch.random.fork_rng(devices=[]):
+        reference = build()
+    state = load_init_state(init, reference, unsafe_allow_pickle=unsafe_allow_pickle)
+    state = {k: v.detach().to("cpu") for k, v in state.items()}
+    return InitFileFactory(build, state, theta0_sha256(state))
 
 
 def factory_for(
@@ -163,3 +235,43 @@ def _refuse_hidden_tensors(module: nn.Module, source: str) -> None:
 
 def _short(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@dataclass(frozen=True)
+class RunFactory:
+    """The factory of a compression run, the ``--init`` record for the report and the
+    warning about an init file near the trained weights (None when there is none)."""
+
+    factory: ModelFactory
+    init_record: dict[str, Any] | None
+    warning: str | None
+
+
+def run_factory(
+    loaded: LoadedModel,
+    method: str,
+    *,
+    seed: int,
+    init: str | os.PathLike[str] | None = None,
+    unsafe_allow_pickle: bool = False,
+) -> RunFactory:
+    """:func:`factory_for` with certify's checks, for ``certify`` and ``verify`` alike: θ₀
+    from ``init`` must not be the trained weights, and every tensor the message does not
+    code must be the one the decoder rebuilds (``factory(seed)``)."""
+    from pacbound.compressors.base import check_uncoded_buffers
+    from pacbound.io import sha256_file
+    from pacbound.io.models import near_trained_init, refuse_trained_init
+
+    factory = factory_for(loaded, method, init=init, unsafe_allow_pickle=unsafe_allow_pickle)
+    record = warning = None
+    if init is not None:
+        assert isinstance(factory, InitFileFactory)
+        refuse_trained_init(factory.state, loaded)
+        warning = near_trained_init(factory.state, loaded)
+        record = {
+            "path": str(init),
+            "sha256": sha256_file(init),
+            "theta0_sha256": factory.init_sha256,
+        }
+    check_uncoded_buffers(loaded.module, factory(seed))
+    return RunFactory(factory, record, warning)

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from pacbound.certify.gaussian_method import GAUSSIAN
 from pacbound.certify.method import Method
+from pacbound.certify.quantize import QUANTIZE
+from pacbound.certify.subspace import SUBSPACE
 from pacbound.errors import UsageError
 
 METHODS: dict[str, Method] = {
     GAUSSIAN.name: GAUSSIAN,  # first: the default --method
+    SUBSPACE.name: SUBSPACE,
+    QUANTIZE.name: QUANTIZE,
 }
 
 

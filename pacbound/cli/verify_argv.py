@@ -50,7 +50,7 @@ def _gaussian_options(params: dict[str, Any]) -> dict[str, Any]:
 
 def _statement_deltas(params: dict[str, Any]) -> dict[str, float]:
     """A compression run's δ_H and δ_D for the parsed command line (certify's defaults)."""
-    from pacbound.certify.compressed_checkpoint import statement_deltas
+    from pacbound.certify.occam_options import statement_deltas
 
     held, disagreement = statement_deltas(
         params["delta"], params.get("heldout_delta"), params.get("disagreement_delta")

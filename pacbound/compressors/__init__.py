@@ -7,7 +7,7 @@ length K(h) enters the Occam bound (``pacbound.bounds.occam``, with
 factory and the seed.
 
 One file per strategy: ``projectors`` (random P for θ = θ₀ + P w), ``subspace`` (training w),
-``quantize`` (codebooks, QAT), ``coding`` (Elias codes, arithmetic coder), ``message`` (the
+``codebooks`` (codebooks, QAT), ``coding`` (Elias codes, arithmetic coder), ``message`` (the
 container), ``quantized`` (the two compressors behind the ``Compressor`` interface of ``base``).
 """
 
@@ -18,6 +18,16 @@ from pacbound.compressors.base import (
     load_parameter_vector,
     parameter_vector,
 )
+from pacbound.compressors.codebooks import (
+    Codebook,
+    CodebookKind,
+    CodebookPrecision,
+    dequantize,
+    kmeans_codebook,
+    quantization_aware_finetune,
+    quantize,
+    uniform_codebook,
+)
 from pacbound.compressors.message import CompressedMessage, CompressorKind
 from pacbound.compressors.projectors import (
     DenseGaussianProjector,
@@ -27,16 +37,6 @@ from pacbound.compressors.projectors import (
     ProjectorSpec,
     SparseProjector,
     make_projector,
-)
-from pacbound.compressors.quantize import (
-    Codebook,
-    CodebookKind,
-    CodebookPrecision,
-    dequantize,
-    kmeans_codebook,
-    quantization_aware_finetune,
-    quantize,
-    uniform_codebook,
 )
 from pacbound.compressors.quantized import DirectQuantizeCompressor, SubspaceQuantizeCompressor
 from pacbound.compressors.subspace import SubspaceModel, init_from_checkpoint_lstsq, train_subspace

@@ -39,6 +39,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from pacbound.compressors.codebooks import Codebook, CodebookPrecision
 from pacbound.compressors.coding import (
     BitReader,
     BitWriter,
@@ -50,7 +51,6 @@ from pacbound.compressors.coding import (
     write_gamma,
 )
 from pacbound.compressors.projectors import ProjectorKind
-from pacbound.compressors.quantize import Codebook, CodebookPrecision
 from pacbound.errors import InvalidInputError
 
 MAGIC = b"PBCM"

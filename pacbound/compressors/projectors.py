@@ -27,7 +27,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from pacbound.compressors.quantize import parse_enum
+from pacbound.compressors.codebooks import parse_enum
 from pacbound.errors import InvalidInputError
 
 #: Elements of P generated at once by the dense projector (4 MiB in float32).

@@ -27,14 +27,7 @@ from pacbound.compressors.base import (
     load_parameter_vector,
     parameter_vector,
 )
-from pacbound.compressors.message import CompressedMessage, CompressorKind
-from pacbound.compressors.projectors import (
-    Projector,
-    ProjectorKind,
-    check_dimensions,
-    make_projector,
-)
-from pacbound.compressors.quantize import (
+from pacbound.compressors.codebooks import (
     Codebook,
     CodebookKind,
     CodebookPrecision,
@@ -44,6 +37,13 @@ from pacbound.compressors.quantize import (
     parse_enum,
     quantize,
     uniform_codebook,
+)
+from pacbound.compressors.message import CompressedMessage, CompressorKind
+from pacbound.compressors.projectors import (
+    Projector,
+    ProjectorKind,
+    check_dimensions,
+    make_projector,
 )
 from pacbound.compressors.subspace import SubspaceModel, init_from_checkpoint_lstsq
 from pacbound.errors import InvalidInputError

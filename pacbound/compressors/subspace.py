@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pacbound.compressors.base import parameter_vector
+from pacbound.compressors.codebooks import parse_enum
 from pacbound.compressors.projectors import Projector
-from pacbound.compressors.quantize import parse_enum
 from pacbound.errors import InvalidInputError, NumericalError
 
 
