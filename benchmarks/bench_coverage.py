@@ -17,12 +17,13 @@ import time
 
 import torch
 
-from pacbound.harness.coverage import DEFAULT_ALPHA, make_method, run_coverage
+from pacbound.harness.coverage import DEFAULT_ALPHA, run_coverage
+from pacbound.harness.experiments import coverage_experiments, make_experiment
 from pacbound.harness.planted import planted_refusals
 from pacbound.harness.synthetic import TRUE_RISK_EXAMPLES, TeacherTask
 
-#: Methods and their tight-regime δ (see pacbound.harness.coverage for each regime).
-METHODS = {
+#: The tight-regime δ of each coverage experiment (pacbound.harness.experiments; 0.2 if absent).
+DELTAS = {
     "heldout": 0.2,
     "monte-carlo": 0.01,
     "gaussian-init": 0.2,
@@ -36,7 +37,9 @@ METHODS = {
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=200, help="R per method (default 200)")
-    parser.add_argument("--methods", default=",".join(METHODS), help="comma-separated")
+    parser.add_argument(
+        "--methods", default=",".join(coverage_experiments()), help="comma-separated"
+    )
     parser.add_argument("--delta", type=float, default=None, help="override every method's δ")
     parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA)
     parser.add_argument("--truth-examples", type=int, default=TRUE_RISK_EXAMPLES)
@@ -48,11 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     results = {}
     for name in args.methods.split(","):
-        delta = METHODS.get(name, 0.2) if args.delta is None else args.delta
-        method = make_method(
+        delta = DELTAS.get(name, 0.2) if args.delta is None else args.delta
+        experiment = make_experiment(
             name, task, delta=delta, truth_examples=args.truth_examples, seed=args.seed
         )
-        out = run_coverage(method, args.runs, alpha=args.alpha)
+        out = run_coverage(experiment, args.runs, alpha=args.alpha)
         results[name] = {variant: r.to_dict() for variant, r in out.items()}
         print(f"{name}: done", file=sys.stderr)
     report = {

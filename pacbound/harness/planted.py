@@ -12,7 +12,7 @@ harness shows that each is now **refused** or **certified soundly**:
 * :class:`SequenceStudent` — an ``nn.Linear`` applied to a (B, T, F) sequence. Local
   reparameterization drew its noise per position, not per example, so the Monte-Carlo
   estimate of L̂(Q) was optimistic. Now one weight matrix is drawn per example; the coverage
-  method :class:`SequenceMonteCarloMethod` checks it against whole-network draws, beside the
+  experiment :class:`SequenceMonteCarloExperiment` checks it against whole-network draws, beside the
   old behaviour as a planted control (:data:`controls.PER_POSITION`).
 """
 
@@ -27,13 +27,18 @@ import torch
 from torch import Tensor, nn
 
 from pacbound.bounds import mc_upper_per_example
+from pacbound.certify.gaussian import certify_gaussian
+from pacbound.certify.gaussian_options import GaussianOptions
+from pacbound.certify.occam_options import CompressionMethod, CompressionOptions
+from pacbound.certify.quantize import certify_quantized
 from pacbound.errors import InvalidInputError
 from pacbound.harness import controls
+from pacbound.harness.coverage import CORRECT, RunRecord, derive_seed
+from pacbound.harness.students import model_state, train
 from pacbound.harness.synthetic import TRUE_RISK_EXAMPLES, TeacherTask
 from pacbound.posterior.network import StochasticNetwork, build_stochastic_network
+from pacbound.posterior.priors import PriorMean, ScaleGrid
 from pacbound.posterior.risk import count_stochastic_errors
-
-CORRECT = "correct"
 
 
 class TiedStudent(nn.Module):
@@ -106,11 +111,6 @@ def _seeded(build: Any, seed: int) -> nn.Module:
 def planted_refusals(task: TeacherTask, *, n: int = 200, seed: int = 0) -> list[dict[str, Any]]:
     """Certify each refused planted model on random labels (true risk 1 − 1/K) with the
     Gaussian method and (for the memorizing model) the quantize method; record the outcome."""
-    from pacbound.certify.compression import CompressionOptions, Method, certify_quantized
-    from pacbound.certify.gaussian import certify_gaussian
-    from pacbound.certify.gaussian_options import GaussianOptions
-    from pacbound.posterior.priors import PriorMean, ScaleGrid
-
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(n, task.dim, generator=gen)
     y = torch.randint(0, task.num_classes, (n,), generator=gen)  # random labels
@@ -126,12 +126,12 @@ def planted_refusals(task: TeacherTask, *, n: int = 200, seed: int = 0) -> list[
     options = GaussianOptions(
         prior=PriorMean.INIT, prior_scales=ScaleGrid.log_spaced(1e-3, 1.0, 7), mc_passes=1
     )
-    quantize = CompressionOptions(method=Method.QUANTIZE)
+    quantize = CompressionOptions(method=CompressionMethod.QUANTIZE)
     cases: list[tuple[str, str, Callable[[], Any]]] = [
         ("tied weight", "gaussian", lambda: certify_gaussian(
-            tied, x, y, options=options, init_state=_state(tied))),
+            tied, x, y, options=options, init_state=model_state(tied))),
         ("integer buffer memorising the labels", "gaussian", lambda: certify_gaussian(
-            memo, x, y, options=options, init_state=_state(memo_init))),
+            memo, x, y, options=options, init_state=model_state(memo_init))),
         ("integer buffer memorising the labels", "quantize", lambda: certify_quantized(
             memo, memo_factory, x, y, num_classes=task.num_classes, options=quantize)),
     ]  # fmt: skip
@@ -146,12 +146,8 @@ def planted_refusals(task: TeacherTask, *, n: int = 200, seed: int = 0) -> list[
     return out
 
 
-def _state(model: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().clone() for k, v in model.state_dict().items()}
-
-
 @dataclass
-class SequenceMonteCarloMethod:
+class SequenceMonteCarloExperiment:
     """The Monte-Carlo bound L̂(Q) ≤ kl⁻¹(ê, ln(1/δ)/n) for a :class:`SequenceStudent`
     posterior Q = N(μ, σ² I) fixed before any sample (μ pretrained on independent data).
 
@@ -176,8 +172,6 @@ class SequenceMonteCarloMethod:
 
     def posterior(self) -> StochasticNetwork:
         if self._posterior is None:
-            from pacbound.harness.coverage import derive_seed, train
-
             gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, "pretrain"))
             x, y = self.task.sample(2000, gen)
             init = derive_seed(self.name, self.seed, "init") % 2**31
@@ -190,8 +184,6 @@ class SequenceMonteCarloMethod:
     @torch.no_grad()
     def truth(self) -> float:
         if self._truth is None:
-            from pacbound.harness.coverage import derive_seed
-
             gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, "truth"))
             draws = torch.Generator().manual_seed(derive_seed(self.name, self.seed, "draws"))
             disagree = 0
@@ -203,9 +195,7 @@ class SequenceMonteCarloMethod:
             self._truth = self.task.risk_from_disagreement(disagree / self.truth_examples)
         return self._truth
 
-    def run(self, r: int) -> Any:
-        from pacbound.harness.coverage import RunRecord, derive_seed
-
+    def run(self, r: int) -> RunRecord:
         q = self.posterior()
         gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "data"))
         x, y = self.task.sample(self.n, gen)

@@ -7,25 +7,24 @@ P[Bin(R, δ) ≥ V] < α = 0.001 (one-sided exact binomial test).
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 import torch
 
 from pacbound.harness import controls
-from pacbound.harness.coverage import (
-    COMPRESSION_METHODS,
-    CORRECT,
-    CoverageResult,
-    GaussianDataMethod,
-    GaussianInitMethod,
-    HeldOutMethod,
-    MonteCarloMethod,
-    binomial_p_value,
-    make_method,
-    run_coverage,
+from pacbound.harness.coverage import CORRECT, CoverageResult, binomial_p_value, run_coverage
+from pacbound.harness.gaussian_experiments import (
+    GaussianDataExperiment,
+    GaussianInitExperiment,
+    MonteCarloExperiment,
 )
+from pacbound.harness.point_experiments import (
+    COMPRESSORS,
+    CompressionExperiment,
+    HeldOutExperiment,
+)
+from pacbound.harness.students import model_state, pretrained
 from pacbound.harness.synthetic import TeacherTask
 
 TASK = TeacherTask()
@@ -33,12 +32,12 @@ TASK = TeacherTask()
 
 @pytest.fixture(scope="module")
 def monte_carlo() -> dict[str, CoverageResult]:
-    return run_coverage(MonteCarloMethod(TASK, delta=0.01), 1000)
+    return run_coverage(MonteCarloExperiment(TASK, delta=0.01), 1000)
 
 
 @pytest.fixture(scope="module")
 def gaussian_data() -> dict[str, CoverageResult]:
-    return run_coverage(GaussianDataMethod(TASK), 60)
+    return run_coverage(GaussianDataExperiment(TASK), 60)
 
 
 def test_binomial_p_value_reference_values() -> None:
@@ -58,7 +57,7 @@ def test_true_risk_matches_a_direct_noisy_label_count() -> None:
 
 
 def test_n_full_control_is_more_optimistic_on_the_same_run() -> None:
-    record = GaussianDataMethod(TASK).run(0)
+    record = GaussianDataExperiment(TASK).run(0)
     assert record.bounds[controls.N_FULL] < record.bounds[CORRECT]
 
 
@@ -67,11 +66,12 @@ def test_correct_reassembly_equals_the_pipeline() -> None:
     own value (up to its outward rounding), so a caught control is caught for its bug."""
     from pacbound.certify.gaussian import certify_gaussian
     from pacbound.certify.gaussian_options import GaussianOptions
-    from pacbound.harness.coverage import _pretrained, _state
 
-    init = _pretrained(TASK, 16, 500, 0)
+    init = pretrained(TASK, 16, 500, 0)
     x, y = TASK.sample(200, torch.Generator().manual_seed(0))
-    cert = certify_gaussian(init, x, y, options=GaussianOptions(delta=0.2), init_state=_state(init))
+    cert = certify_gaussian(
+        init, x, y, options=GaussianOptions(delta=0.2), init_state=model_state(init)
+    )
     value = controls.gaussian_bound(
         cert.empirical_risk_estimate,
         draws=cert.monte_carlo.n,
@@ -103,20 +103,18 @@ def test_n_full_control_is_caught(gaussian_data: dict[str, CoverageResult]) -> N
 
 
 def test_gaussian_init_prior_is_sound() -> None:
-    result = run_coverage(GaussianInitMethod(TASK), 30)[CORRECT]
+    result = run_coverage(GaussianInitExperiment(TASK), 30)[CORRECT]
     assert result.sound, result
 
 
 def test_heldout_bound_is_sound_and_tight() -> None:
-    result = run_coverage(HeldOutMethod(TASK), 60)[CORRECT]
+    result = run_coverage(HeldOutExperiment(TASK), 60)[CORRECT]
     assert result.sound, result
     assert result.violations > 0  # tight: a Clopper–Pearson bound at δ = 0.2 is violated ~δ
 
 
-@pytest.mark.parametrize("name", COMPRESSION_METHODS)
+@pytest.mark.parametrize("name", COMPRESSORS)
 def test_compression_methods_are_sound(name: str) -> None:
-    if importlib.util.find_spec("pacbound.compressors.quantized") is None:
-        pytest.skip("pacbound.compressors is not available")
-    result = run_coverage(make_method(name, TASK), 8)[CORRECT]
+    result = run_coverage(CompressionExperiment(TASK, kind=name), 8)[CORRECT]
     assert result.sound, result
     assert result.max_ratio < 1.0

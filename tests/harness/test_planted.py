@@ -4,7 +4,8 @@ refused or certified soundly (MATH.md §9, §10)."""
 from __future__ import annotations
 
 from pacbound.harness import controls
-from pacbound.harness.coverage import CORRECT, make_method, run_coverage
+from pacbound.harness.coverage import CORRECT, run_coverage
+from pacbound.harness.experiments import make_experiment
 from pacbound.harness.planted import planted_refusals
 from pacbound.harness.synthetic import TeacherTask
 
@@ -27,8 +28,8 @@ def test_tied_and_memorizing_models_are_refused_on_random_labels() -> None:
 def test_sequence_linear_is_certified_soundly_and_the_old_sampler_is_caught() -> None:
     """Per-example draws on a (B, T, F) Linear against whole-network draws: the correct
     Monte-Carlo bound covers L(Q); per-position noise (the earlier sampler) does not."""
-    method = make_method("sequence-linear", TASK, delta=0.01, truth_examples=200_000)
-    results = run_coverage(method, 100)
+    experiment = make_experiment("sequence-linear", TASK, delta=0.01, truth_examples=200_000)
+    results = run_coverage(experiment, 100)
     correct, old = results[CORRECT], results[controls.PER_POSITION]
     assert correct.sound and correct.violations <= 3
     assert not old.sound and old.violations >= 50
