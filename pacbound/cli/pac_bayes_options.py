@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import click
 
 from pacbound.cli.options import FLOAT, INT
+from pacbound.posterior.families import FAMILIES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -75,11 +76,10 @@ def pac_bayes_options(func: F) -> F:
         ),
         click.option(
             "--posterior",
-            type=click.Choice(["isotropic", "diagonal"]),
-            default="isotropic",
+            type=click.Choice(list(FAMILIES)),
+            default=next(iter(FAMILIES)),
             show_default=True,
-            help="isotropic: one σ by search around the checkpoint (fast); diagonal: mean and "
-            "per-weight σ trained on the kl bound surrogate.",
+            help="; ".join(f"{name}: {fam.description}" for name, fam in FAMILIES.items()) + ".",
         ),
         click.option(
             "--sampler",
