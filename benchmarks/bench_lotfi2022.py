@@ -10,7 +10,7 @@ hidden=32)`` built by ``seeded_factory`` with seed 0, so θ₀ is data-independe
 a Kronecker random subspace; w trained from 0 with Adam (12 epochs, cosine learning rate);
 k-means codebooks with the levels below, QAT, adaptive arithmetic coding; δ = 0.05 (believed
 to be Lotfi et al.'s value; not checked against the paper's text here).
-The (d, L) search is paid in the code length (see ``pacbound.certify.compression``).
+The (d, L) search is paid in the code length (see ``pacbound.certify.occam``).
 """
 
 from __future__ import annotations
@@ -26,13 +26,11 @@ from pathlib import Path
 
 import torch
 
-from pacbound.certify.compression import (
-    CompressionOptions,
-    SubspaceRecipe,
-    certify_subspace,
-    decoder_for,
-    seeded_factory,
-)
+from pacbound.certify.factories import seeded_factory
+from pacbound.certify.occam import decoder_for
+from pacbound.certify.occam_options import CompressionOptions, SubspaceRecipe
+from pacbound.certify.subspace import certify_subspace
+from pacbound.compressors import CompressedMessage
 from pacbound.io.datasets import load_dataset
 from pacbound.models import convnet
 from pacbound.posterior.risk import count_errors
@@ -88,31 +86,32 @@ def main() -> None:
     cert = certify_subspace(
         factory, train.x, train.y, num_classes=train.num_classes, options=options
     )
-    decoded = decoder_for(cert.message, factory).decompress(cert.message.to_bytes())
+    message = CompressedMessage.from_bytes(cert.hypothesis)
+    decoded = decoder_for(message, factory).decompress(cert.hypothesis)
     test_count = count_errors(decoded, test.x, test.y)
     if args.artifact is not None:
-        args.artifact.write_bytes(cert.message.to_bytes())
-    report = cert.to_dict()
+        args.artifact.write_bytes(cert.hypothesis)
+    report = dict(cert.results)
     out = {
         "benchmark": "lotfi2022-mnist-data-independent",
         "published_bound": PUBLISHED_BOUND,
         "bound": cert.value,
         "meets_published": cert.value <= PUBLISHED_BOUND,
-        "code_length_bits": cert.code_length_bits,
-        "code_length_breakdown": cert.breakdown,
-        "train_errors": cert.errors,
-        "train_error": cert.errors / cert.n,
-        "n": cert.n,
+        "code_length_bits": report["code_length_bits"],
+        "code_length_breakdown": report["code_length_breakdown"],
+        "train_errors": report["errors"],
+        "train_error": report["errors"] / report["n"],
+        "n": report["n"],
         "test_error": test_count.rate,
         "test_n": test_count.evaluations,
-        "d": cert.message.dimension,
-        "levels": cert.message.codebook.levels,
-        "num_parameters": cert.message.num_parameters,
+        "d": message.dimension,
+        "levels": message.codebook.levels,
+        "num_parameters": message.num_parameters,
         "architecture": {"name": "convnet", **ARCH},
         "delta": options.delta,
         "search": report["search"],
         "certificate": report,
-        "timings_s": cert.timings,
+        "timings_s": dict(cert.timings),
         "wall_time_s": time.perf_counter() - start,
         "peak_rss_gib": _peak_rss_bytes() / 2**30,
         "load_average_start": load_start,

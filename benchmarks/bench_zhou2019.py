@@ -27,13 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pacbound.certify.compression import (
-    CompressionCertificate,
-    CompressionOptions,
-    certify_quantized,
-    decoder_for,
-    seeded_factory,
-)
+from pacbound.certify.factories import seeded_factory
+from pacbound.certify.method import Certificate
+from pacbound.certify.occam import decoder_for
+from pacbound.certify.occam_options import CompressionOptions
+from pacbound.certify.quantize import certify_quantized
+from pacbound.compressors import CompressedMessage
 from pacbound.io.datasets import load_dataset
 from pacbound.models import lenet5
 from pacbound.posterior.risk import count_errors
@@ -100,7 +99,7 @@ def main() -> None:
     model = factory(0)
     _sgd(model, train.x, train.y, epochs=EPOCHS, seed=1, masks=None)
     dense_test = count_errors(model, test.x, test.y).rate
-    runs: list[tuple[float, CompressionCertificate]] = []
+    runs: list[tuple[float, Certificate]] = []
     for i, sparsity in enumerate(SPARSITIES):
         masks = _prune_masks(model, sparsity)
         _sgd(model, train.x, train.y, epochs=FINETUNE_EPOCHS, seed=2 + i, masks=masks)
@@ -109,27 +108,28 @@ def main() -> None:
         )
         runs.append((sparsity, cert))
     sparsity, best = min(runs, key=lambda run: run[1].value)
-    decoded = decoder_for(best.message, factory).decompress(best.message.to_bytes())
+    message, res = CompressedMessage.from_bytes(best.hypothesis), best.results
+    decoded = decoder_for(message, factory).decompress(best.hypothesis)
     test_count = count_errors(decoded, test.x, test.y)
     zeros = sum(int((p == 0).sum()) for p in decoded.parameters())
     out = {
         "benchmark": "zhou2019-mnist-lenet5-prune-quantize",
         "published_bound": PUBLISHED_BOUND,
         "bound": best.value,
-        "code_length_bits": best.code_length_bits,
-        "code_length_breakdown": best.breakdown,
-        "train_errors": best.errors,
-        "train_error": best.errors / best.n,
-        "n": best.n,
+        "code_length_bits": res["code_length_bits"],
+        "code_length_breakdown": res["code_length_breakdown"],
+        "train_errors": res["errors"],
+        "train_error": res["errors"] / res["n"],
+        "n": res["n"],
         "test_error": test_count.rate,
         "test_n": test_count.evaluations,
         "dense_sgd_test_error": dense_test,
-        "levels": best.message.codebook.levels,
-        "num_parameters": best.message.num_parameters,
+        "levels": message.codebook.levels,
+        "num_parameters": message.num_parameters,
         "sparsity": sparsity,
-        "decoded_zero_fraction": zeros / best.message.num_parameters,
+        "decoded_zero_fraction": zeros / message.num_parameters,
         "delta": OPTIONS.delta,
-        "candidates": [{"sparsity": s, **c.to_dict()} for s, cert in runs for c in cert.search],
+        "candidates": [{"sparsity": s, **c} for s, cert in runs for c in cert.results["search"]],
         "recipe": {
             "epochs": EPOCHS,
             "finetune_epochs": FINETUNE_EPOCHS,
@@ -137,7 +137,7 @@ def main() -> None:
             "sgd": {"lr": 0.05, "momentum": 0.9, "batch_size": 128},
             "options": OPTIONS.to_dict(),
         },
-        "certificate": best.to_dict(),
+        "certificate": dict(res),
         "wall_time_s": time.perf_counter() - start,
         "peak_rss_gib": _peak_rss_bytes() / 2**30,
         "load_average_start": load_start,

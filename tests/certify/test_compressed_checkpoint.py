@@ -13,17 +13,17 @@ from pacbound.bounds import test_set_bound as heldout_bound
 from pacbound.bounds.checkpoint import checkpoint_bound, disagreement_bound
 from pacbound.certify.common import checkpoint_block, model_num_outputs
 from pacbound.certify.compressed_checkpoint import (
+    CheckpointSets,
+    CheckpointStatements,
     compare_predictions,
     compare_with_checkpoint,
-    statement_deltas,
 )
-from pacbound.certify.compression import (
-    CompressionCertificate,
-    CompressionOptions,
-    certify_quantized,
-    decoder_for,
-    seeded_factory,
-)
+from pacbound.certify.factories import seeded_factory
+from pacbound.certify.method import Certificate
+from pacbound.certify.occam import certify_message, decoder_for
+from pacbound.certify.occam_options import CompressionOptions, statement_deltas
+from pacbound.certify.quantize import certify_quantized
+from pacbound.compressors import CompressedMessage
 from pacbound.errors import InvalidInputError, NumericalError
 from tests.certify.test_compression import FACTORY, _task
 
@@ -43,7 +43,7 @@ def _trained() -> nn.Module:
 
 
 @pytest.fixture(scope="module")
-def setup() -> tuple[nn.Module, CompressionCertificate]:
+def setup() -> tuple[nn.Module, Certificate]:
     x, y = _task()
     checkpoint = _trained()
     return checkpoint, certify_quantized(checkpoint, FACTORY, x, y, num_classes=2, options=QUANTIZE)
@@ -54,17 +54,35 @@ def _predictions(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
         return model(x).argmax(dim=1)
 
 
-def _decoded(cert: CompressionCertificate) -> nn.Module:
-    data = cert.message.to_bytes()
-    return decoder_for(cert.message, FACTORY).decompress(data).eval()
+def _decoded(cert: Certificate) -> nn.Module:
+    message = CompressedMessage.from_bytes(cert.hypothesis)
+    return decoder_for(message, FACTORY).decompress(cert.hypothesis).eval()
+
+
+def _statements(
+    cert: Certificate,
+    checkpoint: nn.Module,
+    heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    unlabeled: torch.Tensor | None = None,
+    **changes: object,
+) -> CheckpointStatements:
+    x, y = _task()
+    return compare_with_checkpoint(
+        CheckpointSets(checkpoint, heldout=heldout, unlabeled=unlabeled),
+        _decoded(cert),
+        x,
+        y,
+        certificate=cert.bound,
+        options=dataclasses.replace(QUANTIZE, **changes),  # type: ignore[arg-type]
+    )
 
 
 def test_training_comparison_counts_errors_and_disagreements(
-    setup: tuple[nn.Module, CompressionCertificate],
+    setup: tuple[nn.Module, Certificate],
 ) -> None:
     checkpoint, cert = setup
     x, y = _task()
-    statements = compare_with_checkpoint(cert, checkpoint, FACTORY, x, y)
+    statements = _statements(cert, checkpoint)
     pred, decoded = _predictions(checkpoint, x), _predictions(_decoded(cert), x)
     errors, differ = int((pred != y).sum()), int((pred != decoded).sum())
     assert (statements.training.errors, statements.training.disagreements) == (errors, differ)
@@ -84,12 +102,11 @@ def test_training_comparison_counts_errors_and_disagreements(
 
 
 def test_heldout_bound_and_checkpoint_certificate(
-    setup: tuple[nn.Module, CompressionCertificate],
+    setup: tuple[nn.Module, Certificate],
 ) -> None:
     checkpoint, cert = setup
-    x, y = _task()
     hx, hy = _task(n=300, seed=9)
-    statements = compare_with_checkpoint(cert, checkpoint, FACTORY, x, y, heldout=(hx, hy))
+    statements = _statements(cert, checkpoint, heldout=(hx, hy))
     pred = _predictions(checkpoint, hx)
     errors = int((pred != hy).sum())
     k = int((pred != _predictions(_decoded(cert), hx)).sum())
@@ -104,7 +121,7 @@ def test_heldout_bound_and_checkpoint_certificate(
     }
     disagreement = disagreement_bound(k, m=300, delta=0.01)  # default δ_D = δ/5
     block = out["checkpoint"]
-    assert block["bound"] == checkpoint_bound(cert.certificate, disagreement).value
+    assert block["bound"] == checkpoint_bound(cert.bound, disagreement).value
     assert block["bound"] >= cert.value + disagreement.value
     assert block["bound_on_certified"] == cert.value
     assert block["disagreement"] == {
@@ -121,17 +138,13 @@ def test_heldout_bound_and_checkpoint_certificate(
     assert block["certified_classifier"] == "the checkpoint's deterministic weights"
 
 
-def test_unlabeled_inputs_and_own_deltas(setup: tuple[nn.Module, CompressionCertificate]) -> None:
+def test_unlabeled_inputs_and_own_deltas(setup: tuple[nn.Module, Certificate]) -> None:
     checkpoint, cert = setup
-    x, y = _task()
     hx, hy = _task(n=300, seed=9)
     ux, _ = _task(n=1000, seed=11)
-    statements = compare_with_checkpoint(
+    statements = _statements(
         cert,
         checkpoint,
-        FACTORY,
-        x,
-        y,
         heldout=(hx, hy),
         unlabeled=ux,
         heldout_delta=0.02,
@@ -151,7 +164,7 @@ def test_unlabeled_inputs_and_own_deltas(setup: tuple[nn.Module, CompressionCert
     assert d["upper_bound"] == disagreement_bound(k, m=1000, delta=0.002).value
     assert out["checkpoint"]["delta_total"] == 0.05 + 0.002
     # Unlabeled inputs alone give the checkpoint's certificate but no held-out bound.
-    alone = compare_with_checkpoint(cert, checkpoint, FACTORY, x, y, unlabeled=ux).to_dict()
+    alone = _statements(cert, checkpoint, unlabeled=ux).to_dict()
     assert alone["heldout"] is None
     assert alone["checkpoint"]["disagreement"]["disagreements"] == k
 
@@ -163,6 +176,29 @@ def test_deltas_are_validated_under_the_options_names() -> None:
         statement_deltas(0.05, None, 0.0)
     with pytest.raises(InvalidInputError, match=r"^--heldout-delta must be in \(0, 1\)"):
         statement_deltas(0.05, 1.5, None)
+    # the options resolve them once, with the same defaults
+    assert CompressionOptions(delta=0.1).statement_deltas == (0.1, 0.02)
+    with pytest.raises(InvalidInputError, match=r"^--disagreement-delta must be in \(0, 1\)"):
+        CompressionOptions(disagreement_delta=2.0)
+
+
+def test_the_certify_phase_with_the_checkpoint_adds_its_statements(
+    setup: tuple[nn.Module, Certificate],
+) -> None:
+    checkpoint, cert = setup
+    x, y = _task()
+    hx, hy = _task(n=300, seed=9)
+    sets = CheckpointSets(checkpoint, heldout=(hx, hy))
+    full = certify_message(
+        cert.hypothesis, FACTORY, x, y, options=QUANTIZE, seed=None, checkpoint=sets
+    )
+    expected = _statements(cert, checkpoint, heldout=(hx, hy)).to_dict()
+    assert {k: full.results[k] for k in expected} == expected
+    assert {k: v for k, v in full.results.items() if k not in expected} == {
+        **cert.results,
+        "search": full.results["search"],
+        "compression": {**cert.results["compression"], "start": "artifact"},
+    }
 
 
 def test_compare_predictions_exact_counts_and_nan() -> None:
@@ -213,7 +249,7 @@ def test_checkpoint_block_for_a_gaussian_certificate() -> None:
 
 
 def test_verdict_uses_the_decoded_models_outputs(
-    setup: tuple[nn.Module, CompressionCertificate],
+    setup: tuple[nn.Module, Certificate],
 ) -> None:
     _, cert = setup
     assert (cert.verdict.num_classes, cert.verdict.chance_error) == (2, 0.5)
@@ -223,4 +259,4 @@ def test_verdict_uses_the_decoded_models_outputs(
     wide = certify_quantized(ten(3), ten, x, y, num_classes=2, options=options)
     assert wide.verdict.num_classes == 10
     assert wide.verdict.chance_error == pytest.approx(0.9)
-    assert wide.to_dict()["verdict"]["chance_error"] == pytest.approx(0.9)
+    assert wide.results["verdict"]["chance_error"] == pytest.approx(0.9)

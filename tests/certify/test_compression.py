@@ -1,4 +1,6 @@
-"""The compression certification pipeline on a small synthetic task (fast, CPU)."""
+"""The compression methods' library functions on a small synthetic task (fast, CPU): the
+choose phase (subspace training, post-hoc quantization) and the certify phase
+(:func:`pacbound.certify.occam.certify_message`) that ``verify`` runs on the artifact."""
 
 from __future__ import annotations
 
@@ -11,21 +13,19 @@ import torch
 from torch import nn
 
 from pacbound.bounds import bits_to_nats, occam_binomial
-from pacbound.certify.compression import (
-    CompressionCertificate,
-    CompressionOptions,
-    SubspaceRecipe,
-    certify_quantized,
-    certify_subspace,
-    compare_with_report,
-    decoder_for,
-    seeded_factory,
-    verify_artifact,
-)
+from pacbound.certify.factories import seeded_factory
+from pacbound.certify.method import Certificate
+from pacbound.certify.occam import certify_message, decoder_for
+from pacbound.certify.occam_method import verify_artifact
+from pacbound.certify.occam_options import CompressionOptions, SubspaceRecipe
+from pacbound.certify.quantize import certify_quantized
+from pacbound.certify.subspace import certify_subspace
 from pacbound.compressors import CompressedMessage
 from pacbound.errors import InvalidInputError
 
 N = 600
+#: results fields that describe how the message was chosen (not re-derived by verify)
+CHOICE = ("search", "compression")
 
 
 def _task(n: int = N, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -49,17 +49,22 @@ FAST = CompressionOptions(
     qat_examples=300,
     seed=2,
 )
+CHECK = CompressionOptions(delta=0.05)  # verify ARTIFACT without a report
 
 
-def _subspace(**changes: Any) -> CompressionCertificate:
+def _subspace(**changes: Any) -> Certificate:
     x, y = _task()
     options = dataclasses.replace(FAST, **changes)
     return certify_subspace(FACTORY, x, y, num_classes=2, options=options)
 
 
 @pytest.fixture(scope="module")
-def cert() -> CompressionCertificate:
+def cert() -> Certificate:
     return _subspace()
+
+
+def _message(cert: Certificate) -> CompressedMessage:
+    return CompressedMessage.from_bytes(cert.hypothesis)
 
 
 def _decoded_errors(message_bytes: bytes) -> int:
@@ -70,49 +75,72 @@ def _decoded_errors(message_bytes: bytes) -> int:
         return int((model(x).argmax(dim=1) != y).sum())
 
 
-def test_certificate_is_the_occam_bound_of_the_decoded_model(cert: CompressionCertificate) -> None:
-    data = cert.message.to_bytes()
+def _without(results: Any, fields: tuple[str, ...]) -> dict[str, Any]:
+    return {k: v for k, v in results.items() if k not in fields}
+
+
+def test_certificate_is_the_occam_bound_of_the_decoded_model(cert: Certificate) -> None:
+    data, res = cert.hypothesis, cert.results
     errors = _decoded_errors(data)
-    assert cert.errors == errors and cert.n == N
-    assert cert.code_length_bits == 8 * len(data) == sum(cert.breakdown.values())
+    assert res["errors"] == errors and res["n"] == N
+    assert res["empirical_risk"] == {
+        "estimate": errors / N,
+        "upper_bound": errors / N,
+        "errors": errors,
+        "draws": N,
+    }
+    assert res["code_length_bits"] == 8 * len(data) == sum(res["code_length_breakdown"].values())
     expected = occam_binomial(errors / N, kl=bits_to_nats(8 * len(data)), n=N, delta=0.05)
-    assert cert.value == expected.value
+    assert cert.value == res["bound"] == expected.value
     # Every predeclared (d, L) was tried; the reported one has the smallest bound.
-    assert {(c.dimension, c.levels) for c in cert.search} == {(8, 3), (8, 8), (24, 3), (24, 8)}
-    assert cert.value == min(c.bound for c in cert.search)
-    assert (cert.message.dimension, cert.message.codebook.levels) in {
-        (c.dimension, c.levels) for c in cert.search if c.bound == cert.value
+    search = res["search"]
+    assert {(c["dimension"], c["levels"]) for c in search} == {(8, 3), (8, 8), (24, 3), (24, 8)}
+    assert cert.value == min(c["bound"] for c in search)
+    message = _message(cert)
+    assert (message.dimension, message.codebook.levels) in {
+        (c["dimension"], c["levels"]) for c in search if c["bound"] == cert.value
     }
     assert cert.budget.spent == 0.05 and len(cert.budget.parts) == 1
     assert errors / N <= cert.value <= 1.0
     assert cert.verdict.non_vacuous == (cert.value < 0.5)
+    assert cert.method == res["method"] == "subspace"
 
 
-def test_report_is_json_and_names_the_decoded_model(cert: CompressionCertificate) -> None:
-    report = json.loads(json.dumps(cert.to_dict(), allow_nan=False))
+def test_report_is_json_and_names_the_decoded_model(cert: Certificate) -> None:
+    report = json.loads(json.dumps(cert.results, allow_nan=False))
     assert report["certified_classifier"].startswith("the decoded compressed model")
-    assert report["code_length_bits"] == cert.code_length_bits
+    assert report["code_length_bits"] == 8 * len(cert.hypothesis)
     assert report["compression"]["seed"] == 2 and report["compression"]["start"] == "zero"
     assert report["options"]["d"] == [8, 24]
+    assert "checkpoint_on_training" not in report  # no checkpoint: no statements about it
 
 
-def test_verify_artifact_agrees_with_the_report(cert: CompressionCertificate) -> None:
+def test_the_certify_phase_rederives_every_field_but_the_choice(cert: Certificate) -> None:
     x, y = _task()
-    checked = verify_artifact(cert.message.to_bytes(), FACTORY, x, y, num_classes=2, delta=0.05)
+    again = certify_message(cert.hypothesis, FACTORY, x, y, options=FAST, seed=2)
+    assert _without(again.results, CHOICE) == _without(cert.results, CHOICE)
+    assert again.results["compression"] == {**cert.results["compression"], "start": "artifact"}
+    assert (
+        again.results["search"]
+        == [c for c in cert.results["search"] if c["bound"] == cert.value][:1]
+    )
+    # verify ARTIFACT without a report: the same phase, default options with the given δ
+    checked = verify_artifact(cert.hypothesis, FACTORY, x, y, num_classes=2, options=CHECK)
     assert checked.value == cert.value
-    assert (checked.errors, checked.code_length_bits) == (cert.errors, cert.code_length_bits)
-    assert compare_with_report(checked, cert.to_dict()) == []
-    tampered = {**cert.to_dict(), "errors": cert.errors + 1}
-    assert compare_with_report(checked, tampered) == [
-        f"errors: report says {cert.errors + 1}, recomputed {cert.errors}"
-    ]
-    # On other data the recount differs and the comparison says so.
+    for key in ("errors", "code_length_bits", "empirical_risk", "delta_budget", "verdict"):
+        assert checked.results[key] == cert.results[key]
+    # On other data the recount differs.
     other_x, other_y = _task(seed=5)
     elsewhere = verify_artifact(
-        cert.message.to_bytes(), FACTORY, other_x, other_y, num_classes=2, delta=0.05
+        cert.hypothesis, FACTORY, other_x, other_y, num_classes=2, options=CHECK
     )
-    if elsewhere.errors != cert.errors:
-        assert any(m.startswith("errors") for m in compare_with_report(elsewhere, cert.to_dict()))
+    assert elsewhere.results["errors"] == _decoded_errors_on(cert.hypothesis, other_x, other_y)
+
+
+def _decoded_errors_on(data: bytes, x: torch.Tensor, y: torch.Tensor) -> int:
+    model = decoder_for(CompressedMessage.from_bytes(data), FACTORY).decompress(data)
+    with torch.no_grad():
+        return int((model(x).argmax(dim=1) != y).sum())
 
 
 @pytest.mark.parametrize(
@@ -125,22 +153,20 @@ def test_verify_artifact_agrees_with_the_report(cert: CompressionCertificate) ->
     ],
     ids=["last-byte", "half", "bit-flip", "trailing"],
 )
-def test_damaged_artifact_is_refused(cert: CompressionCertificate, damage: object) -> None:
+def test_damaged_artifact_is_refused(cert: Certificate, damage: object) -> None:
     x, y = _task()
-    bad = damage(cert.message.to_bytes())  # type: ignore[operator]
+    bad = damage(cert.hypothesis)  # type: ignore[operator]
     with pytest.raises(InvalidInputError, match=r"corrupted|truncated"):
-        verify_artifact(bad, FACTORY, x, y, num_classes=2, delta=0.05)
+        verify_artifact(bad, FACTORY, x, y, num_classes=2, options=CHECK)
 
 
-def test_artifact_for_another_architecture_or_seed_is_refused(
-    cert: CompressionCertificate,
-) -> None:
+def test_artifact_for_another_architecture_or_seed_is_refused(cert: Certificate) -> None:
     x, y = _task()
-    data = cert.message.to_bytes()
+    data = cert.hypothesis
     with pytest.raises(InvalidInputError, match="another architecture"):
-        verify_artifact(data, OTHER, x, y, num_classes=2, delta=0.05)
+        verify_artifact(data, OTHER, x, y, num_classes=2, options=CHECK)
     with pytest.raises(InvalidInputError, match="made with seed 2"):
-        verify_artifact(data, FACTORY, x, y, num_classes=2, delta=0.05, seed=3)
+        certify_message(data, FACTORY, x, y, options=FAST, seed=3)
 
 
 def test_bad_options_are_refused() -> None:
@@ -152,6 +178,8 @@ def test_bad_options_are_refused() -> None:
         CompressionOptions(d=(10, 10))
     with pytest.raises(InvalidInputError, match="method must be one of subspace, quantize"):
         CompressionOptions(method="prune")  # type: ignore[arg-type]
+    with pytest.raises(InvalidInputError, match="start must be one of zero, checkpoint"):
+        CompressionOptions(start="middle")  # type: ignore[arg-type]
     with pytest.raises(InvalidInputError, match=r"d=211 exceeds the number of parameters D=210"):
         _subspace(d=211)
 
@@ -164,21 +192,18 @@ def test_nondeterministic_factory_is_refused() -> None:
 
 def test_huge_subspace_is_vacuous_not_an_error() -> None:
     cert = _subspace(d=210, levels=256, qat_steps=0)
+    res = cert.results
     assert not cert.verdict.non_vacuous
     assert cert.value >= 0.5
-    assert (
-        cert.value
-        == occam_binomial(
-            cert.errors / N, kl=bits_to_nats(cert.code_length_bits), n=N, delta=0.05
-        ).value
-    )
+    kl = bits_to_nats(res["code_length_bits"])
+    assert cert.value == occam_binomial(res["errors"] / N, kl=kl, n=N, delta=0.05).value
 
 
-def test_same_seed_same_certificate_and_seed_matters(cert: CompressionCertificate) -> None:
+def test_same_seed_same_certificate_and_seed_matters(cert: Certificate) -> None:
     again = _subspace()
-    assert again.to_dict() == cert.to_dict()
+    assert again.results == cert.results and again.hypothesis == cert.hypothesis
     other = _subspace(seed=3)
-    assert other.message.to_bytes() != cert.message.to_bytes()
+    assert other.hypothesis != cert.hypothesis
 
 
 def test_checkpoint_start_uses_the_least_squares_projection() -> None:
@@ -194,12 +219,13 @@ def test_checkpoint_start_uses_the_least_squares_projection() -> None:
     cert = certify_subspace(
         FACTORY, x, y, num_classes=2, options=options, checkpoint_model=checkpoint
     )
-    assert cert.start == "checkpoint-lstsq"
-    assert cert.errors == _decoded_errors(cert.message.to_bytes())
+    errors = cert.results["errors"]
+    assert cert.results["compression"]["start"] == "checkpoint-lstsq"
+    assert errors == _decoded_errors(cert.hypothesis)
     # Near-full d, fine levels, no training: the decoded model behaves like the checkpoint.
     with torch.no_grad():
         checkpoint_errors = int((checkpoint(x).argmax(dim=1) != y).sum())
-    assert abs(cert.errors - checkpoint_errors) <= 0.05 * N
+    assert abs(errors - checkpoint_errors) <= 0.05 * N
     with pytest.raises(InvalidInputError, match="architecture"):
         certify_subspace(FACTORY, x, y, num_classes=2, options=options, checkpoint_model=OTHER(0))
 
@@ -218,40 +244,15 @@ def test_post_hoc_quantization_certificate() -> None:
         qat_examples=200,
     )
     cert = certify_quantized(model, FACTORY, x, y, num_classes=2, options=options)
-    data = cert.message.to_bytes()
-    assert cert.errors == _decoded_errors(data)
-    assert 0.0 in cert.message.codebook.values
-    assert (
-        cert.value
-        == occam_binomial(cert.errors / N, kl=bits_to_nats(8 * len(data)), n=N, delta=0.05).value
-    )
-    assert [c.levels for c in cert.search] == [4, 16]
-    checked = verify_artifact(data, FACTORY, x, y, num_classes=2, delta=0.05)
-    assert compare_with_report(checked, cert.to_dict()) == []
-    assert dataclasses.asdict(checked.search[0])["code_length_bits"] == cert.code_length_bits
+    data, res = cert.hypothesis, cert.results
+    assert res["errors"] == _decoded_errors(data)
+    assert 0.0 in _message(cert).codebook.values
+    expected = occam_binomial(res["errors"] / N, kl=bits_to_nats(8 * len(data)), n=N, delta=0.05)
+    assert cert.value == expected.value
+    assert [c["levels"] for c in res["search"]] == [4, 16]
+    assert res["compression"]["start"] == "checkpoint" and res["method"] == "quantize"
+    again = certify_message(data, FACTORY, x, y, options=options, seed=None)
+    assert _without(again.results, CHOICE) == _without(res, CHOICE)
+    assert again.results["search"][0]["code_length_bits"] == res["code_length_bits"]
     with pytest.raises(InvalidInputError, match="does not have the architecture"):
         certify_quantized(OTHER(0), FACTORY, x, y, num_classes=2, options=options)
-
-
-def test_init_file_factory_fixes_theta0_and_hashes_content(tmp_path: Any) -> None:
-    from safetensors.torch import save_file
-
-    from pacbound.certify.compression import architecture_factory, theta0_sha256
-
-    kwargs = {"in_features": 6, "hidden": [8], "num_classes": 2}
-    torch.manual_seed(123)
-    init = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
-    state = {k: v.detach().contiguous() for k, v in init.state_dict().items()}
-    save_file(state, str(tmp_path / "init.safetensors"))
-    torch.save(state, tmp_path / "init.pt")
-    from_st = architecture_factory("mlp", kwargs, init=tmp_path / "init.safetensors")
-    from_pt = architecture_factory("mlp", kwargs, init=tmp_path / "init.pt")
-    seeded = architecture_factory("mlp", kwargs)
-    for seed in (0, 7):
-        model = from_st(seed)
-        for name, value in model.state_dict().items():
-            assert torch.equal(value, state[name])  # θ₀ is the file's, whatever the seed
-    assert not torch.equal(seeded(0).state_dict()["1.weight"], state["1.weight"])
-    assert from_st.init_sha256 == from_pt.init_sha256 == theta0_sha256(state)  # type: ignore[attr-defined]
-    state["1.bias"] = state["1.bias"] + 1e-3
-    assert theta0_sha256(state) != from_st.init_sha256  # type: ignore[attr-defined]

@@ -10,8 +10,13 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from pacbound.certify.compression import InitFileFactory, architecture_factory
-from pacbound.certify.factories import ResetFactory, factory_for
+from pacbound.certify.factories import (
+    InitFileFactory,
+    ResetFactory,
+    architecture_factory,
+    factory_for,
+    theta0_sha256,
+)
 from pacbound.errors import InvalidInputError
 from pacbound.io import load_model
 from pacbound.models import convnet, mlp
@@ -127,3 +132,24 @@ def test_program_constants_are_refused(tmp_path: Path) -> None:
     loaded = load_model(tmp_path / "c.pt2", device="cpu")
     with pytest.raises(InvalidInputError, match=r"neither parameters nor saved buffers \(shift, "):
         factory_for(loaded, "quantize")
+
+
+def test_init_file_factory_fixes_theta0_and_hashes_content(tmp_path: Path) -> None:
+    kwargs = {"in_features": 6, "hidden": [8], "num_classes": 2}
+    torch.manual_seed(123)
+    init = nn.Sequential(nn.Flatten(), nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    state = {k: v.detach().contiguous() for k, v in init.state_dict().items()}
+    save_file(state, str(tmp_path / "init.safetensors"))
+    torch.save(state, tmp_path / "init.pt")
+    from_st = architecture_factory("mlp", kwargs, init=tmp_path / "init.safetensors")
+    from_pt = architecture_factory("mlp", kwargs, init=tmp_path / "init.pt")
+    seeded = architecture_factory("mlp", kwargs)
+    for seed in (0, 7):
+        model = from_st(seed)
+        for name, value in model.state_dict().items():
+            assert torch.equal(value, state[name])  # θ₀ is the file's, whatever the seed
+    assert not torch.equal(seeded(0).state_dict()["1.weight"], state["1.weight"])
+    assert isinstance(from_st, InitFileFactory) and isinstance(from_pt, InitFileFactory)
+    assert from_st.init_sha256 == from_pt.init_sha256 == theta0_sha256(state)
+    state["1.bias"] = state["1.bias"] + 1e-3
+    assert theta0_sha256(state) != from_st.init_sha256
