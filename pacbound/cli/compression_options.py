@@ -33,102 +33,106 @@ def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     return values[0] if len(values) == 1 else values
 
 
+#: The options of the compression methods (``--d``, ``--levels``, …, ``--qat-steps``), in
+#: the order ``--help`` lists them.
+TUNING_OPTIONS = (
+    click.option(
+        "--d",
+        callback=_int_list,
+        default=None,
+        metavar="D[,D…]",
+        help="subspace: dimension(s) d; a list is a predeclared search whose "
+        "choice is paid in the code length. [default: 1000]",
+    ),
+    click.option(
+        "--levels",
+        callback=_int_list,
+        default=None,
+        metavar="L[,L…]",
+        help="subspace/quantize: quantization level(s) L ≥ 2. [default: 8]",
+    ),
+    click.option(
+        "--projector",
+        type=click.Choice(["kronecker", "dense", "sparse"]),
+        default="kronecker",
+        show_default=True,
+        help="subspace: random projector.",
+    ),
+    click.option(
+        "--codebook",
+        type=click.Choice(["kmeans", "uniform"]),
+        default="kmeans",
+        show_default=True,
+        help="Quantization codebook.",
+    ),
+    click.option(
+        "--precision",
+        type=click.Choice(["float16", "float32", "float64"]),
+        default="float32",
+        show_default=True,
+        help="Stored precision of the codebook (counted in the code length).",
+    ),
+    click.option(
+        "--zero-level",
+        is_flag=True,
+        help="quantize: add an exact 0 level so pruned weights stay zero.",
+    ),
+    click.option(
+        "--subspace-epochs",
+        type=INT,
+        default=20,
+        show_default=True,
+        help="subspace: training epochs of w.",
+    ),
+    click.option(
+        "--subspace-lr",
+        type=FLOAT,
+        default=1e-2,
+        show_default=True,
+        help="subspace: learning rate of w.",
+    ),
+    click.option(
+        "--subspace-batch-size",
+        type=INT,
+        default=128,
+        show_default=True,
+        help="subspace: mini-batch size.",
+    ),
+    click.option(
+        "--subspace-optimizer",
+        type=click.Choice(["adam", "sgd"]),
+        default="adam",
+        show_default=True,
+        help="subspace: optimizer.",
+    ),
+    click.option(
+        "--subspace-lr-schedule",
+        type=click.Choice(["constant", "cosine"]),
+        default="constant",
+        show_default=True,
+        help="subspace: learning-rate schedule (cosine decays to 0 over all steps).",
+    ),
+    click.option(
+        "--subspace-init",
+        type=click.Choice(["zero", "checkpoint"]),
+        default="zero",
+        show_default=True,
+        help="subspace: start w at 0, or at the least-squares projection of the "
+        "checkpoint's θ − θ₀.",
+    ),
+    click.option(
+        "--qat-steps",
+        type=INT,
+        default=0,
+        show_default=True,
+        help="Quantization-aware fine-tuning steps (straight-through).",
+    ),
+)
+
+
 def compression_tuning_options(func: F) -> F:
-    """Options of the compression methods (``--d``, ``--levels``, …, ``--qat-steps``)."""
-    decorators = [
-        click.option(
-            "--d",
-            callback=_int_list,
-            default=None,
-            metavar="D[,D…]",
-            help="subspace: dimension(s) d; a list is a predeclared search whose "
-            "choice is paid in the code length. [default: 1000]",
-        ),
-        click.option(
-            "--levels",
-            callback=_int_list,
-            default=None,
-            metavar="L[,L…]",
-            help="subspace/quantize: quantization level(s) L ≥ 2. [default: 8]",
-        ),
-        click.option(
-            "--projector",
-            type=click.Choice(["kronecker", "dense", "sparse"]),
-            default="kronecker",
-            show_default=True,
-            help="subspace: random projector.",
-        ),
-        click.option(
-            "--codebook",
-            type=click.Choice(["kmeans", "uniform"]),
-            default="kmeans",
-            show_default=True,
-            help="Quantization codebook.",
-        ),
-        click.option(
-            "--precision",
-            type=click.Choice(["float16", "float32", "float64"]),
-            default="float32",
-            show_default=True,
-            help="Stored precision of the codebook (counted in the code length).",
-        ),
-        click.option(
-            "--zero-level",
-            is_flag=True,
-            help="quantize: add an exact 0 level so pruned weights stay zero.",
-        ),
-        click.option(
-            "--subspace-epochs",
-            type=INT,
-            default=20,
-            show_default=True,
-            help="subspace: training epochs of w.",
-        ),
-        click.option(
-            "--subspace-lr",
-            type=FLOAT,
-            default=1e-2,
-            show_default=True,
-            help="subspace: learning rate of w.",
-        ),
-        click.option(
-            "--subspace-batch-size",
-            type=INT,
-            default=128,
-            show_default=True,
-            help="subspace: mini-batch size.",
-        ),
-        click.option(
-            "--subspace-optimizer",
-            type=click.Choice(["adam", "sgd"]),
-            default="adam",
-            show_default=True,
-            help="subspace: optimizer.",
-        ),
-        click.option(
-            "--subspace-lr-schedule",
-            type=click.Choice(["constant", "cosine"]),
-            default="constant",
-            show_default=True,
-            help="subspace: learning-rate schedule (cosine decays to 0 over all steps).",
-        ),
-        click.option(
-            "--subspace-init",
-            type=click.Choice(["zero", "checkpoint"]),
-            default="zero",
-            show_default=True,
-            help="subspace: start w at 0, or at the least-squares projection of the "
-            "checkpoint's θ − θ₀.",
-        ),
-        click.option(
-            "--qat-steps",
-            type=INT,
-            default=0,
-            show_default=True,
-            help="Quantization-aware fine-tuning steps (straight-through).",
-        ),
-    ]
-    for decorator in reversed(decorators):
+    """:data:`TUNING_OPTIONS` (``compress`` and ``certify``)."""
+    for decorator in reversed(TUNING_OPTIONS):
         func = decorator(func)
     return func
 
