@@ -147,7 +147,7 @@ class GaussianMethod:
             warnings.append(poor_prior)
         return MethodRun(
             certificate=_certificate(cert),
-            options={"method": self.name, **options.to_dict(), "delta": options.delta},
+            options=self.record_options(options),
             inputs=records,
             warnings=tuple(warnings),
         )
@@ -194,6 +194,10 @@ class GaussianMethod:
                 f"{cert.prior_scale!r} that minimises the KL (prior.scale (file))"
             )
         return _certificate(cert)
+
+    def record_options(self, options: GaussianOptions) -> dict[str, Any]:
+        block = {"method": self.name, **options.to_dict(), "delta": options.delta}
+        return block if options.sampler is not None else {**block, "sampler": None}
 
     def facts(self, results: Mapping[str, Any]) -> Facts:
         return gaussian_facts(results)

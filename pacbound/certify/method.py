@@ -55,9 +55,14 @@ class HypothesisFile:
 
     def record(
         self, path: Path, payload: bytes, note: str = "written by this run"
-    ) -> dict[str, str]:
+    ) -> dict[str, Any]:
         """The report's ``inputs.<key>`` record of the file written at ``path``."""
-        return {"path": str(path), "sha256": hashlib.sha256(payload).hexdigest(), "note": note}
+        return {
+            "path": str(path),
+            "sha256": hashlib.sha256(payload).hexdigest(),
+            "bytes": len(payload),
+            "note": note,
+        }
 
 
 @dataclass(frozen=True)
@@ -165,6 +170,13 @@ class Method(Protocol):
 
     def rederive(self, inputs: RunInputs, options: Any, hypothesis: bytes) -> Certificate:
         """Load a saved hypothesis and run the same certify phase as :meth:`run`."""
+        ...
+
+    def record_options(self, options: Any) -> Mapping[str, Any]:
+        """The report's ``options`` block for ``options``, as :meth:`run` records it in
+        :attr:`MethodRun.options`; a value resolved only once the inputs are loaded (e.g.
+        ``--sampler auto``) is ``None``. ``verify`` compares the block of the recorded
+        command line's options with the report's, leaf by leaf (``cli/verify_argv.py``)."""
         ...
 
     def facts(self, results: Mapping[str, Any]) -> Facts:

@@ -89,7 +89,7 @@ class OccamMethod:
         certificate = _certify(inputs, made.factory, options, payload, choice)
         return MethodRun(
             certificate=certificate,
-            options=options.report_options(),
+            options=self.record_options(options),
             inputs={} if made.init_record is None else {"init": made.init_record},
             warnings=() if made.warning is None else (made.warning,),
         )
@@ -100,6 +100,9 @@ class OccamMethod:
         """The certify phase of :meth:`run` on a saved artifact."""
         made = self._factory(inputs, options)
         return _certify(inputs, made.factory, options, hypothesis, None)
+
+    def record_options(self, options: CompressionOptions) -> dict[str, Any]:
+        return options.report_options()
 
     def facts(self, results: Mapping[str, Any]) -> Facts:
         return occam_facts(self.classifier, results)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -177,7 +176,7 @@ def certify(**kw: Any) -> None:
     cert = run.certificate
     records.update(run.inputs)
     if hypothesis_path is not None:
-        records[method.hypothesis.key] = hypothesis_record(hypothesis_path, cert.hypothesis)
+        records[method.hypothesis.key] = method.hypothesis.record(hypothesis_path, cert.hypothesis)
     for message in run.warnings:
         term.warn(message)
     gate = evaluate_gate(
@@ -215,16 +214,6 @@ def certify(**kw: Any) -> None:
 def hypothesis_param(method: Method) -> str:
     """The click parameter name of the option that writes ``method``'s hypothesis file."""
     return method.hypothesis.option.lstrip("-").replace("-", "_")
-
-
-def hypothesis_record(path: Path, payload: bytes) -> dict[str, Any]:
-    """``inputs.<hypothesis key>``: the file this run writes, for ``verify``."""
-    return {
-        "path": str(path),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "bytes": len(payload),
-        "note": "written by this run",
-    }
 
 
 def _load_inputs(kw: dict[str, Any], term: Terminal) -> tuple[RunInputs, dict[str, Any]]:

@@ -15,7 +15,6 @@ import click
 from pacbound.certify.method import RunInputs
 from pacbound.certify.registry import METHODS
 from pacbound.cli.applicability import reject_inapplicable
-from pacbound.cli.certify_cmd import hypothesis_record
 from pacbound.cli.compression_options import compression_tuning_options
 from pacbound.cli.model_options import (
     data_kwargs,
@@ -130,7 +129,7 @@ def compress(**kw: Any) -> None:
         run = method.run(inputs, options)
     payload = run.certificate.hypothesis
     write_atomic(kw["output"], payload, "--output")
-    record = hypothesis_record(kw["output"], payload)
+    record = method.hypothesis.record(kw["output"], payload)
     res = run.certificate.results
     if kw["as_json"]:
         emit_json(

@@ -97,7 +97,7 @@ def render_certificate(term: Terminal, method: Method, res: Mapping[str, Any]) -
 
     facts = method.facts(res)
     verdict = res["verdict"]
-    title = f"pacbound certificate ({res['inequality']}, {facts.classifier})"
+    title = facts.title or f"pacbound certificate ({res['inequality']}, {facts.classifier})"
     table = Table(title=title, show_header=False, title_justify="left")
     table.add_column("quantity", style="bold")
     table.add_column("value")

@@ -17,7 +17,6 @@ from rich.table import Table
 
 from pacbound.certify.method import Method
 from pacbound.certify.registry import METHODS
-from pacbound.cli.certify_cmd import hypothesis_record
 from pacbound.cli.gate import GateOutcome, recheck_gate
 from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
@@ -256,6 +255,8 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
                 "data options the artifact was made with.",
                 ctx=ctx,
             )
+    import hashlib
+
     from pacbound.certify.factories import architecture_factory
     from pacbound.certify.occam_method import verify_artifact
     from pacbound.compressors import CompressedMessage
@@ -283,8 +284,11 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
         options=_artifact_options(kw, method, report),
         device=resolve_device(kw["device"]),
     )
-    record = hypothesis_record(kw["target"], payload)
-    del record["note"]
+    record = {
+        "path": str(kw["target"]),
+        "sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+    }
     outcome: Verification | None = None
     gate: GateOutcome | None = None
     if report is not None:

@@ -3,12 +3,14 @@
 matplotlib is an optional extra (``pip install 'pacbound[plot]'``), imported only here and
 only when a plot is drawn; figures are drawn with the Agg canvas (no display, no pyplot state).
 
-The slack picture splits the bound into stacked parts: the empirical risk estimate, the
-Monte-Carlo slack (its upper bound minus the estimate; Gaussian only), and the complexity
-slack (bound minus the risk upper bound). The complexity slack comes from
-(KL + ln(2√n) + ln(1/δ) + ln G)/n for PAC-Bayes-kl, or (K ln 2 + ln(1/δ))/n for the Occam
-bound; it is apportioned among those terms in proportion to their nats (the inversion of the
-kl is not linear, so this is a picture of shares, not an exact decomposition).
+The slack picture splits the bound into stacked parts: the method's parts of the empirical
+risk upper bound (e.g. the estimate and the Monte-Carlo slack), and the complexity slack
+(bound minus the risk upper bound). The complexity slack comes from the method's named
+complexity terms, e.g. (KL + ln(2√n) + ln(1/δ) + ln G)/n for PAC-Bayes-kl, or
+(K ln 2 + ln(1/δ))/n for the Occam bound; it is apportioned among those terms in proportion
+to their nats (the inversion of the kl is not linear, so this is a picture of shares, not an
+exact decomposition). Both, and the search curve, come from the method's
+:meth:`~pacbound.certify.method.Method.facts`.
 
 Every bound written on a picture is rounded **up** (:func:`pacbound.bounds.format_up`), as in
 the tables and the terminal; the shares of the slack are pictures, printed to nearest.
@@ -17,11 +19,12 @@ the tables and the terminal; the shares of the slack are pictures, printed to ne
 from __future__ import annotations
 
 import io
-import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from pacbound.bounds import format_up
+from pacbound.certify.registry import METHODS
 from pacbound.errors import InvalidInputError
 
 if TYPE_CHECKING:
@@ -39,54 +42,15 @@ class SlackPart:
     value: float
 
 
-def slack_parts(results: dict[str, Any]) -> list[SlackPart]:
+def slack_parts(results: Mapping[str, Any]) -> list[SlackPart]:
     """The bound as a sum of named parts (see the module docstring); they add up to it."""
-    bound = results["bound"]
-    budget = results["delta_budget"]["parts"]
-    if results["method"] == "gaussian":
-        emp = results["empirical_risk"]
-        estimate, upper = emp["estimate"], emp["upper_bound"]
-        n = results["n"]
-        pac = next(p for p in budget if p["name"] == "pac-bayes")
-        nats = {
-            "KL term": results["kl_nats"],
-            "ln 2√n": math.log(2.0 * math.sqrt(n)),
-            "δ term ln(1/δ)": math.log(1.0 / pac["delta"]),
-            "grid cost ln G": math.log(pac["grid_size"]),
-        }
-        parts = [
-            SlackPart("empirical risk (estimate)", estimate),
-            SlackPart("Monte-Carlo slack", upper - estimate),
-        ]
-    else:
-        upper = results["empirical_risk"]
-        occam = budget[0]
-        nats = {
-            "code length K ln 2": results["code_length_nats"],
-            "δ term ln(1/δ)": math.log(1.0 / occam["per_choice"]),
-        }
-        parts = [SlackPart("empirical risk k/n", upper)]
-    complexity = max(bound - upper, 0.0)
-    total = sum(nats.values())
-    parts += [SlackPart(name, complexity * v / total) for name, v in nats.items() if total > 0]
+    facts = METHODS[results["method"]].facts(results)
+    parts = [SlackPart(name, value) for name, value in facts.risk_parts]
+    complexity = max(results["bound"] - facts.empirical_risk_upper, 0.0)
+    total = sum(nats for _, nats in facts.complexity_parts)
+    if total > 0:
+        parts += [SlackPart(name, complexity * v / total) for name, v in facts.complexity_parts]
     return parts
-
-
-def search_curve(results: dict[str, Any]) -> tuple[str, list[float], list[float], float | None]:
-    """(x-axis label, x, estimated bound, chosen x) of the search recorded in the report."""
-    if results["method"] == "gaussian":
-        post = results["posterior"]
-        points = post.get("isotropic_search") or []
-        xs = [p["sigma"] for p in points]
-        ys = [p["estimated_bound"] for p in points]
-        return "posterior σ (isotropic search)", xs, ys, post.get("sigma_isotropic_search")
-    points = sorted(results["search"], key=lambda c: c["code_length_bits"])
-    return (
-        "code length (bits)",
-        [float(c["code_length_bits"]) for c in points],
-        [c["bound"] for c in points],
-        float(results["code_length_bits"]),
-    )
 
 
 def _figure() -> tuple[Figure, Any]:
@@ -100,26 +64,27 @@ def _figure() -> tuple[Figure, Any]:
     return fig, fig.subplots(1, 2, width_ratios=(1.2, 1.0))
 
 
-def _draw_search(ax: Axes, results: dict[str, Any]) -> None:
-    label, xs, ys, chosen = search_curve(results)
+def _draw_search(ax: Axes, results: Mapping[str, Any]) -> None:
+    search = METHODS[results["method"]].facts(results).search
     bound = results["bound"]
-    if xs:
+    if search is not None and search.x:
+        xs, ys = list(search.x), list(search.bound)
         ax.plot(xs, ys, marker="o", markersize=3, label="estimated bound per candidate")
-        if results["method"] == "gaussian" and min(xs) > 0:
+        if search.log_x and min(xs) > 0:
             ax.set_xscale("log")
     else:
         ax.text(0.5, 0.5, "no search curve recorded", ha="center", transform=ax.transAxes)
     ax.axhline(bound, color="C3", linestyle="--", label=f"certified bound {format_up(bound, 4)}")
-    if chosen is not None:
-        ax.axvline(chosen, color="C2", linestyle=":", label="chosen")
+    if search is not None and search.chosen is not None:
+        ax.axvline(search.chosen, color="C2", linestyle=":", label="chosen")
     ax.axhline(results["verdict"]["chance_error"], color="grey", linewidth=0.8, label="chance")
-    ax.set_xlabel(label)
+    ax.set_xlabel("" if search is None else search.label)
     ax.set_ylabel("bound on the 0-1 error")
     ax.set_title("bound versus the searched scale")
     ax.legend(fontsize=8)
 
 
-def _draw_slack(ax: Axes, results: dict[str, Any]) -> None:
+def _draw_slack(ax: Axes, results: Mapping[str, Any]) -> None:
     parts = slack_parts(results)
     left = 0.0
     for i, part in enumerate(parts):
@@ -137,7 +102,7 @@ def _draw_slack(ax: Axes, results: dict[str, Any]) -> None:
     ax.legend(fontsize=8, loc="upper left", ncol=2)
 
 
-def figure(report: dict[str, Any]) -> Figure:
+def figure(report: Mapping[str, Any]) -> Figure:
     """The figure: the search curve (left) and the slack decomposition (right)."""
     results = report["results"]
     fig, (left, right) = _figure()
@@ -147,7 +112,7 @@ def figure(report: dict[str, Any]) -> Figure:
     return fig
 
 
-def plot_png(report: dict[str, Any]) -> bytes:
+def plot_png(report: Mapping[str, Any]) -> bytes:
     """A PNG with the search curve (left) and the slack decomposition (right)."""
     fig = figure(report)
     buffer = io.BytesIO()

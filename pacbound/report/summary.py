@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pacbound.bounds import format_up
+from pacbound.certify.registry import METHODS
 from pacbound.errors import InvalidInputError
-from pacbound.report.tables import CLASSIFIER
 
 ENV_VAR = "GITHUB_STEP_SUMMARY"
 
 
-def summary_markdown(report: dict[str, Any], digits: int = 4) -> str:
+def summary_markdown(report: Mapping[str, Any], digits: int = 4) -> str:
     """Gate outcome, the bound (rounded up) and what it certifies, as a Markdown section."""
     res, gate = report["results"], report["gate"]
+    facts = METHODS[res["method"]].facts(res)
     verdict = res["verdict"]
     if gate["passed"]:
         status = "✅ gate passed"
@@ -29,18 +31,17 @@ def summary_markdown(report: dict[str, Any], digits: int = 4) -> str:
         "| quantity | value |",
         "|---|---|",
         f"| bound on the true 0-1 error (rounded up) | **{format_up(res['bound'], digits)}** |",
-        f"| certified classifier | {CLASSIFIER.get(res['method'], res['method'])} |",
+        f"| certified classifier | {facts.classifier} |",
         f"| method / inequality | {res['method']} / {res['inequality']} |",
         f"| verdict | {'non-vacuous' if verdict['non_vacuous'] else 'VACUOUS'} "
         f"(chance error {verdict['chance_error']:.4g}) |",
         f"| n | {res['n']} |",
     ]
-    if res["method"] == "gaussian":
-        lines.append(f"| KL(Q‖P) | {format_up(res['kl_nats'], 2)} nats |")
-        upper = res["empirical_risk"]["upper_bound"]
-    else:
-        lines.append(f"| code length | {res['code_length_bits']} bits |")
-        upper = res["empirical_risk"]
+    if facts.kl_nats is not None:
+        lines.append(f"| KL(Q‖P) | {format_up(facts.kl_nats, 2)} nats |")
+    if facts.code_length_bits is not None:
+        lines.append(f"| code length | {facts.code_length_bits} bits |")
+    upper = facts.empirical_risk_upper
     lines += [
         f"| empirical risk (upper) | {format_up(upper, digits)} |",
         f"| δ | {res['delta_budget']['total']:g} |",
@@ -49,7 +50,9 @@ def summary_markdown(report: dict[str, Any], digits: int = 4) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-def append_step_summary(report: dict[str, Any], environ: dict[str, str] | None = None) -> bool:
+def append_step_summary(
+    report: Mapping[str, Any], environ: Mapping[str, str] | None = None
+) -> bool:
     """Append :func:`summary_markdown` to the file named by ``GITHUB_STEP_SUMMARY``, if set.
 
     Returns whether a summary was written. An unwritable file is bad input (exit 3), named.

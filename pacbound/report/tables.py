@@ -3,13 +3,15 @@
 Every bound-like number (the bound, the empirical-risk upper bound, the KL or code length) is
 rounded **up** at the chosen number of decimals with :func:`pacbound.bounds.format_up`, so a
 printed table never claims more than was certified. δ is printed as given. Reports of
-different methods share one table (the complexity column says KL for Gaussian rows and code
-length for compression rows); reports of another schema version never get here
-(:func:`pacbound.report.validate.load_report` refuses them).
+different methods share one table (the complexity column says KL for PAC-Bayes rows and code
+length for compression rows); what each method contributes comes from its
+:meth:`~pacbound.certify.method.Method.facts`. Reports of an older schema version are
+upgraded on reading (:func:`pacbound.report.validate.load_report`).
 
-After the certificate's own columns come what qualifies it: the prior mean and the posterior
-family (Gaussian rows), and the held-out test-set bound with its own δ when the report has one
-(a separate statement about the checkpoint, rounded up too). A column no row uses is left out.
+After the certificate's own columns come what qualifies it: the method's qualifiers (e.g.
+the prior mean and the posterior family of a Gaussian row), and the held-out test-set bound
+with its own δ when the report has one (a separate statement about the checkpoint, rounded
+up too). A column no row uses is left out.
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from pacbound.bounds import format_up
+from pacbound.certify.registry import METHODS
 from pacbound.errors import InvalidInputError
 
 
@@ -32,12 +35,6 @@ class TableFormat(str, Enum):
     LATEX = "latex"
     CSV = "csv"
 
-
-CLASSIFIER = {
-    "gaussian": "Gaussian posterior Q",
-    "subspace": "decoded subspace model",
-    "quantize": "decoded quantized model",
-}
 
 _DIGIT_WORDS = ["Zero", "One", "Two", "Three", "Four", "Five", "Six", "Seven", "Eight", "Nine"]
 
@@ -48,44 +45,43 @@ class Row:
 
     label: str
     method: str
+    classifier: str
     n: int
-    empirical_risk: float  # the upper bound used in the certificate (Gaussian) or k/n
+    empirical_risk: float  # the empirical-risk upper bound the certificate used
     kl_nats: float | None
     code_length_bits: int | None
     delta: float
     bound: float
     non_vacuous: bool
     chance_error: float
-    prior: str | None = None  # Gaussian: the prior mean (init, zero or data)
-    posterior: str | None = None  # Gaussian: the posterior family
+    qualifiers: Mapping[str, str] = field(default_factory=dict)  # e.g. prior, posterior
     heldout_bound: float | None = None
     heldout_delta: float | None = None
 
     @classmethod
-    def of(cls, label: str, report: dict[str, Any]) -> Row:
+    def of(cls, label: str, report: Mapping[str, Any]) -> Row:
         res = report["results"]
-        gaussian = res["method"] == "gaussian"
-        emp = res["empirical_risk"]
+        facts = METHODS[res["method"]].facts(res)
         heldout = res.get("heldout") or {}
         return cls(
             label=label,
             method=res["method"],
+            classifier=facts.classifier,
             n=res["n"],
-            empirical_risk=emp["upper_bound"] if gaussian else emp,
-            kl_nats=res["kl_nats"] if gaussian else None,
-            code_length_bits=None if gaussian else res["code_length_bits"],
+            empirical_risk=facts.empirical_risk_upper,
+            kl_nats=facts.kl_nats,
+            code_length_bits=facts.code_length_bits,
             delta=res["delta_budget"]["total"],
             bound=res["bound"],
             non_vacuous=res["verdict"]["non_vacuous"],
             chance_error=res["verdict"]["chance_error"],
-            prior=res["prior"]["mean"] if gaussian else None,
-            posterior=f"Gaussian, {res['posterior']['kind']}" if gaussian else None,
+            qualifiers=dict(facts.qualifiers),
             heldout_bound=heldout.get("bound"),
             heldout_delta=heldout.get("delta"),
         )
 
 
-def rows_of(paths: Sequence[Path], reports: Sequence[dict[str, Any]]) -> list[Row]:
+def rows_of(paths: Sequence[Path], reports: Sequence[Mapping[str, Any]]) -> list[Row]:
     """One row per report, labelled by file name (or the folder of a ``report.json``), made
     unique by the parent folder."""
     labels = [p.parent.name if p.stem == "report" and p.parent.name else p.stem for p in paths]
@@ -101,7 +97,7 @@ def _cells(row: Row, digits: int) -> dict[str, str]:
     return {
         "report": row.label,
         "method": row.method,
-        "certified": CLASSIFIER.get(row.method, row.method),
+        "certified": row.classifier,
         "n": str(row.n),
         "risk_upper": format_up(row.empirical_risk, digits),
         "kl_nats": "" if row.kl_nats is None else format_up(row.kl_nats, 2),
@@ -109,8 +105,7 @@ def _cells(row: Row, digits: int) -> dict[str, str]:
         "delta": f"{row.delta:g}",
         "bound": format_up(row.bound, digits),
         "non_vacuous": "yes" if row.non_vacuous else "no",
-        "prior": row.prior or "",
-        "posterior": row.posterior or "",
+        **row.qualifiers,
         "heldout": "" if row.heldout_bound is None else format_up(row.heldout_bound, digits),
         "heldout_delta": "" if row.heldout_delta is None else f"{row.heldout_delta:g}",
     }
@@ -127,43 +122,48 @@ HEADERS = {
     "delta": "δ",
     "bound": "bound (rounded up)",
     "non_vacuous": "non-vacuous",
-    "prior": "prior mean",
-    "posterior": "posterior Q",
     "heldout": "held-out bound (rounded up)",
     "heldout_delta": "held-out δ",
 }
-#: Columns added after the original ones (CSV keeps ``bound_exact`` where it was, before them).
-QUALIFIERS = ("prior", "posterior", "heldout", "heldout_delta")
+#: How the qualifiers methods name are headed (any other is headed by its own name).
+QUALIFIER_HEADERS = {"prior": "prior mean", "posterior": "posterior Q"}
 #: Right-aligned (and, in LaTeX, given a macro) columns.
 NUMERIC = {"n", "risk_upper", "kl_nats", "code_bits", "delta", "bound", "heldout", "heldout_delta"}
 
 
+def _header(column: str) -> str:
+    return HEADERS.get(column) or QUALIFIER_HEADERS.get(column, column)
+
+
 def _columns(rows: Sequence[Row]) -> list[str]:
-    """Drop the complexity column no row uses."""
-    keep = list(HEADERS)
+    """The certificate's columns, then the qualifiers any row has, then the held-out bound;
+    the complexity column no row uses is left out."""
+    keep = [c for c in HEADERS if c not in ("heldout", "heldout_delta")]
     if all(r.kl_nats is None for r in rows):
         keep.remove("kl_nats")
     if all(r.code_length_bits is None for r in rows):
         keep.remove("code_bits")
-    if all(r.prior is None for r in rows):
-        keep.remove("prior")
-    if all(r.posterior is None for r in rows):
-        keep.remove("posterior")
-    if all(r.heldout_bound is None for r in rows):
-        keep.remove("heldout")
-        keep.remove("heldout_delta")
+    for row in rows:
+        keep += [q for q in row.qualifiers if q not in keep]
+    if any(r.heldout_bound is not None for r in rows):
+        keep += ["heldout", "heldout_delta"]
     return keep
+
+
+def _qualifying(column: str) -> bool:
+    """Columns after ``bound_exact`` in CSV: the qualifiers and the held-out bound."""
+    return column not in HEADERS or column in ("heldout", "heldout_delta")
 
 
 def markdown(rows: Sequence[Row], digits: int = 4) -> str:
     cols = _columns(rows)
     lines = [
-        "| " + " | ".join(HEADERS[c] for c in cols) + " |",
+        "| " + " | ".join(_header(c) for c in cols) + " |",
         "|" + "|".join("---:" if c in NUMERIC else "---" for c in cols) + "|",
     ]
     for row in rows:
         cells = _cells(row, digits)
-        lines.append("| " + " | ".join(cells[c].replace("|", "\\|") for c in cols) + " |")
+        lines.append("| " + " | ".join(cells.get(c, "").replace("|", "\\|") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -171,14 +171,16 @@ def csv_table(rows: Sequence[Row], digits: int = 4) -> str:
     """CSV with the rounded-up cells plus ``bound_exact`` (the full-precision float), then the
     qualifying columns (prior, posterior, held-out bound and δ) where any row has them."""
     cols = _columns(rows)
-    main = [c for c in cols if c not in QUALIFIERS]
-    extra = [c for c in cols if c in QUALIFIERS]
+    main = [c for c in cols if not _qualifying(c)]
+    extra = [c for c in cols if _qualifying(c)]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*main, "bound_exact", *extra])
     for row in rows:
         cells = _cells(row, digits)
-        writer.writerow([*(cells[c] for c in main), repr(row.bound), *(cells[c] for c in extra)])
+        writer.writerow(
+            [*(cells[c] for c in main), repr(row.bound), *(cells.get(c, "") for c in extra)]
+        )
     return buffer.getvalue()
 
 
@@ -232,10 +234,10 @@ def latex(rows: Sequence[Row], digits: int = 4, prefix: str = "pb") -> str:
                 macros.append(f"\\newcommand{{{macro}}}{{{cells[c]}}}")
                 tex.append(macro + "{}")
             else:
-                tex.append(latex_escape(cells[c]))
+                tex.append(latex_escape(cells.get(c, "")))
         body.append(" & ".join(tex) + r" \\")
     align = "".join("r" if c in NUMERIC else "l" for c in cols)
-    head = " & ".join(latex_escape(HEADERS[c]).replace("δ", r"$\delta$") for c in cols)
+    head = " & ".join(latex_escape(_header(c)).replace("δ", r"$\delta$") for c in cols)
     table = [
         r"\begin{tabular}{" + align + "}",
         r"\toprule",

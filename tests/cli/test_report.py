@@ -140,7 +140,7 @@ def test_heldout_bound_in_every_format(heldout_report: Path, reports: tuple[Path
 
 def test_heldout_bound_is_rounded_up_not_to_nearest(reports: tuple[Path, Path]) -> None:
     doc = json.loads(reports[0].read_text())
-    doc["results"]["heldout"] = {"bound": 0.03120001, "delta": 0.05}
+    doc["results"]["heldout"] = {"bound": 0.03120001, "delta": 0.05, "errors": 5, "n": 200}
     (row,) = rows_of([Path("run.json")], [doc])
     for fmt in TableFormat:
         text = render([row], fmt, digits=4)
@@ -167,7 +167,8 @@ def test_edited_report_warns(reports: tuple[Path, Path], tmp_path: Path) -> None
     [
         ("not json at all", "is not JSON"),
         ('{"schema_version": 1, "command": "cer', "is truncated"),
-        ('{"schema_version": 1}', "does not follow report schema v1: command: missing"),
+        ('{"schema_version": 2}', "does not follow report schema v2: command: missing"),
+        ('{"schema_version": 1}', "does not follow report schema v2: command: missing"),
         ('{"schema_version": 99}', "schema_version 99, newer than"),
         ("[1, 2]", "not a JSON object"),
         ("", "is empty"),

@@ -78,7 +78,7 @@ def test_tampered_statement_fails(quantized: Path, tmp_path: Path, block: str, n
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(doc))
     code, disagreeing = _verify(forged)
-    assert code == 1 and disagreeing == [block]
+    assert code == 1 and disagreeing == [f"{block}.{name}"]
 
 
 def test_statement_without_its_set_fails(quantized: Path, tmp_path: Path) -> None:
