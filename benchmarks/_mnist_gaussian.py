@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "examples"))
 
 from train_mnist_mlp import error_rate, train  # noqa: E402
 
-from pacbound.certify.gaussian import certify_gaussian, stochastic_error  # noqa: E402
+from pacbound.certify.gaussian import certify_gaussian  # noqa: E402
 from pacbound.certify.gaussian_checkpoint import CheckpointInputs  # noqa: E402
 from pacbound.certify.gaussian_options import GaussianOptions  # noqa: E402
 from pacbound.certify.gaussian_prior import data_dependent_prior  # noqa: E402
@@ -27,6 +27,7 @@ from pacbound.io import load_dataset, resolve_device  # noqa: E402
 from pacbound.models import convnet, mlp  # noqa: E402
 from pacbound.posterior.fit import TrainingRecipe  # noqa: E402
 from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe  # noqa: E402
+from pacbound.posterior.risk import stochastic_error  # noqa: E402
 
 DATA = ROOT / "examples" / "data" / "mnist"
 

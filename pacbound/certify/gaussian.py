@@ -27,15 +27,13 @@ from torch import Tensor, nn
 from pacbound.bounds import (
     BoundResult,
     DeltaBudget,
-    DeltaPart,
     mc_upper_per_example,
     pac_bayes_catoni_grid,
     pac_bayes_classic,
     pac_bayes_kl,
     pac_bayes_quad,
-    test_set_bound,
 )
-from pacbound.bounds.validation import check_count, check_delta
+from pacbound.bounds.validation import check_count
 from pacbound.certify.common import (
     ProgressFactory,
     Timer,
@@ -44,10 +42,11 @@ from pacbound.certify.common import (
     model_num_outputs,
     no_progress,
 )
+from pacbound.certify.gaussian_certificate import GaussianCertificate
 from pacbound.certify.gaussian_checkpoint import (
     CheckpointInputs,
-    agreement_on_bound_data,
-    checkpoint_certificate,
+    checkpoint_statements,
+    heldout_statement,
 )
 from pacbound.certify.gaussian_options import (
     GaussianOptions,
@@ -58,15 +57,8 @@ from pacbound.certify.gaussian_prior import PriorChoice, derive_prior
 from pacbound.posterior.families import FAMILIES
 from pacbound.posterior.family import FitData
 from pacbound.posterior.fit import kl_over_grid
-from pacbound.posterior.io import posterior_bytes
 from pacbound.posterior.network import Sampler, StochasticNetwork, build_stochastic_network
-from pacbound.posterior.risk import count_errors, count_stochastic_errors
-
-CERTIFIED_CLASSIFIER = (
-    "the Gaussian posterior Q = N(mu, diag sigma^2) over the weights: a stochastic "
-    "classifier that draws fresh weights for every prediction, NOT the checkpoint's "
-    "point weights"
-)
+from pacbound.posterior.risk import count_stochastic_errors
 
 
 @dataclass(frozen=True)
@@ -93,75 +85,6 @@ class CertifyInputs:
     num_outputs: int
     heldout: tuple[Tensor, Tensor] | None = None
     checkpoint_inputs: CheckpointInputs | None = None
-
-
-@dataclass(frozen=True)
-class GaussianCertificate:
-    """The outcome of a Gaussian certification run (all numbers at full precision)."""
-
-    certificate: BoundResult
-    monte_carlo: BoundResult
-    information: dict[str, BoundResult]
-    budget: DeltaBudget
-    verdict: Verdict
-    kl_nats: float
-    n_bound: int
-    empirical_risk_estimate: float
-    prior: dict[str, Any]
-    posterior: dict[str, Any]
-    heldout: BoundResult | None
-    heldout_budget: DeltaBudget | None
-    agreement: dict[str, Any]
-    checkpoint: dict[str, Any] | None
-    timings: dict[str, float]
-    network: StochasticNetwork = field(repr=False)
-    prior_means: list[Tensor] = field(repr=False)
-    prior_scale: float
-    options: GaussianOptions = field(repr=False)
-
-    @property
-    def value(self) -> float:
-        return self.certificate.value
-
-    def hypothesis_bytes(self) -> bytes:
-        """The posterior file (``--save-posterior``) of the certified Q and its prior."""
-        kind = self.posterior["kind"]
-        return posterior_bytes(self.network, self.prior_means, self.prior_scale, kind)
-
-    def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "method": "gaussian",
-            "certified_classifier": CERTIFIED_CLASSIFIER,
-            "bound": self.certificate.value,
-            "inequality": self.certificate.method,
-            "kl_nats": self.kl_nats,
-            "n": self.n_bound,
-            "empirical_risk": {
-                "estimate": self.empirical_risk_estimate,
-                "upper_bound": self.monte_carlo.value,
-                "draws": self.monte_carlo.n,
-                "mc_passes": self.options.mc_passes,
-            },
-            "verdict": self.verdict.to_dict(),
-            "delta_budget": self.budget.to_dict(),
-            "certificate_terms": self.certificate.to_dict(),
-            "information_only": {k: v.to_dict() for k, v in self.information.items()},
-            "prior": self.prior,
-            "posterior": self.posterior,
-            "heldout": None,
-        }
-        if self.heldout is not None and self.heldout_budget is not None:
-            out["heldout"] = {
-                "certified_classifier": "the checkpoint's deterministic point weights",
-                "bound": self.heldout.value,
-                "errors": int(self.heldout.terms["errors"]),
-                "n": self.heldout.n,
-                "delta": self.heldout.delta,
-                "note": "a separate statement with its own delta",
-            }
-        out["agreement"] = self.agreement
-        out["checkpoint"] = self.checkpoint
-        return out
 
 
 def prepare_network(
@@ -263,20 +186,7 @@ def certify_hypothesis(
         sigma_p = grid.scales[j]
         kl = family.kl(network, prior_means, sigma_p)
     with timer.phase("monte_carlo"):
-        hook = progress("Monte-Carlo risk (fresh draws)", options.mc_passes * n_bound)
-        count = count_stochastic_errors(
-            network,
-            x_bound,
-            y_bound,
-            passes=options.mc_passes,
-            generator=random_stream(options.seed, "monte_carlo", device),
-            batch_size=options.certificate_batch_size,
-            device=device,
-            progress=hook,
-        )
-        mc = mc_upper_per_example(
-            count.rate, n=n_bound, passes=options.mc_passes, delta=budget.part("monte-carlo").delta
-        )
+        rate, mc = _monte_carlo(network, x_bound, y_bound, budget, options, device, progress)
     certificate = pac_bayes_kl(mc.value, kl=kl, n=n_bound, delta=delta_pb)
     information = {
         "classic": pac_bayes_classic(mc.value, kl=kl, n=n_bound, delta=delta_pb),
@@ -284,13 +194,23 @@ def certify_hypothesis(
         "catoni_grid": pac_bayes_catoni_grid(mc.value, kl=kl, n=n_bound, delta=delta_pb),
     }
     with timer.phase("agreement"):
-        agreement, checkpoint = _checkpoint_statements(
-            network, inputs, certificate, budget, x_bound, y_bound, options, device
+        agreement, checkpoint = checkpoint_statements(
+            network,
+            inputs.model,
+            inputs.checkpoint_inputs,
+            certificate,
+            budget,
+            x_bound,
+            y_bound,
+            options,
+            device,
         )
     heldout_result = heldout_budget = None
     if inputs.heldout is not None:
         with timer.phase("heldout"):
-            heldout_result, heldout_budget = _heldout(inputs, options, device)
+            heldout_result, heldout_budget = heldout_statement(
+                inputs.model, inputs.heldout, options, device
+            )
     prior_info = {**hypothesis.prior.info, "scale": sigma_p, "scale_index": j}
     prior_info["grid"] = grid.to_dict()
     return GaussianCertificate(
@@ -301,7 +221,7 @@ def certify_hypothesis(
         verdict=Verdict(certificate.value, inputs.num_outputs),
         kl_nats=kl,
         n_bound=n_bound,
-        empirical_risk_estimate=count.rate,
+        empirical_risk_estimate=rate,
         prior=prior_info,
         posterior=_posterior_info(hypothesis, network),
         heldout=heldout_result,
@@ -314,6 +234,35 @@ def certify_hypothesis(
         prior_scale=sigma_p,
         options=options,
     )
+
+
+def _monte_carlo(
+    network: StochasticNetwork,
+    x_bound: Tensor,
+    y_bound: Tensor,
+    budget: DeltaBudget,
+    options: GaussianOptions,
+    device: torch.device,
+    progress: ProgressFactory,
+) -> tuple[float, BoundResult]:
+    """Q's error rate on S_bound from n·K fresh per-example draws (the run's Monte-Carlo
+    stream) and its Chernoff upper bound at the Monte-Carlo part of δ."""
+    n_bound = int(x_bound.shape[0])
+    hook = progress("Monte-Carlo risk (fresh draws)", options.mc_passes * n_bound)
+    count = count_stochastic_errors(
+        network,
+        x_bound,
+        y_bound,
+        passes=options.mc_passes,
+        generator=random_stream(options.seed, "monte_carlo", device),
+        batch_size=options.certificate_batch_size,
+        device=device,
+        progress=hook,
+    )
+    mc = mc_upper_per_example(
+        count.rate, n=n_bound, passes=options.mc_passes, delta=budget.part("monte-carlo").delta
+    )
+    return count.rate, mc
 
 
 #: The ``results.posterior`` fields that record how Q was chosen, in report order.
@@ -337,57 +286,6 @@ def _posterior_info(hypothesis: GaussianHypothesis, network: StochasticNetwork) 
     info["sigma_max"] = float(sigmas.max())
     info.update({k: choice[k] for k in CHOICE_KEYS[1:] if k in choice})
     return info
-
-
-def _checkpoint_statements(
-    network: StochasticNetwork,
-    inputs: CertifyInputs,
-    certificate: BoundResult,
-    budget: DeltaBudget,
-    x_bound: Tensor,
-    y_bound: Tensor,
-    options: GaussianOptions,
-    device: torch.device,
-) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """Q's agreement with h on S_bound, and the certificate for h itself (MATH.md §11)."""
-    agreement = agreement_on_bound_data(
-        network,
-        inputs.model,
-        x_bound,
-        y_bound,
-        generator=random_stream(options.seed, "agreement", device),
-        batch_size=options.certificate_batch_size,
-        device=device,
-    )
-    if inputs.checkpoint_inputs is None:
-        return agreement, None
-    checkpoint = checkpoint_certificate(
-        network,
-        inputs.model,
-        certificate,
-        inputs.checkpoint_inputs,
-        delta_certified=budget.total,
-        delta_disagreement=options.resolved_disagreement_delta,
-        generator=random_stream(options.seed, "disagreement", device),
-        batch_size=options.certificate_batch_size,
-        device=device,
-    )
-    return agreement, checkpoint
-
-
-def _heldout(
-    inputs: CertifyInputs, options: GaussianOptions, device: torch.device
-) -> tuple[BoundResult, DeltaBudget]:
-    """The checkpoint's test-set bound on the held-out set (a separate statement)."""
-    assert inputs.heldout is not None
-    hdelta = options.delta if options.heldout_delta is None else options.heldout_delta
-    budget = DeltaBudget(
-        check_delta(hdelta, "--heldout-delta"),
-        (DeltaPart("held-out", hdelta, 1, "binomial tail on the held-out set"),),
-    )
-    hx, hy = inputs.heldout
-    count = count_errors(inputs.model, hx, hy, batch_size=options.batch_size, device=device)
-    return test_set_bound(count.rate, n=count.evaluations, delta=hdelta), budget
 
 
 def certify_gaussian(
@@ -431,22 +329,3 @@ def certify_gaussian(
     return certify_hypothesis(
         hypothesis, inputs, options=options, device=dev, timer=timer, progress=progress
     )
-
-
-@torch.no_grad()
-def stochastic_error(
-    network: StochasticNetwork,
-    x: Tensor,
-    y: Tensor,
-    *,
-    passes: int,
-    seed: int,
-    batch_size: int = 1024,
-    device: torch.device | None = None,
-) -> float:
-    """The posterior's error on (x, y) with per-example draws (e.g. on a test set)."""
-    dev = device or torch.device("cpu")
-    gen = torch.Generator(device=dev).manual_seed(seed)
-    return count_stochastic_errors(
-        network, x, y, passes=passes, generator=gen, batch_size=batch_size, device=dev
-    ).rate

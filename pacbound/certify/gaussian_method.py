@@ -26,12 +26,12 @@ from torch import Tensor
 from pacbound.certify.common import Timer
 from pacbound.certify.gaussian import (
     CertifyInputs,
-    GaussianCertificate,
     GaussianHypothesis,
     certify_gaussian,
     certify_hypothesis,
     prepare_network,
 )
+from pacbound.certify.gaussian_certificate import GaussianCertificate
 from pacbound.certify.gaussian_checkpoint import CheckpointInputs
 from pacbound.certify.gaussian_facts import gaussian_facts
 from pacbound.certify.gaussian_options import (

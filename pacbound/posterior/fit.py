@@ -272,36 +272,20 @@ def train_diagonal_posterior(
     for epoch in range(recipe.epochs):
         network.set_mode("shared", gen)
         perm = torch.randperm(n, generator=shuffle)
-        total, batches = 0.0, 0
-        for step, start in enumerate(range(0, n, recipe.batch_size)):
-            idx = perm[start : start + recipe.batch_size]
-            xb, yb = x[idx].to(device), y[idx].to(device)
-            surrogate = bounded_cross_entropy(network(xb), yb, recipe.p_min)
-            sigma_p = torch.exp(log_prior_scale)
-            kl = sum(
-                (
-                    gaussian_kl_differentiable(s.mu, torch.exp(s.log_sigma), m, sigma_p)
-                    for s, m in zip(network.slots, priors, strict=True)
-                ),
-                torch.zeros((), dtype=torch.float64, device=device),
-            )
-            if not (torch.isfinite(surrogate) and torch.isfinite(kl)):
-                _diverged(surrogate, kl, epoch, step)
-            objective = bound_objective(
-                surrogate, kl, n=n_bound, log_term=log_term, objective=recipe.objective
-            )
-            if not torch.isfinite(objective):
-                _diverged(objective, kl, epoch, step)
-            mean_opt.zero_grad(set_to_none=True)
-            sigma_opt.zero_grad(set_to_none=True)
-            objective.backward()
-            mean_opt.step()
-            sigma_opt.step()
-            total += float(objective.detach())
-            batches += 1
-            if progress is not None:
-                progress(int(idx.numel()))
-        history.append(total / max(batches, 1))
+        mean_objective = _train_epoch(
+            network,
+            (x, y, perm),
+            priors,
+            log_prior_scale,
+            (mean_opt, sigma_opt),
+            recipe,
+            n_bound=n_bound,
+            log_term=log_term,
+            epoch=epoch,
+            device=device,
+            progress=progress,
+        )
+        history.append(mean_objective)
         if selecting:
             assert select is not None
             estimates.append(select(network))
@@ -312,6 +296,56 @@ def train_diagonal_posterior(
         network.load_state_dict(best_state)
     network.eval()
     return TrainingHistory(tuple(history), tuple(estimates), kept if selecting else recipe.epochs)
+
+
+def _train_epoch(
+    network: StochasticNetwork,
+    batches_of: tuple[Tensor, Tensor, Tensor],
+    priors: list[Tensor],
+    log_prior_scale: Tensor,
+    optimizers: tuple[torch.optim.Optimizer, torch.optim.Optimizer],
+    recipe: TrainingRecipe,
+    *,
+    n_bound: int,
+    log_term: float,
+    epoch: int,
+    device: torch.device,
+    progress: ProgressHook | None,
+) -> float:
+    """One epoch of mini-batch steps on the bound objective over (x, y) in the order
+    ``perm``; returns the mean objective."""
+    x, y, perm = batches_of
+    mean_opt, sigma_opt = optimizers
+    total, batches = 0.0, 0
+    for step, start in enumerate(range(0, int(x.shape[0]), recipe.batch_size)):
+        idx = perm[start : start + recipe.batch_size]
+        xb, yb = x[idx].to(device), y[idx].to(device)
+        surrogate = bounded_cross_entropy(network(xb), yb, recipe.p_min)
+        sigma_p = torch.exp(log_prior_scale)
+        kl = sum(
+            (
+                gaussian_kl_differentiable(s.mu, torch.exp(s.log_sigma), m, sigma_p)
+                for s, m in zip(network.slots, priors, strict=True)
+            ),
+            torch.zeros((), dtype=torch.float64, device=device),
+        )
+        if not (torch.isfinite(surrogate) and torch.isfinite(kl)):
+            _diverged(surrogate, kl, epoch, step)
+        objective = bound_objective(
+            surrogate, kl, n=n_bound, log_term=log_term, objective=recipe.objective
+        )
+        if not torch.isfinite(objective):
+            _diverged(objective, kl, epoch, step)
+        mean_opt.zero_grad(set_to_none=True)
+        sigma_opt.zero_grad(set_to_none=True)
+        objective.backward()
+        mean_opt.step()
+        sigma_opt.step()
+        total += float(objective.detach())
+        batches += 1
+        if progress is not None:
+            progress(int(idx.numel()))
+    return total / max(batches, 1)
 
 
 def _snapshot(network: StochasticNetwork) -> dict[str, Tensor]:

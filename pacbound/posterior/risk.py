@@ -128,3 +128,22 @@ def bounded_cross_entropy(logits: Tensor, y: Tensor, p_min: float) -> Tensor:
     """
     log_p = torch.log_softmax(logits, dim=1).gather(1, y[:, None]).squeeze(1)
     return -torch.clamp(log_p, min=math.log(p_min)).mean() / math.log(1.0 / p_min)
+
+
+@torch.no_grad()
+def stochastic_error(
+    network: StochasticNetwork,
+    x: Tensor,
+    y: Tensor,
+    *,
+    passes: int,
+    seed: int,
+    batch_size: int = 1024,
+    device: torch.device | None = None,
+) -> float:
+    """The posterior's error on (x, y) with per-example draws (e.g. on a test set)."""
+    dev = device or torch.device("cpu")
+    gen = torch.Generator(device=dev).manual_seed(seed)
+    return count_stochastic_errors(
+        network, x, y, passes=passes, generator=gen, batch_size=batch_size, device=dev
+    ).rate
