@@ -28,3 +28,9 @@ def method(name: str) -> Method:
         raise UsageError(
             f"unknown method {name!r}; choose one of {', '.join(METHODS)}", param="--method"
         ) from None
+
+
+def with_hypothesis(key: str) -> list[str]:
+    """The registered methods whose hypothesis file is recorded as ``inputs.<key>`` (e.g.
+    ``"artifact"``: the compressed models ``compress`` writes and ``verify ARTIFACT`` reads)."""
+    return [name for name, m in METHODS.items() if m.hypothesis.key == key]

@@ -1,8 +1,8 @@
 """``pacbound compress``: compress a checkpoint, save the artifact, print its code length and bound.
 
 The pipeline is ``certify`` with a method whose hypothesis is a compressed artifact
-(:func:`artifact_methods`: ``subspace``, ``quantize``); this command only makes the artifact
-its required output.
+(``with_hypothesis("artifact")``: ``subspace``, ``quantize``); this command only makes the
+artifact its required output.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from pacbound.certify.method import RunInputs
-from pacbound.certify.registry import METHODS
+from pacbound.certify.registry import METHODS, with_hypothesis
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.compression_options import compression_tuning_options
 from pacbound.cli.model_options import (
@@ -50,18 +50,14 @@ least 1 − δ, the true 0-1 error of the DECODED model is at most the printed b
 """
 
 
-def artifact_methods() -> list[str]:
-    """The registered methods whose hypothesis is a compressed artifact."""
-    return [name for name, m in METHODS.items() if m.hypothesis.key == "artifact"]
-
-
 @click.command("compress", help=HELP, epilog=EXAMPLES)
 @click.argument("checkpoint")
 @click.option(
     "--method",
-    type=click.Choice(artifact_methods()),
+    type=click.Choice(with_hypothesis("artifact")),
     required=True,
-    help="; ".join(f"{name}: {METHODS[name].description}" for name in artifact_methods()) + ".",
+    help="; ".join(f"{name}: {METHODS[name].description}" for name in with_hypothesis("artifact"))
+    + ".",
 )
 @model_options
 @data_options

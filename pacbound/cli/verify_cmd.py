@@ -284,11 +284,8 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
         options=_artifact_options(kw, method, report),
         device=resolve_device(kw["device"]),
     )
-    record = {
-        "path": str(kw["target"]),
-        "sha256": hashlib.sha256(payload).hexdigest(),
-        "bytes": len(payload),
-    }
+    sha256 = hashlib.sha256(payload).hexdigest()
+    record = {"path": str(kw["target"]), "sha256": sha256, "bytes": len(payload)}
     outcome: Verification | None = None
     gate: GateOutcome | None = None
     if report is not None:
@@ -297,7 +294,7 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
             verify_artifact_report(
                 report,
                 cert,
-                artifact_sha256=record["sha256"],
+                artifact_sha256=sha256,
                 data=data.provenance.to_dict(),
                 theta0_sha256=getattr(factory, "init_sha256", None),
             ),

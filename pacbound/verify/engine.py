@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 from pacbound.certify.method import Certificate, Method
-from pacbound.certify.registry import METHODS
+from pacbound.certify.registry import METHODS, with_hypothesis
 from pacbound.errors import InvalidInputError
 from pacbound.report.validate import hash_agrees, refuse_older
 from pacbound.verify.fields import FieldCheck, Verification, compare_results
@@ -166,13 +166,8 @@ def artifact_report_method(report: Mapping[str, Any]) -> Method:
     if method.hypothesis.key != "artifact":
         raise InvalidInputError(
             f"--report is a {method.name} report; an artifact can only be checked against a "
-            f"report of {' or '.join(artifact_methods())}",
+            f"report of {' or '.join(with_hypothesis('artifact'))}",
             param="--report",
         )
     refuse_older(report)
     return method
-
-
-def artifact_methods() -> list[str]:
-    """The registered methods whose hypothesis is a compressed artifact."""
-    return [name for name, m in METHODS.items() if m.hypothesis.key == "artifact"]
