@@ -151,85 +151,88 @@ def model_options(func: F) -> F:
     return arch_options(func)
 
 
+#: The data options, in --help order.
+DATA_OPTIONS = (
+    click.option(
+        "--data",
+        required=True,
+        metavar="PATH",
+        help="An MNIST IDX folder, or a .npz / .safetensors file (arrays x, y), or a .csv "
+        "file, or a folder with x.npy and y.npy (memory-mapped and streamed in batches, for "
+        "data sets larger than memory). Read offline; never downloaded.",
+    ),
+    click.option(
+        "--split",
+        type=click.Choice([s.value for s in Split]),
+        default=Split.TRAIN.value,
+        show_default=True,
+        help="Which IDX files to read from an MNIST folder.",
+    ),
+    click.option(
+        "--label-map",
+        type=LABEL_MAP,
+        metavar="OLD:NEW,…",
+        help="Relabel, e.g. 0-4:0,5-9:1 for binary MNIST (ranges inclusive).",
+    ),
+    click.option(
+        "--label-column",
+        metavar="NAME|INDEX",
+        help="CSV label column, by header name or 0-based index (default: a column named "
+        "label/y/target/class, else the last).",
+    ),
+    click.option(
+        "--normalize",
+        type=NORMALIZATION,
+        metavar="MEAN,STD|mnist",
+        help="Subtract MEAN and divide by STD (after --scale), per channel (axis 1) as "
+        "M1/M2/M3,S1/S2/S3; 'mnist' is 0.1307,0.3081.",
+    ),
+    click.option(
+        "--x-key",
+        default="x",
+        show_default=True,
+        metavar="NAME",
+        help="Name of the features array in a .npz or .safetensors file.",
+    ),
+    click.option(
+        "--y-key",
+        default="y",
+        show_default=True,
+        metavar="NAME",
+        help="Name of the labels array in a .npz or .safetensors file.",
+    ),
+    click.option(
+        "--csv-delimiter",
+        type=DELIMITER,
+        default=",",
+        show_default=True,
+        metavar="CHAR",
+        help="Field separator of a .csv file (';', '|', 'tab', …).",
+    ),
+    click.option(
+        "--input-shape",
+        type=INPUT_SHAPE,
+        metavar="C,H,W",
+        help="Reshape every example to this shape (same number of values), e.g. 1,28,28 "
+        "for 784-column rows. Default: as stored, except that N×H×W images (IDX, uint8) "
+        "get a channel axis.",
+    ),
+    click.option(
+        "--scale",
+        type=click.Choice(["auto", "none"]),
+        default="auto",
+        show_default=True,
+        help="auto: uint8 features are images and are divided by 255; other dtypes are "
+        "used as stored. none: uint8 values as they are.",
+    ),
+)
+
+
 def data_options(func: F) -> F:
     """``--data``, ``--split``, ``--label-map``, ``--label-column``, ``--normalize`` and the
     format options ``--x-key``, ``--y-key``, ``--csv-delimiter``, ``--input-shape``,
     ``--scale``."""
-    decorators = [
-        click.option(
-            "--data",
-            required=True,
-            metavar="PATH",
-            help="An MNIST IDX folder, or a .npz / .safetensors file (arrays x, y), or a .csv "
-            "file, or a folder with x.npy and y.npy (memory-mapped and streamed in batches, for "
-            "data sets larger than memory). Read offline; never downloaded.",
-        ),
-        click.option(
-            "--split",
-            type=click.Choice([s.value for s in Split]),
-            default=Split.TRAIN.value,
-            show_default=True,
-            help="Which IDX files to read from an MNIST folder.",
-        ),
-        click.option(
-            "--label-map",
-            type=LABEL_MAP,
-            metavar="OLD:NEW,…",
-            help="Relabel, e.g. 0-4:0,5-9:1 for binary MNIST (ranges inclusive).",
-        ),
-        click.option(
-            "--label-column",
-            metavar="NAME|INDEX",
-            help="CSV label column, by header name or 0-based index (default: a column named "
-            "label/y/target/class, else the last).",
-        ),
-        click.option(
-            "--normalize",
-            type=NORMALIZATION,
-            metavar="MEAN,STD|mnist",
-            help="Subtract MEAN and divide by STD (after --scale), per channel (axis 1) as "
-            "M1/M2/M3,S1/S2/S3; 'mnist' is 0.1307,0.3081.",
-        ),
-        click.option(
-            "--x-key",
-            default="x",
-            show_default=True,
-            metavar="NAME",
-            help="Name of the features array in a .npz or .safetensors file.",
-        ),
-        click.option(
-            "--y-key",
-            default="y",
-            show_default=True,
-            metavar="NAME",
-            help="Name of the labels array in a .npz or .safetensors file.",
-        ),
-        click.option(
-            "--csv-delimiter",
-            type=DELIMITER,
-            default=",",
-            show_default=True,
-            metavar="CHAR",
-            help="Field separator of a .csv file (';', '|', 'tab', …).",
-        ),
-        click.option(
-            "--input-shape",
-            type=INPUT_SHAPE,
-            metavar="C,H,W",
-            help="Reshape every example to this shape (same number of values), e.g. 1,28,28 "
-            "for 784-column rows. Default: as stored, except that N×H×W images (IDX, uint8) "
-            "get a channel axis.",
-        ),
-        click.option(
-            "--scale",
-            type=click.Choice(["auto", "none"]),
-            default="auto",
-            show_default=True,
-            help="auto: uint8 features are images and are divided by 255; other dtypes are "
-            "used as stored. none: uint8 values as they are.",
-        ),
-    ]
-    for decorator in reversed(decorators):
+    for decorator in reversed(DATA_OPTIONS):
         func = decorator(func)
     return func
 
