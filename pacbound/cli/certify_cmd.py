@@ -9,26 +9,19 @@ from typing import Any
 
 import click
 
-from pacbound.certify.method import Method, RunInputs
+from pacbound.certify.method import Method
 from pacbound.certify.registry import METHODS
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.compression_options import compression_options
 from pacbound.cli.gate import evaluate_gate, gate_options
 from pacbound.cli.model_options import (
-    data_kwargs,
     data_options,
     model_options,
-    resolve_dataset,
-    resolve_features,
-    resolve_model,
 )
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.pac_bayes_options import pac_bayes_options
-from pacbound.cli.preflight import (
-    check_disjoint_inputs,
-    check_option_values,
-    check_same_input_shape,
-)
+from pacbound.cli.preflight import check_option_values
+from pacbound.cli.run_inputs import load_run_inputs
 from pacbound.cli.terminal import Terminal, dumps_json, emit_json, render_certificate
 from pacbound.io.files import (
     MIN_FREE_BYTES,
@@ -161,7 +154,7 @@ def certify(**kw: Any) -> None:
         if kw.get(option) is not None:
             check_writable(kw[option], "--" + option.replace("_", "-"))
     options = method.options(ctx.params)
-    inputs, records = _load_inputs(kw, term)
+    inputs, records = load_run_inputs(kw, term)
     if hypothesis_path is not None:
         # the hypothesis (μ, σ and the prior mean; or a message) at the parameters' precision
         params = inputs.loaded.module.parameters()
@@ -214,45 +207,3 @@ def certify(**kw: Any) -> None:
 def hypothesis_param(method: Method) -> str:
     """The click parameter name of the option that writes ``method``'s hypothesis file."""
     return method.hypothesis.option.lstrip("-").replace("-", "_")
-
-
-def _load_inputs(kw: dict[str, Any], term: Terminal) -> tuple[RunInputs, dict[str, Any]]:
-    """The checkpoint and the data sets, loaded and checked against each other, and their
-    records for the report's ``inputs``."""
-    from pacbound.io import check_model_data, resolve_device
-
-    device = resolve_device(kw["device"])
-    loaded = resolve_model(
-        kw["checkpoint"],
-        arch=kw["arch"],
-        arch_kwargs=kw["arch_kwargs"],
-        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
-        device=kw["device"],
-        terminal=term,
-        strip_prefix=kw["strip_prefix"],
-    )
-    data_kw = data_kwargs(kw)
-    data = resolve_dataset(kw["data"], split=kw["split"], **data_kw)
-    check_model_data(loaded, data, device=device)
-    records: dict[str, Any] = {"model": loaded.to_dict(), "data": data.provenance.to_dict()}
-    heldout = unlabeled = None
-    if kw["heldout"] is not None:
-        heldout = resolve_dataset(kw["heldout"], split=kw["heldout_split"], **data_kw)
-        check_disjoint_inputs(data.provenance, heldout.provenance, "--heldout")
-        check_model_data(loaded, heldout, device=device)
-        records["heldout"] = heldout.provenance.to_dict()
-    if kw["unlabeled"] is not None:
-        unlabeled = resolve_features(kw["unlabeled"], split=kw["unlabeled_split"], **data_kw)
-        check_disjoint_inputs(data.provenance, unlabeled.provenance, "--unlabeled")
-        check_same_input_shape(unlabeled, data, "--unlabeled")
-        records["unlabeled"] = unlabeled.provenance.to_dict()
-    inputs = RunInputs(
-        loaded=loaded,
-        data=data,
-        heldout=heldout,
-        unlabeled=unlabeled,
-        init=None if kw["init"] is None else Path(kw["init"]),
-        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
-        device=device,
-    )
-    return inputs, records

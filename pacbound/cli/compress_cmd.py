@@ -7,24 +7,19 @@ artifact its required output.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import click
 
-from pacbound.certify.method import RunInputs
 from pacbound.certify.registry import METHODS, with_hypothesis
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.compression_options import compression_tuning_options
-from pacbound.cli.model_options import (
-    data_kwargs,
-    data_options,
-    model_options,
-    resolve_dataset,
-    resolve_model,
-)
+from pacbound.cli.model_options import data_options, model_options
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.preflight import check_option_values
+from pacbound.cli.run_inputs import load_run_inputs
 from pacbound.cli.terminal import Terminal, emit_json, render_certificate
 from pacbound.io.files import check_writable, write_atomic
 
@@ -98,31 +93,13 @@ def compress(**kw: Any) -> None:
     check_option_values(kw)
     check_writable(kw["output"], "--output")
     options = method.options({**ctx.params, "artifact": kw["output"]})
-    from pacbound.io import check_model_data, resolve_device
-
-    device = resolve_device(kw["device"])
-    loaded = resolve_model(
-        kw["checkpoint"],
-        arch=kw["arch"],
-        arch_kwargs=kw["arch_kwargs"],
-        unsafe_allow_pickle=kw["unsafe_allow_pickle"],
-        device=kw["device"],
-        terminal=term,
-        strip_prefix=kw["strip_prefix"],
-    )
-    data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
-    check_model_data(loaded, data, device=device)
+    inputs, records = load_run_inputs(kw, term)
     term.info(
-        f"compressing ({method.name}) {loaded.num_parameters} parameters, scored on "
-        f"n = {data.n} examples on {device}"
+        f"compressing ({method.name}) {inputs.loaded.num_parameters} parameters, scored on "
+        f"n = {inputs.data.n} examples on {inputs.device}"
     )
-    init = None if kw["init"] is None else Path(kw["init"])
     with term.progress_callbacks() as progress:
-        inputs = RunInputs(
-            loaded, data, init=init, unsafe_allow_pickle=kw["unsafe_allow_pickle"],
-            device=device, progress=progress,
-        )  # fmt: skip
-        run = method.run(inputs, options)
+        run = method.run(replace(inputs, progress=progress), options)
     payload = run.certificate.hypothesis
     write_atomic(kw["output"], payload, "--output")
     record = method.hypothesis.record(kw["output"], payload)
@@ -132,11 +109,7 @@ def compress(**kw: Any) -> None:
             {
                 "command": "compress",
                 "artifact": record,
-                "inputs": {
-                    "model": loaded.to_dict(),
-                    "data": data.provenance.to_dict(),
-                    **run.inputs,
-                },
+                "inputs": {**records, **run.inputs},
                 "options": {**run.options, "threads": kw["threads"]},
                 "results": res,
             }

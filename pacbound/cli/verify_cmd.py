@@ -18,7 +18,13 @@ from rich.table import Table
 from pacbound.certify.method import Method
 from pacbound.certify.registry import METHODS
 from pacbound.cli.gate import GateOutcome, recheck_gate
-from pacbound.cli.model_options import JSON_OBJECT, data_kwargs, data_options, resolve_dataset
+from pacbound.cli.model_options import (
+    DATA_KWARGS,
+    JSON_OBJECT,
+    data_kwargs,
+    data_options,
+    resolve_dataset,
+)
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.terminal import Terminal, emit_json, render_certificate
 from pacbound.cli.verify_argv import argv_checks
@@ -65,14 +71,7 @@ ARTIFACT_ONLY = (
     "init",
     "data",
     "split",
-    "label_map",
-    "label_column",
-    "normalize",
-    "x_key",
-    "y_key",
-    "csv_delimiter",
-    "input_shape",
-    "scale",
+    *DATA_KWARGS,
     "delta",
     "batch_size",
     "against",
