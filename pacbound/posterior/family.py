@@ -64,7 +64,12 @@ class FitData:
 
 
 class PosteriorFamily(Protocol):
-    """A posterior family (one module each; registered in ``posterior.families``)."""
+    """A posterior family (one module each; registered in ``posterior.families``).
+
+    The parameters it trains are the slots' tensors: μ and log σ for the elementwise
+    families (``network.mean_parameters()``, ``network.log_sigma_parameters()``, moved by
+    :func:`~pacbound.posterior.fit.train_diagonal_posterior`); a family with other tensors
+    keeps them on its slots and trains them in its :meth:`fit`."""
 
     name: str
     description: str  # one line, for --help and docs
