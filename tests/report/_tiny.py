@@ -41,18 +41,25 @@ def make_task(root: Path) -> Path:
     return root
 
 
-def certify_args(task: Path, out: Path, *extra: str) -> list[str]:
+def model_and_data(task: Path) -> list[str]:
+    """The tiny task's checkpoint, architecture and training data, as certify arguments."""
     return [
-        "certify",
         str(task / "final.safetensors"),
         "--arch",
         "mlp",
         "--arch-kwargs",
         json.dumps(ARCH_KWARGS),
-        "--init",
-        str(task / "init.safetensors"),
         "--data",
         str(task / "train.npz"),
+    ]
+
+
+def certify_args(task: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "certify",
+        *model_and_data(task),
+        "--init",
+        str(task / "init.safetensors"),
         "--prior-scales",
         "1e-3:1:61",
         "--mc-passes",
@@ -80,17 +87,11 @@ def quantize_report(task: Path, out: Path, *extra: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     args = [
         "certify",
-        str(task / "final.safetensors"),
+        *model_and_data(task),
         "--method",
         "quantize",
         "--levels",
         "4,8",
-        "--arch",
-        "mlp",
-        "--arch-kwargs",
-        json.dumps(ARCH_KWARGS),
-        "--data",
-        str(task / "train.npz"),
         "--quiet",
         "--output",
         str(out / "report.json"),

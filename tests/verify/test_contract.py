@@ -29,7 +29,7 @@ from pacbound.cli.main import cli
 from pacbound.report.document import results_hash
 from pacbound.report.validate import validation_errors
 from pacbound.verify.fields import is_under
-from tests.report._tiny import ARCH_KWARGS, make_task
+from tests.report._tiny import make_task, model_and_data
 
 #: How each method certifies the tiny task quickly (beyond model, data, held-out set).
 FAST: dict[str, tuple[str, ...]] = {
@@ -58,15 +58,9 @@ def certify(task: Path, out: Path, name: str) -> Path:
     hypothesis = METHODS[name].hypothesis
     args = [
         "certify",
-        str(task / "final.safetensors"),
+        *model_and_data(task),
         "--method",
         name,
-        "--arch",
-        "mlp",
-        "--arch-kwargs",
-        json.dumps(ARCH_KWARGS),
-        "--data",
-        str(task / "train.npz"),
         "--heldout",
         str(task / "test.npz"),
         *(arg.format(task=task) for arg in FAST[name]),
