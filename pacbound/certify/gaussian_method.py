@@ -25,6 +25,7 @@ from torch import Tensor
 
 from pacbound.certify.common import Timer
 from pacbound.certify.gaussian import (
+    CHOICE_KEYS,
     CertifyInputs,
     GaussianHypothesis,
     certify_gaussian,
@@ -107,13 +108,10 @@ class GaussianMethod:
     description: str = "PAC-Bayes for a Gaussian posterior"
     hypothesis: HypothesisFile = HypothesisFile("posterior", "--save-posterior")
     parameters: Mapping[str, OptionRule | None] = PARAMETERS
-    #: how Q was chosen (the σ search and the training curves): not redone by verify
-    choice_fields: tuple[str, ...] = (
-        "posterior.sigma_isotropic_search",
-        "posterior.isotropic_search",
-        "posterior.training",
-        "posterior.training_objective_per_epoch",
-    )
+    #: how Q was chosen (the σ search and the training curves): not redone by verify.
+    #: Everything else is re-derived and compared, also the data prior's own errors
+    #: (``prior.error``: the prior is retrained on S_prior) and the split.
+    choice_fields: tuple[str, ...] = tuple(f"posterior.{key}" for key in CHOICE_KEYS)
 
     def options(self, params: Mapping[str, Any]) -> GaussianOptions:
         return options_from_params(params)
