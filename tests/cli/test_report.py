@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from pacbound.bounds import format_up
 from pacbound.cli.main import cli
+from pacbound.report.document import results_hash
 from pacbound.report.summary import append_step_summary
 from pacbound.report.tables import TableFormat, macro_name, render, rows_of
 from tests.report._tiny import gaussian_report, make_task, quantize_report
@@ -208,3 +209,20 @@ def test_certify_writes_step_summary(tmp_path: Path, monkeypatch: pytest.MonkeyP
     assert "gate failed (report only: --exit-zero)" in text
     assert "above --max-bound" in text
     assert json.loads(report.read_text())["gate"]["passed"] is False
+
+
+def test_a_v1_report_is_still_tabulated(reports: tuple[Path, Path], tmp_path: Path) -> None:
+    """A schema-v1 report (compression risk a bare k/n) is upgraded on reading: the same row,
+    and no edited-report warning."""
+    _, quant = reports
+    doc = json.loads(quant.read_text())
+    doc["schema_version"] = 1
+    doc["results"]["empirical_risk"] = doc["results"]["empirical_risk"]["estimate"]
+    doc["results_sha256"] = results_hash(doc["results"])
+    old = tmp_path / "quant.json"
+    old.write_text(json.dumps(doc))
+    code, out, err = _run("report", str(old), "--format", "csv")
+    assert code == 0 and err == ""
+    assert out == _run("report", str(quant), "--format", "csv")[1]  # both labelled "quant"
+    (row,) = csv.DictReader(io.StringIO(out))
+    assert float(row["risk_upper"]) >= doc["results"]["empirical_risk"]
