@@ -47,13 +47,13 @@ Examples:
 HELP = """Re-derive the certificate in REPORT, or of a compressed ARTIFACT, and compare.
 
 REPORT (a JSON report): checks that every input file still has the sha256 the report
-recorded (a changed or missing file exits 3, naming it), then recomputes the certificate:
-for the Gaussian method from the posterior file (the prior mean: init weights, zero, or a
-data-dependent prior retrained on S_prior with the recorded recipe and seed; KL, σ_p choice,
-the Monte-Carlo draws replayed with the same seeds, bounds, held-out bound); for
-compression methods by decoding the artifact and recounting its errors. Prints each field
-with the reported and recomputed value. Exit 0 when every field agrees exactly, 1 when any
-disagrees.
+recorded (a changed or missing file exits 3, naming it), then runs the method's own certify
+phase again on the saved hypothesis: the Gaussian posterior file (with the prior mean
+re-derived: init weights, zero, or a data-dependent prior retrained on S_prior with the
+recorded recipe and seed; σ_p re-chosen over the grid; the Monte-Carlo draws replayed with
+the same seeds), or the compressed artifact (decoded, its errors recounted). Every field of
+the results is compared with the report's and printed with both values. Exit 0 when every
+field agrees exactly, 1 when any disagrees; a report of an older schema exits 3.
 
 ARTIFACT (a file written by `compress` or `certify --artifact`, recognised by its magic
 bytes): decodes it against --arch/--arch-kwargs (and --init for a subspace artifact made
