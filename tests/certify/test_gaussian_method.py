@@ -20,6 +20,7 @@ from pacbound.certify.method import RunInputs
 from pacbound.certify.registry import METHODS
 from pacbound.errors import InvalidInputError, UsageError
 from pacbound.io import load_dataset, load_model
+from pacbound.io.streaming import LazyFeatures
 from pacbound.models import mlp
 from pacbound.posterior.families import FAMILIES
 
@@ -60,6 +61,9 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     y = torch.randint(0, 2, (400,), generator=gen)
     x = torch.randn(400, 6, generator=gen) + 1.5 * (2 * y[:, None] - 1).float()
     np.savez(root / "train.npz", x=x.numpy(), y=y.numpy())
+    (root / "streamed").mkdir()  # the same S as a folder read a batch at a time
+    np.save(root / "streamed" / "x.npy", x.numpy())
+    np.save(root / "streamed" / "y.npy", y.numpy())
     np.savez(root / "test.npz", x=x[:200].numpy() + 0.1, y=y[:200].numpy())
     torch.manual_seed(0)
     model = mlp(**ARCH_KWARGS)  # type: ignore[arg-type]
@@ -75,10 +79,10 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def _inputs(task: Path, heldout: bool = True) -> RunInputs:
+def _inputs(task: Path, heldout: bool = True, data: str = "train.npz") -> RunInputs:
     return RunInputs(
         loaded=load_model(task / "final.safetensors", arch="mlp", arch_kwargs=ARCH_KWARGS),
-        data=load_dataset(task / "train.npz"),
+        data=load_dataset(task / data),
         heldout=load_dataset(task / "test.npz") if heldout else None,
         init=task / "init.safetensors",
     )
@@ -153,6 +157,22 @@ def test_rederive_refuses_a_file_with_another_prior(task: Path) -> None:
     diagonal = dataclasses.replace(recorded, posterior="diagonal")
     with pytest.raises(InvalidInputError, match=r"holds a isotropic posterior.* say diagonal"):
         GAUSSIAN.rederive(_inputs(task), diagonal, run.certificate.hypothesis)
+
+
+def test_streamed_data_prior_rederives_like_the_arrays(task: Path) -> None:
+    """S_prior and S_bound are lazy row views of a streamed folder, in run and rederive."""
+    options = GAUSSIAN.options({**PARAMS, "prior": "data"})
+    streamed = _inputs(task, data="streamed")
+    assert isinstance(streamed.data.x, LazyFeatures)
+    run = GAUSSIAN.run(streamed, options)
+    in_memory = GAUSSIAN.run(_inputs(task), options)
+    assert run.certificate.results == in_memory.certificate.results
+    again = GAUSSIAN.rederive(
+        _inputs(task, data="streamed"),
+        GAUSSIAN.options_from_report(run.options),
+        run.certificate.hypothesis,
+    )
+    assert dict(again.results) == _without(dict(run.certificate.results), GAUSSIAN.choice_fields)
 
 
 def test_options_round_trip_through_the_report() -> None:
