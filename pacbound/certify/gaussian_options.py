@@ -45,7 +45,8 @@ class GaussianOptions:
     """Everything that defines a Gaussian certificate, fixed before the data are seen.
 
     ``posterior`` names a family of :data:`~pacbound.posterior.families.FAMILIES`;
-    ``sampler`` ``None`` means "auto" (resolved by the method against the loaded model)."""
+    ``sampler`` ``None`` means "auto": the method resolves it against the loaded model
+    (functional for a ``.pt2`` program), the library pipeline alone uses the layers."""
 
     prior: PriorMean = PriorMean.INIT
     posterior: str = "isotropic"
