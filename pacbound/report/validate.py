@@ -53,15 +53,19 @@ _TYPES: dict[str, Any] = {
 @cache
 def schema() -> dict[str, Any]:
     """The shipped JSON Schema of the current report version, with the registered methods
-    filled in: ``$defs.method.enum``, and for each method ``name`` that has a
+    filled in: ``$defs.method.enum``, the posterior families (``gaussian_results`` posterior
+    ``kind``), and for each method ``name`` that has a
     ``$defs.<name>_results`` rule, that rule applied to results of that method."""
     from pacbound.certify.registry import METHODS
+    from pacbound.posterior.families import FAMILIES
 
     name = f"schema_v{SCHEMA_VERSION}.json"
     text = resources.files("pacbound.report").joinpath(name).read_text("utf-8")
     loaded: dict[str, Any] = json.loads(text)
     defs = loaded["$defs"]
     defs["method"]["enum"] = list(METHODS)
+    gaussian = defs["gaussian_results"]["properties"]["posterior"]["properties"]
+    gaussian["kind"]["enum"] = list(FAMILIES)
     loaded["properties"]["results"]["allOf"] = [
         {
             "if": {"properties": {"method": {"const": method}}},

@@ -62,3 +62,14 @@ def test_family_contract(name: str) -> None:
 def test_unknown_family_lists_the_valid_ones() -> None:
     with pytest.raises(InvalidInputError, match="choose one of isotropic, diagonal"):
         family("lowrank")
+
+
+def test_every_family_is_in_the_derived_lists() -> None:
+    """The CLI's --posterior choices and the report schema's posterior kinds are FAMILIES."""
+    from pacbound.cli.certify_cmd import certify
+    from pacbound.report.validate import schema
+
+    option = next(p for p in certify.params if p.name == "posterior")
+    assert list(option.type.choices) == list(FAMILIES)  # type: ignore[attr-defined]
+    results = schema()["$defs"]["gaussian_results"]["properties"]
+    assert results["posterior"]["properties"]["kind"]["enum"] == list(FAMILIES)
