@@ -9,8 +9,10 @@ from pacbound.bounds.budget import DeltaBudget, DeltaPart
 from pacbound.bounds.kl import binary_kl, kl_inv_lower, kl_inv_upper
 from pacbound.bounds.monte_carlo import (
     mc_risk_upper_bound,
+    mc_upper_per_batch,
     mc_upper_per_example,
     mc_upper_whole_network,
+    per_batch_size,
 )
 from pacbound.bounds.occam import occam_binomial, occam_kl
 from pacbound.bounds.pac_bayes import (
@@ -42,6 +44,7 @@ __all__ = [
     "kl_inv_upper",
     "log_maurer_xi",
     "mc_risk_upper_bound",
+    "mc_upper_per_batch",
     "mc_upper_per_example",
     "mc_upper_whole_network",
     "nats_to_bits",
@@ -54,6 +57,7 @@ __all__ = [
     "pac_bayes_kl_xi",
     "pac_bayes_lambda",
     "pac_bayes_quad",
+    "per_batch_size",
     "round_up",
     "test_set_bound",
 ]

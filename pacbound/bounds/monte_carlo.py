@@ -3,7 +3,8 @@
 L̂(Q) = E_{h~Q} (1/n) Σ_i ℓ(h, z_i) cannot be computed exactly; the certificate uses an upper
 confidence bound on it, paid for with its own δ′ (MATH.md §3).
 
-Both estimators average independent [0, 1]-valued variables whose means average to L̂(Q);
+All three estimators (whole-network, per-example and per-batch draws) average independent
+[0, 1]-valued variables whose means average to L̂(Q);
 the one-sided Chernoff bound then gives, with probability ≥ 1 − δ′ over the draws,
 L̂(Q) ≤ kl⁻¹(ê, ln(1/δ′) / m), m the number of independent draws actually made
 (Langford & Caruana 2002). For non-identical means the bound still holds (the MGF of the
@@ -13,11 +14,13 @@ sum is at most that of a binomial with the average mean).
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 from pacbound.bounds._conservative import up
 from pacbound.bounds.kl import kl_inv_upper
 from pacbound.bounds.result import BoundResult
 from pacbound.bounds.validation import check_count, check_delta, check_risk
+from pacbound.errors import InvalidInputError
 
 
 def mc_risk_upper_bound(mean_loss: float, *, draws: int, delta: float) -> BoundResult:
@@ -56,3 +59,41 @@ def mc_upper_per_example(mean_loss: float, *, n: int, passes: int, delta: float)
     n = check_count(n, "n")
     passes = check_count(passes, "passes")
     return mc_risk_upper_bound(mean_loss, draws=n * passes, delta=delta)
+
+
+def per_batch_size(n: int, batch_size: int) -> int:
+    """The per-batch draws' batch B: the largest divisor of n not above ``batch_size``.
+
+    Per-batch draws need n/B batches of exactly B examples, so that every example is in one
+    batch per pass and the batch means average to L̂(Q) (MATH.md §10).
+
+    >>> per_batch_size(60000, 1024), per_batch_size(10007, 1024)
+    (1000, 1)
+    """
+    n = check_count(n, "n")
+    batch_size = check_count(batch_size, "batch_size")
+    return next(b for b in range(min(n, batch_size), 0, -1) if n % b == 0)
+
+
+def mc_upper_per_batch(
+    mean_loss: float, *, n: int, passes: int, batch: int, delta: float
+) -> BoundResult:
+    """Per-batch draws: one h_bk ~ Q for each batch b of B examples and pass k.
+
+    The batch error rates X_bk ∈ [0, 1] are independent given S, so the count is the number
+    of batches, m = K·n/B, not K·n (MATH.md §10). ``mean_loss`` is the average of the X_bk
+    (with equal batches, also the average of all K·n losses). B must divide n.
+
+    >>> mc_upper_per_batch(0.01, n=60000, passes=5, batch=1000, delta=0.01).n
+    300
+    """
+    n = check_count(n, "n")
+    passes = check_count(passes, "passes")
+    batch = check_count(batch, "batch")
+    if n % batch:
+        raise InvalidInputError(
+            f"per-batch draws need batches of equal size: B = {batch} does not divide n = {n} "
+            f"(use B = {per_batch_size(n, batch)}, the largest divisor of n not above {batch})"
+        )
+    result = mc_risk_upper_bound(mean_loss, draws=passes * (n // batch), delta=delta)
+    return replace(result, terms={**result.terms, "batch": float(batch)})

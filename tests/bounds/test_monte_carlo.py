@@ -11,8 +11,10 @@ import pytest
 from pacbound.bounds import (
     kl_inv_upper,
     mc_risk_upper_bound,
+    mc_upper_per_batch,
     mc_upper_per_example,
     mc_upper_whole_network,
+    per_batch_size,
 )
 from pacbound.errors import InvalidInputError
 from tests.bounds.test_kl import ref_kl_inv_upper
@@ -100,3 +102,75 @@ def test_per_example_rejects_bad_counts() -> None:
         mc_upper_per_example(0.1, n=10.5, passes=2, delta=0.1)
     with pytest.raises(InvalidInputError, match="draws must be at least 1"):
         mc_upper_whole_network(0.1, m=0, delta=0.1)
+
+
+def test_per_batch_counts_batches() -> None:
+    # MATH.md §10: K = 5 passes over n = 60000 in batches of B = 1000 are 300 draws, not 300000
+    per_batch = mc_upper_per_batch(0.03, n=60000, passes=5, batch=1000, delta=0.01)
+    assert per_batch.n == 300
+    assert per_batch.terms["batch"] == 1000
+    assert per_batch.value == mc_risk_upper_bound(0.03, draws=300, delta=0.01).value
+    assert per_batch.value > mc_upper_per_example(0.03, n=60000, passes=5, delta=0.01).value
+    # B = 1 is per-example draws, to the bit
+    one = mc_upper_per_batch(0.03, n=60000, passes=5, batch=1, delta=0.01)
+    assert one.value == mc_upper_per_example(0.03, n=60000, passes=5, delta=0.01).value
+
+
+@pytest.mark.parametrize(
+    ("n", "batch", "expected"),
+    [
+        (60000, 1024, 1000),
+        (60000, 60000, 60000),
+        (100, 1024, 100),
+        (97, 64, 1),
+        (30000, 1024, 1000),
+    ],
+)
+def test_per_batch_size_is_the_largest_divisor_not_above_the_batch(
+    n: int, batch: int, expected: int
+) -> None:
+    assert per_batch_size(n, batch) == expected
+    assert n % expected == 0
+    assert all(n % b for b in range(expected + 1, min(n, batch) + 1))
+
+
+def test_per_batch_refuses_a_batch_that_does_not_divide_n() -> None:
+    with pytest.raises(
+        InvalidInputError, match=r"B = 1024 does not divide n = 60000 \(use B = 1000"
+    ):
+        mc_upper_per_batch(0.1, n=60000, passes=1, batch=1024, delta=0.1)
+    with pytest.raises(InvalidInputError, match="batch must be at least 1"):
+        mc_upper_per_batch(0.1, n=100, passes=1, batch=0, delta=0.1)
+
+
+def test_per_batch_bound_covers_correlated_batches_and_the_miscount_does_not() -> None:
+    # One θ per batch: with probability q it is a "bad" draw that errs on the whole batch,
+    # otherwise it errs on example i with probability p_i. L̂(Q) = q + (1 − q)·mean(p).
+    # Within a batch the errors are strongly dependent, so counting n·K examples as draws
+    # is wrong; counting the K·n/B batch means is sound (MATH.md §10).
+    rng = np.random.default_rng(7)
+    n, batch, passes, delta, trials, q = 400, 20, 2, 0.1, 2000, 0.05
+    p = rng.beta(0.5, 8.0, size=n)
+    true_risk = q + (1 - q) * float(p.mean())
+    batches = passes * n // batch
+    bad = rng.random((trials, batches, 1)) < q
+    own = rng.random((trials, batches, batch)) < np.tile(p.reshape(-1, batch), (passes, 1))
+    means = (bad | own).mean(axis=(1, 2))
+    values = np.unique(means)  # the bound is a function of the mean: one call per value
+    honest = {
+        e: mc_upper_per_batch(float(e), n=n, passes=passes, batch=batch, delta=delta).value
+        for e in values
+    }
+    miscounted = {
+        e: mc_upper_per_example(float(e), n=n, passes=passes, delta=delta).value for e in values
+    }
+    fail_honest = float(np.mean([honest[e] < true_risk for e in means]))
+    fail_miscounted = float(np.mean([miscounted[e] < true_risk for e in means]))
+    assert fail_honest <= delta + 3 * math.sqrt(delta * (1 - delta) / trials)
+    assert fail_miscounted > 2 * delta  # the n·K count is not a bound here
+    # and the honest bound is not vacuous: at δ′ = 0.9 it does fail sometimes
+    loose = {
+        e: mc_upper_per_batch(float(e), n=n, passes=passes, batch=batch, delta=0.9).value
+        for e in values
+    }
+    assert np.mean([loose[e] < true_risk for e in means]) > 0.05
