@@ -58,6 +58,11 @@ from pacbound.posterior.families import FAMILIES
 from pacbound.posterior.family import FitData
 from pacbound.posterior.fit import kl_over_grid
 from pacbound.posterior.network import Sampler, StochasticNetwork, build_stochastic_network
+from pacbound.posterior.normalization import (
+    normalization_treatment,
+    refuse_state_changes,
+    to_channel_affine,
+)
 from pacbound.posterior.risk import count_stochastic_errors
 
 
@@ -101,11 +106,15 @@ def prepare_network(
     options.budget()
     check_count(options.mc_passes, "--mc-passes")
     model.to(device).eval()
+    # Eval-mode BatchNorm becomes its per-channel affine map (a, c), covered by the
+    # posterior (MATH.md §10): its running statistics are no buffers of the hypothesis.
+    affine = to_channel_affine(model)
     # Buffers are compared with their data-independent values before any forward pass
     # (a forward may update a counter buffer).
     network = build_stochastic_network(
-        model, fixed_buffers=fixed_buffers, sampler=options.sampler or Sampler.LAYERS
+        affine, fixed_buffers=fixed_buffers, sampler=options.sampler or Sampler.LAYERS
     ).to(device)
+    refuse_state_changes(model, x[: min(options.batch_size, int(x.shape[0]))].to(device))
     if options.check_deterministic:
         check_deterministic(model, x, device)
     num_outputs = model_num_outputs(model, x, device)
@@ -223,7 +232,7 @@ def certify_hypothesis(
         n_bound=n_bound,
         empirical_risk_estimate=rate,
         prior=prior_info,
-        posterior=_posterior_info(hypothesis, network),
+        posterior=_posterior_info(hypothesis, network, inputs.model),
         heldout=heldout_result,
         heldout_budget=heldout_budget,
         agreement=agreement,
@@ -274,8 +283,11 @@ CHOICE_KEYS = (
 )
 
 
-def _posterior_info(hypothesis: GaussianHypothesis, network: StochasticNetwork) -> dict[str, Any]:
-    """``results.posterior``: Q's family, size and σ summary, and the choice record."""
+def _posterior_info(
+    hypothesis: GaussianHypothesis, network: StochasticNetwork, model: nn.Module
+) -> dict[str, Any]:
+    """``results.posterior``: Q's family, size and σ summary, how each normalization layer
+    of ``model`` was treated (when it has any), and the choice record."""
     sigmas = FAMILIES[hypothesis.family].sigmas(network)
     choice = hypothesis.choice
     info: dict[str, Any] = {"kind": hypothesis.family, "num_parameters": network.num_parameters()}
@@ -284,8 +296,19 @@ def _posterior_info(hypothesis: GaussianHypothesis, network: StochasticNetwork) 
     info["sigma_min"] = float(sigmas.min())
     info["sigma_median"] = float(sigmas.median())
     info["sigma_max"] = float(sigmas.max())
+    normalization = normalization_treatment(model, PRIOR_SOURCES[hypothesis.prior.info["mean"]])
+    if normalization:
+        info["normalization"] = normalization
     info.update({k: choice[k] for k in CHOICE_KEYS[1:] if k in choice})
     return info
+
+
+#: Where a BatchNorm's prior (a₀, c₀) comes from, by ``--prior``.
+PRIOR_SOURCES = {
+    "init": "prior from the init statistics",
+    "zero": "prior mean zero",
+    "data": "prior from statistics on S_prior only",
+}
 
 
 def certify_gaussian(

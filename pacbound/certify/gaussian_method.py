@@ -53,6 +53,7 @@ from pacbound.errors import InvalidInputError
 from pacbound.posterior.families import FAMILIES
 from pacbound.posterior.io import SavedPosterior, read_posterior
 from pacbound.posterior.network import Sampler
+from pacbound.posterior.normalization import to_channel_affine
 
 
 def _trained_families() -> str:
@@ -293,7 +294,8 @@ def reference_buffers(
 def _check_file_matches(
     saved: SavedPosterior, model: torch.nn.Module, options: GaussianOptions
 ) -> None:
-    names = tuple(name for name, _ in model.named_parameters())
+    # the parameters the posterior covers (eval-mode BatchNorm as NAME.scale, NAME.shift)
+    names = tuple(name for name, _ in to_channel_affine(model).named_parameters())
     if names != saved.names:
         raise InvalidInputError(
             f"the posterior file's parameters {list(saved.names)[:4]} do not match the "

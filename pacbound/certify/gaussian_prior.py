@@ -18,6 +18,11 @@ from torch import Tensor, nn
 from pacbound.certify.common import ProgressFactory, no_progress, take_rows
 from pacbound.certify.gaussian_options import SEED_OFFSETS, GaussianOptions
 from pacbound.errors import InvalidInputError
+from pacbound.posterior.normalization import (
+    affine_state,
+    reset_batch_norm_statistics,
+    to_channel_affine,
+)
 from pacbound.posterior.priors import (
     DataSplit,
     PriorMean,
@@ -69,7 +74,9 @@ def derive_prior(
         device=device,
         progress=progress,
     )
-    means = [p.detach().clone() for p in prior_model.parameters()]
+    # BatchNorm trained on S_prior (batch statistics, running statistics from S_prior only)
+    # enters as its affine map (a, c) like the checkpoint's (MATH.md §10)
+    means = [p.detach().clone() for p in to_channel_affine(prior_model.eval()).parameters()]
     info["split"] = split.to_dict()
     info["error"] = _prior_errors(prior_model, x, y, split, options.batch_size, device)
     info["init_source"] = "init weights" if init_state is not None else "seeded fresh init"
@@ -79,14 +86,19 @@ def derive_prior(
 def _fixed_prior_means(
     kind: PriorMean, model: nn.Module, init_state: dict[str, Tensor] | None
 ) -> list[Tensor]:
+    """The zero or ``--init`` prior mean, in the order of the parameters of the model the
+    posterior covers (eval-mode BatchNorm as its affine map: (a₀, c₀) from the init file's
+    γ, β and statistics, or a fresh BatchNorm's)."""
+    affine = to_channel_affine(model)
     if kind is PriorMean.ZERO:
-        return [torch.zeros_like(p.detach()) for p in model.parameters()]
+        return [torch.zeros_like(p.detach()) for p in affine.parameters()]
     if init_state is None:
         raise InvalidInputError(
             "--prior init needs the initial weights: pass --init PATH (saved before training)",
             param="--init",
         )
-    return [init_state[name].detach().to(p.device, p.dtype) for name, p in model.named_parameters()]
+    state = affine_state(model, init_state) if affine is not model else init_state
+    return [state[name].detach().to(p.device, p.dtype) for name, p in affine.named_parameters()]
 
 
 def _initial_model(model: nn.Module, init_state: dict[str, Tensor] | None, seed: int) -> nn.Module:
@@ -97,6 +109,7 @@ def _initial_model(model: nn.Module, init_state: dict[str, Tensor] | None, seed:
         with torch.no_grad():
             for name, p in fresh.named_parameters():
                 p.copy_(init_state[name])
+        reset_batch_norm_statistics(fresh, init_state)
         return fresh
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + SEED_OFFSETS["prior_init"])

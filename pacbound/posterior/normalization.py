@@ -25,6 +25,7 @@ from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from pacbound.errors import InvalidInputError
 
@@ -45,9 +46,10 @@ ELEMENTWISE_NORMS: tuple[type[nn.Module], ...] = (
 if hasattr(nn, "RMSNorm"):
     ELEMENTWISE_NORMS += (nn.RMSNorm,)
 
-BATCH_NORM_TREATMENT = (
-    "per-channel affine a, c covered by the posterior; prior from {source} statistics"
-)
+#: Every module type the report lists under ``results.posterior.normalization``.
+NORMALIZATIONS: tuple[type[nn.Module], ...] = (*ELEMENTWISE_NORMS, _BatchNorm)
+
+BATCH_NORM_TREATMENT = "per-channel affine a, c covered by the posterior; {prior}"
 ELEMENTWISE_TREATMENT = "elementwise affine covered by the posterior"
 NO_PARAMETERS = "no parameters"
 
@@ -74,13 +76,13 @@ def is_batch_norm(module: nn.Module) -> bool:
     return type(module) in BATCH_NORMS
 
 
-def batch_norm_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
+def batch_norm_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
     """``(name, module)`` of every BatchNorm that :func:`to_channel_affine` replaces;
     refuses one without running statistics (batch statistics mix examples) or with
     forward hooks (the affine module would drop them)."""
-    found = []
+    found: list[tuple[str, _BatchNorm]] = []
     for name, mod in model.named_modules():
-        if not is_batch_norm(mod):
+        if not is_batch_norm(mod) or not isinstance(mod, _BatchNorm):
             continue
         where = f"{name or '<root>'} ({type(mod).__name__})"
         if mod.running_mean is None or mod.running_var is None:
@@ -113,7 +115,7 @@ def affine_values(
     return a.to(dtype), c.to(dtype)
 
 
-def _channel_affine(bn: nn.Module) -> ChannelAffine:
+def _channel_affine(bn: _BatchNorm) -> ChannelAffine:
     mean, var = bn.running_mean, bn.running_var
     assert mean is not None and var is not None  # batch_norm_modules refused the others
     dtype = bn.weight.dtype if bn.weight is not None else mean.dtype
@@ -141,7 +143,9 @@ def to_channel_affine(model: nn.Module) -> nn.Module:
     for name, _ in found:
         parent_name, _, child = name.rpartition(".")
         parent = out.get_submodule(parent_name) if parent_name else out
-        setattr(parent, child, _channel_affine(out.get_submodule(name)))
+        bn = out.get_submodule(name)
+        assert isinstance(bn, _BatchNorm)
+        setattr(parent, child, _channel_affine(bn))
     return out
 
 
@@ -165,7 +169,9 @@ def affine_state(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Ten
                 param="--init",
             )
         a, c = affine_values(weight, bias, mean, var, bn.eps)
-        dtype = bn.weight.dtype if bn.weight is not None else bn.running_mean.dtype  # type: ignore[union-attr]
+        dtype = bn.weight.dtype if bn.weight is not None else torch.get_default_dtype()
+        if bn.running_mean is not None:
+            dtype = bn.running_mean.dtype if bn.weight is None else dtype
         for key in (*keys.values(), f"{name}.num_batches_tracked"):
             out.pop(key, None)
         out[f"{name}.scale"], out[f"{name}.shift"] = a.to(dtype), c.to(dtype)
@@ -177,7 +183,7 @@ def reset_batch_norm_statistics(model: nn.Module, state: Mapping[str, Tensor] | 
     ``--init`` file) or, where it holds none, to a fresh BatchNorm's: the start of a prior
     trained on S_prior must not carry the checkpoint's statistics (they have seen S_bound)."""
     for name, bn in model.named_modules():
-        if not isinstance(bn, nn.modules.batchnorm._BatchNorm) or bn.running_mean is None:
+        if not isinstance(bn, _BatchNorm) or bn.running_mean is None:
             continue
         bn.reset_running_stats()
         if state is None:
@@ -189,15 +195,15 @@ def reset_batch_norm_statistics(model: nn.Module, state: Mapping[str, Tensor] | 
                     buf.copy_(value.to(buf.device, buf.dtype))
 
 
-def normalization_treatment(model: nn.Module, prior_source: str) -> list[dict[str, str]]:
+def normalization_treatment(model: nn.Module, prior: str) -> list[dict[str, str]]:
     """One entry per normalization module of ``model`` (the checkpoint, before
     :func:`to_channel_affine`): its name, type and how the certificate treats it.
-    ``prior_source`` says where a BatchNorm's prior (a₀, c₀) comes from."""
+    ``prior`` says where a BatchNorm's prior mean (a₀, c₀) comes from."""
     entries = []
     for name, mod in model.named_modules():
         if is_batch_norm(mod):
-            treatment = BATCH_NORM_TREATMENT.format(source=prior_source)
-        elif isinstance(mod, (*ELEMENTWISE_NORMS, nn.modules.batchnorm._BatchNorm)):
+            treatment = BATCH_NORM_TREATMENT.format(prior=prior)
+        elif isinstance(mod, NORMALIZATIONS):
             has_params = any(True for _ in mod.parameters(recurse=False))
             treatment = ELEMENTWISE_TREATMENT if has_params else NO_PARAMETERS
         else:
