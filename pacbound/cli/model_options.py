@@ -37,7 +37,7 @@ from pacbound.io import (
     refuse_trained_init,
 )
 from pacbound.io.tabular import parse_delimiter
-from pacbound.models import builtin_help
+from pacbound.models import BUILTINS, builtin_help
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -103,7 +103,7 @@ def arch_options(func: F) -> F:
         click.option(
             "--arch",
             metavar="NAME|PKG.MOD:FACTORY",
-            help="Architecture the weights belong to: mlp, lenet5, convnet, or "
+            help=f"Architecture the weights belong to: {', '.join(BUILTINS)}, or "
             "package.module:factory. Not needed for a .pt2 program, nor for a whole model "
             "saved with torch.save(model) (with --unsafe-allow-pickle).",
         ),

@@ -1,8 +1,8 @@
 """Turning ``--arch`` and ``--arch-kwargs`` into an ``nn.Module``.
 
-``--arch`` is a built-in name (``mlp``, ``lenet5``, ``convnet``) or ``package.module:factory``,
-imported from the current directory or the Python path. ``--arch-kwargs`` is a JSON object
-passed to the factory as keyword arguments.
+``--arch`` is a built-in name (a key of ``models.BUILTINS``: ``mlp``, ``resnet``, …) or
+``package.module:factory``, imported from the current directory or the Python path.
+``--arch-kwargs`` is a JSON object passed to the factory as keyword arguments.
 """
 
 from __future__ import annotations

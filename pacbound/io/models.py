@@ -22,6 +22,7 @@ from pacbound.io.architectures import ArchitectureSpec, build_module, parse_arch
 from pacbound.io.checkpoints import Checkpoint, read_checkpoint
 from pacbound.io.device import resolve_device
 from pacbound.io.provenance import ModelProvenance
+from pacbound.models import BUILTINS
 
 
 class TensorKind(str, Enum):
@@ -129,7 +130,7 @@ def load_model(
         if arch is None:
             raise InvalidInputError(
                 f"CHECKPOINT {checkpoint} holds weights only: say which network they belong "
-                "to with --arch NAME (mlp, lenet5, convnet) or --arch package.module:factory",
+                f"to with --arch NAME ({', '.join(BUILTINS)}) or --arch package.module:factory",
                 param="--arch",
             )
         module, conversions = _build_and_load(parse_arch(arch), kwargs, ckpt)

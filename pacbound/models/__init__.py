@@ -1,8 +1,8 @@
 """Built-in architectures, by the name ``--arch`` accepts.
 
 Each factory takes keyword arguments only through ``--arch-kwargs`` JSON and returns an
-``nn.Module``. Convolutions and linear layers are plain ``nn.Conv2d``/``nn.Linear`` so that the
-Gaussian posterior code can replace them.
+``nn.Module`` built from standard torch layers (``nn.Linear``, ``nn.Conv2d``, ``nn.BatchNorm2d``,
+``nn.MultiheadAttention``, ``nn.LayerNorm``, ``nn.Embedding``).
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from torch import nn
 from pacbound.models.convnet import convnet
 from pacbound.models.lenet import lenet5
 from pacbound.models.mlp import mlp
+from pacbound.models.resnet import resnet
+from pacbound.models.transformer import transformer
 
 
 @dataclass(frozen=True)
@@ -45,13 +47,35 @@ BUILTINS: dict[str, Builtin] = {
             "in_channels=1, channels=[32, 64], hidden=128, num_classes=10, batch_norm=false, "
             "activation=relu; for 28×28 images",
         ),
+        Builtin(
+            "resnet",
+            resnet,
+            "in_channels=1, channels=[16, 32, 32], blocks=1, num_classes=10, activation=relu; "
+            "BatchNorm and residual connections, for 28×28 images",
+        ),
+        Builtin(
+            "transformer",
+            transformer,
+            "rows=28, cols=28, d_model=48, heads=4, layers=2, mlp_hidden=96, num_classes=10, "
+            "activation=gelu; each image row is a token (row-sequential MNIST)",
+        ),
     )
 }
 
 
 def builtin_help() -> str:
     """One line per built-in, for ``--help`` texts."""
-    return "\n".join(f"  {b.name:<8} {b.kwargs_help}" for b in BUILTINS.values())
+    width = max(len(name) for name in BUILTINS)
+    return "\n".join(f"  {b.name:<{width}} {b.kwargs_help}" for b in BUILTINS.values())
 
 
-__all__ = ["BUILTINS", "Builtin", "builtin_help", "convnet", "lenet5", "mlp"]
+__all__ = [
+    "BUILTINS",
+    "Builtin",
+    "builtin_help",
+    "convnet",
+    "lenet5",
+    "mlp",
+    "resnet",
+    "transformer",
+]

@@ -515,7 +515,8 @@ CASES = {
         arch_module_import_fails, r"needs 'not_installed_dep_xyz', which is not installed"
     ),
     "--arch unknown built-in": Case(
-        arch_unknown_builtin, r"--arch 'resnet18' is neither a built-in \(mlp, lenet5, convnet\)"
+        arch_unknown_builtin,
+        r"--arch 'resnet18' is neither a built-in \(mlp, lenet5, convnet, resnet, transformer\)",
     ),
     "--arch-kwargs invalid JSON": Case(
         arch_kwargs_invalid_json, r"--arch-kwargs is not valid JSON \(Expecting property name"
