@@ -3,19 +3,23 @@
 Functional core (counts of errors and of examples, weighted by examples, never by batches)
 and a thin loop. The Monte-Carlo estimate of a stochastic network's empirical risk counts
 **independent draws actually made**: every example in every pass gets a fresh weight draw
-(per-example sampling), so the count is n·K.
+(per-example sampling), so the count is n·K; with per-batch draws (one draw of the whole
+parameter vector per batch of B examples, :func:`count_per_batch_errors`) it is K·n/B
+(MATH.md §10).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from pacbound.errors import NumericalError
+from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.posterior import layers
 from pacbound.posterior.network import StochasticNetwork
 
 ProgressHook = Callable[[int], None]
@@ -89,6 +93,102 @@ def count_stochastic_errors(
             if progress is not None:
                 progress(m)
     return ErrorCount(errors, total)
+
+
+@contextmanager
+def _one_draw(network: StochasticNetwork, generator: torch.Generator) -> Iterator[None]:
+    """Within: every posterior mean μ replaced in place by one draw θ = μ + σ ⊙ ε of the
+    whole parameter vector (ε from ``generator``, parameters in slot order), restored bit
+    for bit on exit. Evaluated in ``"mean"`` mode, every use of every weight sees θ."""
+    means = list({id(slot.mu): slot for slot in network.slots}.values())  # ties: one draw
+    saved = [slot.mu.detach().clone() for slot in means]
+    try:
+        for slot in means:
+            mu = slot.mu
+            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            mu.add_(torch.exp(slot.log_sigma) * noise)
+        yield
+    finally:
+        for slot, value in zip(means, saved, strict=True):
+            slot.mu.copy_(value)
+
+
+def _check_all_drawn(network: StochasticNetwork) -> None:
+    """Every posterior mean the network computes with in ``"mean"`` mode (its ``*_mu``
+    parameters) is a slot's μ: none stays a point mass when the means are replaced by a
+    draw."""
+    covered = {id(slot.mu) for slot in network.slots}
+    stray = [n for n, p in network.named_parameters() if n.endswith("_mu") and id(p) not in covered]
+    if stray:
+        raise InvalidInputError(
+            f"per-batch draws cannot cover the posterior means {stray[:4]}: they are no "
+            "parameter slot of the stochastic network"
+        )
+
+
+@torch.no_grad()
+def count_per_batch_errors(
+    network: StochasticNetwork,
+    x: Tensor,
+    y: Tensor,
+    *,
+    passes: int,
+    generator: torch.Generator,
+    batch: int,
+    device: torch.device | None = None,
+    progress: ProgressHook | None = None,
+) -> ErrorCount:
+    """Errors of K·n/B per-batch draws (K = ``passes``): one θ ~ Q per batch of exactly
+    ``batch`` = B examples (B must divide n), fresh for every batch of every pass.
+
+    ``evaluations`` is K·n (the examples evaluated, so ``rate`` is the mean of the batch
+    error rates); the number of independent draws is K·n/B (MATH.md §10).
+    """
+    n = int(x.shape[0])
+    if batch < 1 or n % batch:
+        raise InvalidInputError(f"per-batch draws need a batch size dividing n = {n}, not {batch}")
+    _check_all_drawn(network)
+    network.set_mode("mean")
+    network.eval()
+    errors = total = 0
+    dev = device or x.device
+    for _ in range(passes):
+        for start in range(0, n, batch):
+            xb = x[start : start + batch].to(dev, non_blocking=True)
+            yb = y[start : start + batch].to(dev, non_blocking=True)
+            with _one_draw(network, generator):
+                e, m = batch_errors(network(xb), yb)
+            errors, total = errors + e, total + m
+            if progress is not None:
+                progress(m)
+    return ErrorCount(errors, total)
+
+
+def per_example_bytes(network: StochasticNetwork, batch: int) -> int:
+    """An estimate of the per-example weight tensors one batch of ``batch`` examples needs
+    with per-example draws, as the memory budget counts them
+    (:func:`pacbound.posterior.network.set_max_memory`): ``batch`` × the weight copies × the
+    elements each example draws in the layers that draw whole weights per example
+    (``budgeted``: convolutions, the functional sampler), at the weights' element size.
+    Other layers (local reparameterization, per-use rows, affine vectors) count none."""
+    copies = int(getattr(layers, "WEIGHT_COPIES", 1))
+    total = 0
+    for module in network.gaussian_modules():
+        budgeted = getattr(module, "budgeted", not isinstance(module, layers.GaussianLinear))
+        if not budgeted:
+            continue
+        means = [p for n, p in module.named_parameters(recurse=False) if n.endswith("_mu")]
+        own = getattr(module, "per_example_elements", None)
+        elements = int(own()) if callable(own) else sum(p.numel() for p in means)
+        size = means[0].element_size() if means else 4
+        total += copies * elements * size
+    return batch * total
+
+
+def per_example_fits(network: StochasticNetwork, batch: int, budget: int | None) -> bool:
+    """Whether the per-example draws of one batch fit in ``budget`` bytes (``None``: no
+    budget, always); ``--mc-draws auto`` uses per-batch draws when they do not."""
+    return budget is None or per_example_bytes(network, batch) <= budget
 
 
 @torch.no_grad()
