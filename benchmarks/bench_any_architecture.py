@@ -1,0 +1,338 @@
+"""Any architecture (issue #13): certificates of the built-in ResNet and transformer on MNIST.
+
+    python benchmarks/bench_any_architecture.py --model resnet
+    python benchmarks/bench_any_architecture.py --model transformer
+    python benchmarks/bench_any_architecture.py --model resnet --n 5000 --epochs 2   # quick
+
+For ``--model resnet`` (``pacbound.models.resnet``: BatchNorm after every convolution,
+residual blocks) or ``--model transformer`` (``pacbound.models.transformer``: row-sequential
+MNIST, 28 tokens of 28 pixels, positional Embedding, MultiheadAttention, LayerNorm):
+
+1. **The checkpoint**: trained with the recipe of ``examples/train_mnist_<model>.py``
+   (seeded; ``--epochs`` overrides its epochs) on the first ``--n`` MNIST training images
+   (all 60000 by default), saving ``init.safetensors`` before training and
+   ``final.safetensors`` in ``--workdir``; reused when ``training.json`` there matches.
+   Its train and test error (10000 test images) are recorded.
+2. **Four certificates through the CLI, exactly as a user runs them** (one
+   ``python -m pacbound certify final.safetensors --arch <model> --data <S> …`` process
+   each, ``-o`` a JSON report kept in ``--workdir``):
+   ``gaussian-init`` (``--prior init --init init.safetensors --posterior diagonal``),
+   ``gaussian-data`` (``--prior data --posterior diagonal``: the prior mean trained on a seeded
+   half of S, the bound on the other half), both with the MNIST test set as ``--heldout``
+   (the checkpoint's test-set bound, and its own certificate L(h) ≤ L(Q) + D(h, Q));
+   ``subspace`` (``--method subspace --init init.safetensors``) and ``quantize``
+   (``--method quantize``). For each: the bound and its terms, the sampler used, the wall
+   time of the process (start to exit), its phase timings and its peak RSS. A certificate
+   that fails is recorded with its exit code and the tail of its log, and the others still
+   run. Options the CLI does not have (yet) are left out (``--mc-draws``, ``--max-memory``).
+3. **The Monte-Carlo cost of exact per-example draws**, measured side by side in this one
+   process on the same ``--cost-examples`` training images and batch size: seconds per
+   example of the certificate's stochastic forward (the library's stochastic network, with
+   BatchNorm as ChannelAffine where the library has it and the sampler ``--sampler auto``
+   picks, one fresh θ_i ~ Q per example) against the checkpoint's deterministic forward;
+   alternated ``--cost-repeats`` times, the fastest of each kept (the machine may be
+   shared). Also the memory budget (``--max-memory`` default), the library's estimate of the
+   per-example weight tensors of one batch, and the growth of peak RSS (CPU) or the peak
+   CUDA memory during the stochastic passes.
+
+Prints one JSON object and writes it to ``benchmarks/results/any_architecture_<model>.json``
+(``--n`` < 60000 adds ``_n<N>`` to the name, so quick runs do not overwrite the full one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+
+from _training import error_rate  # noqa: E402
+from _training import main as train_main  # noqa: E402
+from _training import parser as training_parser  # noqa: E402
+
+from pacbound.io import load_dataset, resolve_device  # noqa: E402
+from pacbound.models import BUILTINS  # noqa: E402
+
+DATA = ROOT / "examples" / "data" / "mnist"
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _training_defaults(model: str) -> dict[str, Any]:
+    return dict(importlib.import_module(f"train_mnist_{model}").DEFAULTS)
+
+
+def checkpoint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Train the checkpoint with the example script's recipe, or reuse a matching one."""
+    defaults = _training_defaults(args.model)
+    if args.epochs is not None:
+        defaults["epochs"] = args.epochs
+    argv = ["--out", str(workdir), "--seed", str(args.seed), "--arch-kwargs", args.arch_kwargs]
+    argv += ["--n", str(args.n)] if args.n is not None else []
+    argv += ["--threads", str(args.threads)] if args.threads else []
+    train_args = training_parser("", **defaults).parse_args(argv)
+    summary_path = workdir / "training.json"
+    if summary_path.exists() and not args.retrain:
+        summary = json.loads(summary_path.read_text())
+        same = {k: v for k, v in vars(train_args).items() if k not in ("data", "out", "threads")}
+        if {k: summary["options"].get(k) for k in same} == same:
+            summary["reused"] = True
+            return summary
+    return {**train_main(args.model, train_args), "reused": False}
+
+
+def data_argument(args: argparse.Namespace, workdir: Path) -> list[str]:
+    """``--data`` for the CLI: the IDX folder, or the first ``--n`` images as an .npz file."""
+    if args.n is None:
+        return ["--data", str(DATA)]
+    path = workdir / f"train_first_{args.n}.npz"
+    if not path.exists():
+        train = load_dataset(DATA, split="train")
+        np.savez(path, x=train.x[: args.n].numpy(), y=train.y[: args.n].numpy())
+    return ["--data", str(path), "--input-shape", "1,28,28"]
+
+
+def _cli_options() -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "pacbound", "certify", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return out.stdout
+
+
+def certificates(args: argparse.Namespace, workdir: Path) -> dict[str, list[str]]:
+    """The four certificates' command lines (after ``pacbound certify``)."""
+    final, init = str(workdir / "final.safetensors"), str(workdir / "init.safetensors")
+    common = [final, "--arch", args.model, "--arch-kwargs", args.arch_kwargs]
+    common += [*data_argument(args, workdir), "--seed", str(args.seed)]
+    common += ["--threads", str(args.threads)] if args.threads else []
+    heldout = ["--heldout", str(DATA), "--heldout-split", "test"]
+    diagonal = ["--posterior", "diagonal", "--posterior-epochs", str(args.posterior_epochs)]
+    diagonal += ["--mc-passes", str(args.mc_passes)]
+    help_text = _cli_options()
+    for option, value in (("--mc-draws", args.mc_draws), ("--max-memory", args.max_memory)):
+        if value is not None and option in help_text:
+            diagonal += [option, value]
+    prior = ["--prior-epochs", str(args.prior_epochs), "--prior-lr", str(args.prior_lr)]
+    compression = ["--levels", args.levels]
+    subspace = ["--d", args.d, "--subspace-epochs", str(args.subspace_epochs), *compression]
+    return {
+        "gaussian-init": [*common, "--prior", "init", "--init", init, *diagonal, *heldout],
+        "gaussian-data": [*common, "--prior", "data", *prior, *diagonal, *heldout],
+        "subspace": [*common, "--method", "subspace", "--init", init, *subspace, *heldout],
+        "quantize": [*common, "--method", "quantize", *compression, *heldout],
+    }
+
+
+def run_certify(name: str, argv: list[str], workdir: Path) -> dict[str, Any]:
+    """One ``pacbound certify`` process: its report's numbers, wall time and peak RSS."""
+    report, log = workdir / f"{name}.report.json", workdir / f"{name}.log"
+    cmd = [sys.executable, "-m", "pacbound", "certify", *argv, "-o", str(report)]
+    start = time.perf_counter()
+    with log.open("w") as fh:
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    run = {
+        "argv": ["pacbound", "certify", *argv],
+        "exit_code": code,
+        "wall_seconds": wall,
+        "peak_rss_gib": usage.ru_maxrss / 2**20,
+    }
+    if code != 0 or not report.exists():
+        run["error"] = log.read_text()[-2000:]
+        return run
+    return {**run, **summarize(json.loads(report.read_text())), "report": str(report)}
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers of a certify report worth quoting (whatever the method)."""
+    res, opts = report["results"], report["options"]
+    keep = (
+        "bound",
+        "n",
+        "kl_nats",
+        "empirical_risk",
+        "code_length_bits",
+        "heldout",
+        "checkpoint",
+        "agreement",
+    )
+    out: dict[str, Any] = {k: res[k] for k in keep if k in res}
+    out["non_vacuous"] = res.get("verdict", {}).get("non_vacuous")
+    out["sampler"] = opts.get("sampler")
+    posterior = res.get("posterior") or {}
+    out["posterior"] = {k: v for k, v in posterior.items() if k != "isotropic_search"}
+    prior = res.get("prior") or {}
+    out["prior"] = {k: prior[k] for k in ("mean", "scale", "error") if k in prior}
+    for key in ("decoded", "disagreement", "code_length_breakdown", "breakdown"):
+        if key in res:
+            out[key] = res[key]
+    out["timings_seconds"] = report.get("timings_seconds")
+    out["warnings"] = report.get("warnings")
+    return out
+
+
+def _certified_network(model: nn.Module) -> tuple[nn.Module, Any, str]:
+    """The network the certificate draws from (BatchNorm as ChannelAffine where the library
+    has it), its stochastic copy, and the sampler ``--sampler auto`` picks for it."""
+    from pacbound.posterior import network as pn
+
+    try:
+        from pacbound.posterior.normalization import to_channel_affine
+    except ImportError:  # before BatchNorm support: the model as it is
+        net = model
+    else:
+        net = to_channel_affine(model)
+    sampler = pn.auto_sampler(net) if hasattr(pn, "auto_sampler") else pn.Sampler.LAYERS
+    buffers = {k: v.detach().clone() for k, v in net.named_buffers()}
+    stochastic = pn.build_stochastic_network(net, sampler=sampler, fixed_buffers=buffers)
+    return net, stochastic, sampler.value
+
+
+def _timed(fn: Any) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def monte_carlo_cost(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Seconds per example of one per-example stochastic pass vs one deterministic pass."""
+    from pacbound.posterior import layers, risk
+
+    device = resolve_device(args.device)
+    model = model.to(device).eval()
+    net, stochastic, sampler = _certified_network(model)
+    stochastic.to(device)
+    bs, gen = args.batch_size, torch.Generator(device=device).manual_seed(args.seed)
+    with torch.no_grad():  # warm-up
+        net(x[:8].to(device))
+        model(x[:8].to(device))
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    det, sto = [], []
+    for _ in range(args.cost_repeats):
+        det.append(_timed(lambda: risk.count_errors(model, x, y, batch_size=bs, device=device)))
+        sto.append(
+            _timed(
+                lambda: risk.count_stochastic_errors(
+                    stochastic, x, y, passes=1, generator=gen, batch_size=bs, device=device
+                )
+            )
+        )
+    peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    budget = layers.default_max_memory(device)
+    estimate = (
+        risk.per_example_bytes(stochastic, bs) if hasattr(risk, "per_example_bytes") else None
+    )
+    n = x.shape[0]
+    out = {
+        "examples": n,
+        "batch_size": bs,
+        "repeats": args.cost_repeats,
+        "sampler": sampler,
+        "gaussian_modules": sorted({type(m).__name__ for m in stochastic.gaussian_modules()}),
+        "deterministic_seconds_per_example": min(det) / n,
+        "stochastic_seconds_per_example": min(sto) / n,
+        "ratio": min(sto) / min(det),
+        "all_seconds": {"deterministic": det, "stochastic": sto},
+        "max_memory_budget_bytes": budget,
+        "per_example_weight_bytes_estimate": estimate,
+        "peak_rss_growth_bytes": peak_growth * 1024,
+        "within_budget": (estimate is None or estimate <= budget) and peak_growth * 1024 <= budget,
+    }
+    if device.type == "cuda":
+        out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
+    return out
+
+
+def _load(model_name: str, kwargs: dict[str, Any], path: Path) -> nn.Module:
+    model = BUILTINS[model_name].factory(**kwargs)
+    model.load_state_dict(load_file(path))
+    return model.eval()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", choices=["resnet", "transformer"], required=True)
+    p.add_argument("--arch-kwargs", default="{}", help="JSON keyword arguments of the factory")
+    p.add_argument("--n", type=int, default=None, help="use the first N training images")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (script default)")
+    p.add_argument("--retrain", action="store_true", help="train even if --workdir has one")
+    p.add_argument("--workdir", default=None, help="default runs/bench-any-<model>[-n<N>]")
+    p.add_argument("--only", default=None, help="comma-separated certificates to run")
+    p.add_argument("--posterior-epochs", type=int, default=10)
+    p.add_argument("--prior-epochs", type=int, default=10)
+    p.add_argument("--prior-lr", type=float, default=0.01)
+    p.add_argument("--mc-passes", type=int, default=5)
+    p.add_argument("--mc-draws", default=None, help="passed on when the CLI has --mc-draws")
+    p.add_argument("--max-memory", default=None, help="passed on when the CLI has it")
+    p.add_argument("--d", default="1000", help="subspace dimension(s)")
+    p.add_argument("--subspace-epochs", type=int, default=20)
+    p.add_argument("--levels", default="8", help="quantization level(s)")
+    p.add_argument("--cost-examples", type=int, default=2048)
+    p.add_argument("--cost-repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--device", default=None)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    suffix = f"-n{args.n}" if args.n is not None and args.n < 60000 else ""
+    workdir = Path(args.workdir or ROOT / "runs" / f"bench-any-{args.model}{suffix}")
+    workdir.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    training = checkpoint(args, workdir)
+    kwargs = json.loads(args.arch_kwargs)
+    device = resolve_device(args.device)
+    model = _load(args.model, kwargs, workdir / "final.safetensors").to(device)
+    train, test = load_dataset(DATA, split="train"), load_dataset(DATA, split="test")
+    cost_x, cost_y = train.x[: args.cost_examples], train.y[: args.cost_examples]
+    chosen = args.only.split(",") if args.only else None
+    runs = {
+        name: run_certify(name, argv, workdir)
+        for name, argv in certificates(args, workdir).items()
+        if chosen is None or name in chosen
+    }
+    result = {
+        "benchmark": f"any-architecture-{args.model}",
+        "model": args.model,
+        "arch_kwargs": kwargs,
+        "parameters": sum(t.numel() for t in model.parameters()),
+        "n": args.n or train.x.shape[0],
+        "training": training,
+        "checkpoint_test_error": error_rate(model, test.x, test.y, device),
+        "certificates": runs,
+        "monte_carlo_cost": monte_carlo_cost(model, cost_x, cost_y, args),
+        "wall_total_seconds": time.perf_counter() - start,
+        "device": str(device),
+        "torch_threads": torch.get_num_threads(),
+    }
+    text = json.dumps(result, indent=2, allow_nan=False, default=str)
+    print(text)
+    out = RESULTS / f"any_architecture_{args.model}{suffix.replace('-', '_')}.json"
+    out.write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
