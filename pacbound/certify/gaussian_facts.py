@@ -24,7 +24,7 @@ def gaussian_facts(res: Mapping[str, Any]) -> Facts:
         empirical_risk_upper=emp["upper_bound"],
         kl_nats=res["kl_nats"],
         code_length_bits=None,
-        qualifiers={"prior": res["prior"]["mean"], "posterior": f"Gaussian, {post['kind']}"},
+        qualifiers={"prior": res["prior"]["mean"], "posterior": _posterior_qualifier(res)},
         risk_parts=(
             ("empirical risk (estimate)", emp["estimate"]),
             ("Monte-Carlo slack", emp["upper_bound"] - emp["estimate"]),
@@ -47,6 +47,23 @@ def gaussian_facts(res: Mapping[str, Any]) -> Facts:
     )
 
 
+def _per_batch(emp: Mapping[str, Any]) -> bool:
+    return emp.get("draws_per", "example") == "batch"  # reports before --mc-draws: example
+
+
+def _posterior_qualifier(res: Mapping[str, Any]) -> str:
+    """The table's posterior column; per-batch Monte-Carlo draws are said there."""
+    emp, text = res["empirical_risk"], f"Gaussian, {res['posterior']['kind']}"
+    return f"{text}, per-batch draws (B={emp['batch']})" if _per_batch(emp) else text
+
+
+def _draws(emp: Mapping[str, Any]) -> str:
+    """How many independent draws the Monte-Carlo bound counts, and of what."""
+    if _per_batch(emp):
+        return f"{emp['draws']} draws, one per batch of {emp['batch']} examples"
+    return f"{emp['draws']} draws"
+
+
 def _rows(res: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """The terminal table's rows after the certified classifier, bound and verdict."""
     emp = res["empirical_risk"]
@@ -56,7 +73,7 @@ def _rows(res: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         ("empirical risk of Q", f"{emp['estimate']:.6f} (Monte-Carlo estimate)"),
         (
             "  upper bound",
-            f"{format_up(emp['upper_bound'], 6)} ({emp['draws']} draws, {emp['mc_passes']} passes)",
+            f"{format_up(emp['upper_bound'], 6)} ({_draws(emp)}, {emp['mc_passes']} passes)",
         ),
     ]
     for part in res["delta_budget"]["parts"]:
@@ -75,6 +92,8 @@ def _rows(res: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
         )
     post = res["posterior"]
     rows.append(("posterior", f"{post['kind']}, σ median {post['sigma_median']:.4g}"))
+    if post.get("normalization"):
+        rows.append(("  normalization layers", normalization_summary(post["normalization"])))
     for name, info in res["information_only"].items():
         rows.append((f"({name}, information only)", format_up(info["value"], 4)))
     return (*rows, *_statement_rows(res))
@@ -111,3 +130,18 @@ def _statement_rows(res: Mapping[str, Any]) -> list[tuple[str, str]]:
             )
         )
     return rows
+
+
+def normalization_summary(entries: list[Mapping[str, str]]) -> str:
+    """One line for ``results.posterior.normalization``: how many modules of each type, and
+    how each group was treated (e.g. ``2 BatchNorm2d: per-channel affine a, c covered by
+    the posterior; prior from the init statistics``)."""
+    groups: dict[str, list[str]] = {}
+    for entry in entries:
+        groups.setdefault(entry["treatment"], []).append(entry["type"])
+    parts = []
+    for treatment, types in groups.items():
+        counts = {t: types.count(t) for t in dict.fromkeys(types)}
+        names = ", ".join(f"{n} {t}" for t, n in counts.items())
+        parts.append(f"{names}: {treatment}")
+    return "; ".join(parts)

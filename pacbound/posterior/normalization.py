@@ -217,7 +217,10 @@ def normalization_treatment(model: nn.Module, prior: str) -> list[dict[str, str]
 def refuse_state_changes(model: nn.Module, x: Tensor) -> None:
     """Run one eval-mode forward of ``model`` on ``x`` and refuse it if it changed state:
     a floating-point buffer written (BatchNorm left in train mode inside forward, a cache)
-    or a module's train/eval mode flipped. Names the module. ``model`` is restored."""
+    or the train/eval mode of a module that holds buffers flipped (a BatchNorm with
+    momentum 0 in train mode normalizes by batch statistics without changing its buffers).
+    Integer counters may tick. Names the module. ``model`` is restored to eval mode and its
+    floating-point buffers to their values before the call."""
     model.eval()
     before = {n: b.detach().clone() for n, b in model.named_buffers() if b.is_floating_point()}
     modes = {name: mod.training for name, mod in model.named_modules()}
@@ -231,10 +234,10 @@ def refuse_state_changes(model: nn.Module, x: Tensor) -> None:
             continue
         module = name.rpartition(".")[0]
         changed.append(f"{module or '<root>'} ({type(owners[module]).__name__}: buffer {name})")
-    flipped = [
+    flipped = [  # a stateless module's mode (dropout) is the determinism check's concern
         f"{name or '<root>'} ({type(mod).__name__}: set to train mode)"
         for name, mod in model.named_modules()
-        if mod.training != modes.get(name, False)
+        if mod.training != modes.get(name, False) and any(True for _ in mod.buffers())
     ]
     model.eval()
     with torch.no_grad():
