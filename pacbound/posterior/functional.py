@@ -6,8 +6,9 @@
 ``torch.func.vmap`` (MATH.md §10): by construction every use of every weight in example i's
 forward pass sees θ_i (a tied weight is one coordinate, drawn once; a block called twice uses
 the same draw), and no example's output can depend on another example. The price is memory
-∝ examples × parameters, so examples are processed in chunks of
-:data:`~pacbound.posterior.layers.PER_EXAMPLE_WEIGHT_ELEMENTS` weight elements.
+∝ examples × parameters, so examples are processed in chunks that keep the per-example
+parameter tensors within the memory budget (``--max-memory``,
+:func:`~pacbound.posterior.layers.chunk_plan`).
 
 ``"shared"`` (training only) uses one draw per call; ``"mean"`` evaluates at μ. The module's
 own tensors other than its parameters (buffers, constants made in ``forward``) are unchanged;
@@ -24,7 +25,6 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from pacbound.errors import InvalidInputError
-from pacbound.posterior import layers
 from pacbound.posterior.layers import GaussianModule
 
 
@@ -34,6 +34,8 @@ class FunctionalGaussian(GaussianModule):
     ``slot_names`` are the parameters in ``named_parameters()`` order; parameter ``i`` has
     posterior tensors ``p{i}_mu`` and ``p{i}_log_sigma``.
     """
+
+    budgeted = True
 
     def __init__(self, base: nn.Module, log_sigma_init: float) -> None:
         nn.Module.__init__(self)
@@ -90,20 +92,30 @@ class FunctionalGaussian(GaussianModule):
         return out
 
     def _per_example(self, x: Tensor, mus: list[Tensor], sigmas: list[Tensor]) -> Tensor:
-        size = sum(m.numel() for m in mus)
-        step = max(1, layers.PER_EXAMPLE_WEIGHT_ELEMENTS // max(size, 1))
+        b = int(x.shape[0])
+        # Chunks of examples within the memory budget; the noise of each block of examples
+        # is drawn parameter by parameter (the stream of draws).
+        step, block = self._plan(b)
 
         def one(params: dict[str, Tensor], xi: Tensor) -> Tensor:
             return self._call(params, xi.unsqueeze(0)).squeeze(0)
 
         chunks = []
-        for start in range(0, int(x.shape[0]), step):
-            rows = min(step, int(x.shape[0]) - start)
-            drawn = [
-                m + s * self._noise((rows, *m.shape), m, start)
-                for m, s in zip(mus, sigmas, strict=True)
+        for start in range(0, b, step):
+            rows = min(step, b - start)
+            blocks = [
+                [
+                    m + s * self._noise((min(block, start + rows - first), *m.shape), m, first)
+                    for m, s in zip(mus, sigmas, strict=True)
+                ]
+                for first in range(start, start + rows, block)
             ]
+            drawn = (
+                blocks[0] if len(blocks) == 1 else [torch.cat(t) for t in zip(*blocks, strict=True)]
+            )
+            del blocks
             params = self._tensors(drawn)
+            del drawn
             guard = self.guard
             if guard is not None:
                 guard.opaque = True  # inside vmap: per-example by construction

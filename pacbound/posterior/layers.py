@@ -9,9 +9,15 @@ Two sampling modes:
     output columns are independent. On N-D input (batch, positions…, features) one weight
     matrix is drawn per example and shared by all its positions (a batched matmul): local
     reparameterization there would draw per position, not per example (MATH.md §10).
-  * :class:`GaussianConv2d` draws real per-example kernels and applies them with a grouped
-    convolution. Local reparameterization is **not** exact for convolutions (spatial
-    positions share weights), so it is never used there.
+  * the other families live beside this module: convolutions (:mod:`~.layers_conv`, real
+    per-example kernels in one grouped convolution; local reparameterization is **not**
+    exact there), embeddings (:mod:`~.layers_embedding`, one draw per distinct row per
+    example) and elementwise affine maps (:mod:`~.layers_affine`, LayerNorm, GroupNorm,
+    ChannelAffine: one vector per example).
+
+Per-example weight tensors stay within a memory budget (``--max-memory``): examples are
+evaluated in chunks (:func:`chunk_plan`), and the noise is drawn in blocks whose size does not
+depend on the budget, so every budget that holds a block gives the same draws.
 
 ``"shared"`` (training only): one weight draw per mini-batch for convolutions (cheaper);
 Linear layers still use the local reparameterization. Never used for certificates.
@@ -26,11 +32,12 @@ a second time for the same example). Either failure refuses the model.
 
 Which module types these layers replace, and when (exact type, no hooks, zero padding…), is
 decided in one place: the layer-sampler registry :mod:`pacbound.posterior.samplers`. A new
-exact sampler is a :class:`GaussianModule` subclass here plus one entry there.
+exact sampler is a :class:`GaussianModule` subclass plus one entry there.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import torch
@@ -41,9 +48,71 @@ from pacbound.errors import InvalidInputError
 
 SampleMode = Literal["per_example", "shared", "mean"]
 
-#: Per-example weight matrices of a Linear on sequences are drawn for this many weight
-#: elements at a time (64 MiB of float32), however large the batch.
-PER_EXAMPLE_WEIGHT_ELEMENTS = 1 << 24
+#: The noise of per-example weights is drawn in blocks of examples holding at most this many
+#: weight elements (the stream of draws, hence every certificate value, does not depend on the
+#: memory budget as long as the budget holds one block).
+NOISE_BLOCK_ELEMENTS = 1 << 24
+
+#: Per-example weight tensors alive at once per drawn element: the noise ε, σ ⊙ ε and
+#: the drawn weights μ + σ ⊙ ε (:meth:`GaussianModule.plan`).
+WEIGHT_COPIES = 3
+
+#: The memory budget for per-example weight tensors of a layer built outside a network
+#: (:func:`default_max_memory` otherwise): three copies of one float32 noise block (192 MiB).
+DEFAULT_MAX_MEMORY = WEIGHT_COPIES * 4 * NOISE_BLOCK_ELEMENTS
+
+
+#: ``--max-memory`` by default: this fraction of the device's memory (RAM on a CPU).
+DEFAULT_MEMORY_FRACTION = 0.25
+
+
+def default_max_memory(device: torch.device | str | None = None) -> int:
+    """:data:`DEFAULT_MEMORY_FRACTION` of the CUDA device's total memory, or of the
+    machine's physical RAM (at least :data:`DEFAULT_MAX_MEMORY`)."""
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        total = torch.cuda.get_device_properties(device).total_memory
+    else:
+        try:
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        except (ValueError, OSError, AttributeError):
+            total = 4 * DEFAULT_MAX_MEMORY
+    return max(DEFAULT_MAX_MEMORY, int(total * DEFAULT_MEMORY_FRACTION))
+
+
+def format_bytes(size: int) -> str:
+    """``size`` in the largest binary unit that keeps it ≥ 1, e.g. ``"1.5 GiB"``."""
+    value, unit = float(size), "B"
+    for next_unit in ("KiB", "MiB", "GiB", "TiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, next_unit
+    return f"{value:.4g} {unit}" if unit != "B" else f"{size} B"
+
+
+def chunk_plan(
+    rows: int, elements: int, itemsize: int, budget: int, layer: str, block: int | None = None
+) -> tuple[int, int]:
+    """``(chunk, block)``: examples evaluated together and examples whose noise is drawn in
+    one call, for per-example weights of ``elements`` elements each. A chunk keeps its
+    :data:`WEIGHT_COPIES` copies within ``budget`` bytes; it is a whole number of blocks, and
+    a block is at most :data:`NOISE_BLOCK_ELEMENTS` elements (fewer when the budget is
+    smaller; ``block`` overrides that size), so the noise stream is the same for every budget
+    that holds one block."""
+    need = WEIGHT_COPIES * elements * itemsize
+    if need > budget:
+        raise InvalidInputError(
+            f"--max-memory {format_bytes(budget)} is too small for one example's weight draws "
+            f"of {layer!r} ({elements} elements); the smallest budget that works is "
+            f"{format_bytes(need)} ({need} bytes)",
+            param="--max-memory",
+        )
+    fit = max(1, budget // max(need, 1))
+    if block is None:
+        block = max(1, NOISE_BLOCK_ELEMENTS // max(elements, 1))
+    if fit >= block:
+        return min(rows, fit // block * block), min(rows, block)
+    return min(rows, fit), min(rows, fit)
 
 
 class ForwardGuard:
@@ -101,6 +170,13 @@ class GaussianModule(nn.Module):
 
     layer_name: str = "<layer>"
     guard: ForwardGuard | None = None
+    #: the bytes per-example weight tensors may take at once (``--max-memory``)
+    max_memory: int = DEFAULT_MAX_MEMORY
+    #: whether every per-example pass draws whole weights per example (the network checks
+    #: the budget holds one example of it when it is built)
+    budgeted: bool = False
+    #: the drawn tensors' names on the original module (``{name}_mu``, ``{name}_log_sigma``)
+    drawn: tuple[str, ...] = ("weight", "bias")
     _mode: SampleMode = "per_example"
     _generator: torch.Generator | None = None
 
@@ -157,7 +233,7 @@ class GaussianModule(nn.Module):
                 guard.active.pop()
 
     def __getattr__(self, name: str) -> Any:
-        if name in ("weight", "bias"):
+        if name in type(self).drawn:
             # The model reads the layer's tensor outside the layer's own forward (a raw op,
             # a tie): that use would compute with the checkpoint's point weights.
             raise InvalidInputError(
@@ -172,16 +248,56 @@ class GaussianModule(nn.Module):
             self.guard.enter(self.layer_name, x)
 
     def _noise(
-        self, shape: torch.Size | tuple[int, ...], like: Tensor, first_row: int = 0
+        self,
+        shape: torch.Size | tuple[int, ...],
+        like: Tensor,
+        first_row: int = 0,
+        examples: Tensor | None = None,
     ) -> Tensor:
-        """Standard normal noise whose leading dimension is the examples ``first_row``…"""
+        """Standard normal noise whose leading dimension is the examples ``first_row``…
+        (or, with ``examples``, whose row ``r`` belongs to example ``examples[r]``)."""
         noise = torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
         guard = self.guard
         if guard is not None and guard.perturb_rows is not None and noise.dim() > 0:
+            if examples is not None:
+                noise[guard.perturb_rows.to(noise.device)[examples]] += 1.0
+                return noise
             rows = guard.perturb_rows[first_row : first_row + noise.shape[0]]
             if rows.shape[0] == noise.shape[0]:
                 noise[rows.to(noise.device)] += 1.0
         return noise
+
+    def _draws(
+        self, mu: Tensor, log_sigma: Tensor, rows: int, block: int, first_row: int = 0
+    ) -> Tensor:
+        """``rows`` per-example draws μ + σ ⊙ ε (examples ``first_row``…), the noise drawn
+        ``block`` examples at a time."""
+        sigma = torch.exp(log_sigma)
+        if block >= rows:
+            return mu + sigma * self._noise((rows, *mu.shape), mu, first_row)
+        out = torch.empty((rows, *mu.shape), device=mu.device, dtype=mu.dtype)
+        for start in range(0, rows, block):
+            n = min(block, rows - start)
+            out[start : start + n] = mu + sigma * self._noise((n, *mu.shape), mu, first_row + start)
+        return out
+
+    def per_example_elements(self) -> int:
+        """Elements of one example's drawn weights (what :func:`chunk_plan` budgets)."""
+        return sum(p.numel() for name, p in self._own_parameters() if name.endswith("_mu"))
+
+    def _own_parameters(self) -> list[tuple[str, Tensor]]:
+        return list(self.named_parameters(recurse=False))
+
+    def _plan(self, rows: int, block: int | None = None) -> tuple[int, int]:
+        mu = next(p for name, p in self._own_parameters() if name.endswith("_mu"))
+        return chunk_plan(
+            rows,
+            self.per_example_elements(),
+            mu.element_size(),
+            self.max_memory,
+            self.layer_name,
+            block,
+        )
 
 
 class GaussianLinear(GaussianModule):
@@ -214,68 +330,21 @@ class GaussianLinear(GaussianModule):
             )
         b = x.shape[0]
         flat = x.reshape(b, -1, x.shape[-1])
-        sigma = torch.exp(self.weight_log_sigma)
-        # Examples in chunks, so that the per-example weights stay within a memory budget.
-        step = max(1, PER_EXAMPLE_WEIGHT_ELEMENTS // self.weight_mu.numel())
+        # Examples in chunks, so that the per-example weights stay within the memory budget;
+        # weight then bias noise per block of examples (the stream of draws).
+        step, block = self._plan(b, max(1, NOISE_BLOCK_ELEMENTS // self.weight_mu.numel()))
         chunks = []
         for start in range(0, b, step):
             rows = min(step, b - start)
-            noise = self._noise((rows, *self.weight_mu.shape), x, start)
-            weights = self.weight_mu + sigma * noise
-            out = torch.bmm(flat[start : start + rows], weights.transpose(1, 2))
-            if self.bias_mu is not None and self.bias_log_sigma is not None:
-                noise_b = self._noise((rows, *self.bias_mu.shape), x, start)
-                bias = self.bias_mu + torch.exp(self.bias_log_sigma) * noise_b
-                out = out + bias.unsqueeze(1)
+            weights, biases = [], []
+            for first in range(start, start + rows, block):
+                n = min(block, start + rows - first)
+                weights.append(self._draws(self.weight_mu, self.weight_log_sigma, n, n, first))
+                if self.bias_mu is not None and self.bias_log_sigma is not None:
+                    biases.append(self._draws(self.bias_mu, self.bias_log_sigma, n, n, first))
+            weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+            out = torch.bmm(flat[start : start + rows], weight.transpose(1, 2))
+            if biases:
+                out = out + torch.cat(biases).unsqueeze(1)
             chunks.append(out)
         return torch.cat(chunks).reshape(*x.shape[:-1], self.weight_mu.shape[0])
-
-
-class GaussianConv2d(GaussianModule):
-    """A Conv2d with kernels ~ N(μ, diag σ²): real per-example draws via grouped conv.
-
-    Zero padding only (the registry refuses other padding modes before building one)."""
-
-    def __init__(self, base: nn.Conv2d, log_sigma_init: float) -> None:
-        super().__init__(base.weight, base.bias, log_sigma_init)
-        self.in_channels = base.in_channels
-        self.out_channels = base.out_channels
-        self.kernel_size = base.kernel_size
-        self.stride = base.stride
-        self.padding = base.padding
-        self.dilation = base.dilation
-        self.groups = base.groups
-
-    def _conv(self, x: Tensor, weight: Tensor, bias: Tensor | None, groups: int) -> Tensor:
-        return F.conv2d(x, weight, bias, self.stride, self.padding, self.dilation, groups)
-
-    def forward(self, x: Tensor) -> Tensor:
-        self._enter(x)
-        if self.mode == "mean":
-            return self._conv(x, self.weight_mu, self.bias_mu, self.groups)
-        sigma_w = torch.exp(self.weight_log_sigma)
-        if self.mode == "shared":
-            weight = self.weight_mu + sigma_w * self._noise(self.weight_mu.shape, x)
-            bias = None
-            if self.bias_mu is not None and self.bias_log_sigma is not None:
-                bias = self.bias_mu + torch.exp(self.bias_log_sigma) * self._noise(
-                    self.bias_mu.shape, x
-                )
-            return self._conv(x, weight, bias, self.groups)
-        # Per-example kernels: B independent draws, applied with a grouped convolution.
-        if x.dim() != 4:
-            raise InvalidInputError(
-                f"module {self.layer_name!r} receives input of shape {list(x.shape)}; "
-                "per-example kernels need a batched (B, C, H, W) input"
-            )
-        b = x.shape[0]
-        weights = self.weight_mu + sigma_w * self._noise((b, *self.weight_mu.shape), x)
-        out_ch = self.weight_mu.shape[0]
-        stacked = weights.reshape(b * out_ch, *self.weight_mu.shape[1:])
-        bias_stacked = None
-        if self.bias_mu is not None and self.bias_log_sigma is not None:
-            biases = self.bias_mu + torch.exp(self.bias_log_sigma) * self._noise((b, out_ch), x)
-            bias_stacked = biases.reshape(b * out_ch)
-        grouped = x.reshape(1, b * x.shape[1], *x.shape[2:])
-        out = self._conv(grouped, stacked, bias_stacked, self.groups * b)
-        return out.reshape(b, out_ch, *out.shape[2:])

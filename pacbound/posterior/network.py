@@ -37,12 +37,20 @@ from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.functional import FunctionalGaussian
-from pacbound.posterior.layers import ForwardGuard, GaussianModule, SampleMode
+from pacbound.posterior.layers import (
+    WEIGHT_COPIES,
+    ForwardGuard,
+    GaussianModule,
+    SampleMode,
+    default_max_memory,
+    format_bytes,
+)
 from pacbound.posterior.probe import probe_network
 from pacbound.posterior.samplers import gaussian_layers
 from pacbound.posterior.static_checks import (
     check_buffers,
     check_structure,
+    layer_sampler_obstacles,
     refuse_hidden_tensors,
     same_value,
     short_list,
@@ -194,7 +202,8 @@ class Sampler(str, Enum):
     """How per-example weight draws are made (MATH.md §10).
 
     ``layers``: each module with an exact fast sampler in the registry
-    (:data:`~pacbound.posterior.samplers.LAYER_SAMPLERS`: nn.Linear, nn.Conv2d) is replaced
+    (:data:`~pacbound.posterior.samplers.LAYER_SAMPLERS`: nn.Linear, nn.Conv1d/2d/3d,
+    nn.Embedding, nn.LayerNorm, nn.GroupNorm, ChannelAffine) is replaced
     by its Gaussian layer; every other parameter, tie or reuse is refused. ``functional``:
     the whole parameter vector is drawn per example and each example is evaluated alone
     (``torch.func.vmap`` over ``functional_call``): any module, ties and reuse included, at
@@ -206,12 +215,44 @@ class Sampler(str, Enum):
     FUNCTIONAL = "functional"
 
 
+def auto_sampler(model: nn.Module) -> Sampler:
+    """``--sampler auto``: the layers when every parameter-holding module has an exact layer
+    sampler that applies to it and nothing is tied or reused
+    (:func:`~pacbound.posterior.static_checks.layer_sampler_obstacles` is empty), else the
+    generic functional path."""
+    return Sampler.FUNCTIONAL if layer_sampler_obstacles(model) else Sampler.LAYERS
+
+
+def set_max_memory(network: StochasticNetwork, max_memory: int) -> None:
+    """Give every layer of ``network`` the budget for its per-example weight tensors;
+    refuses a budget too small for one example, naming the smallest budget that works
+    (layers that draw whole weights per example on every input: convolutions, the
+    functional sampler; a Linear on sequences checks its own need when it meets one)."""
+    need, where = 0, ""
+    for module in network.gaussian_modules():
+        if module.budgeted:
+            mu = next(p for n, p in module.named_parameters(recurse=False) if n.endswith("_mu"))
+            size = WEIGHT_COPIES * module.per_example_elements() * mu.element_size()
+            if size > need:
+                need, where = size, module.layer_name
+    if need > max_memory:
+        raise InvalidInputError(
+            f"--max-memory {format_bytes(max_memory)} is too small for one example's weight "
+            f"draws (layer {where!r} needs {format_bytes(need)}); the smallest budget that "
+            f"works is {format_bytes(need)} ({need} bytes)",
+            param="--max-memory",
+        )
+    for module in network.gaussian_modules():
+        module.max_memory = max_memory
+
+
 def build_stochastic_network(
     model: nn.Module,
     *,
     log_sigma_init: float = -5.0,
     fixed_buffers: Mapping[str, Tensor] | None = None,
     sampler: Sampler = Sampler.LAYERS,
+    max_memory: int | None = None,
 ) -> StochasticNetwork:
     """A stochastic copy of ``model`` with means at its current weights.
 
@@ -220,9 +261,17 @@ def build_stochastic_network(
     :class:`InvalidInputError` naming the modules/tensors that break the invariant of the
     module docstring. Call :meth:`StochasticNetwork.check_coverage` on a few inputs before
     certifying: it catches uses of parameters that only a forward pass reveals.
+    ``max_memory``: the bytes per-example weight tensors may take at once
+    (:func:`set_max_memory`; default :func:`~pacbound.posterior.layers.default_max_memory`
+    of the model's device).
     """
+    if max_memory is None:
+        device = next((p.device for p in model.parameters()), None)
+        max_memory = default_max_memory(device)
     if sampler is Sampler.FUNCTIONAL:
-        return _functional_network(model, log_sigma_init, fixed_buffers)
+        network = _functional_network(model, log_sigma_init, fixed_buffers)
+        set_max_memory(network, max_memory)
+        return network
     check_structure(model)
     check_buffers(model, fixed_buffers)
     net = _copy(model)
@@ -242,5 +291,6 @@ def build_stochastic_network(
     stray = [name for name, p in stochastic.named_parameters() if id(p) not in covered]
     if stray:  # a parameter the checks above missed must never stay a point mass
         raise InvalidInputError(f"parameters not covered by the posterior: {short_list(stray)}")
+    set_max_memory(stochastic, max_memory)
     stochastic.eval()
     return stochastic

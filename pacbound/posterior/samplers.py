@@ -17,7 +17,7 @@ path, ``--sampler functional`` (:class:`~pacbound.posterior.functional.Functiona
 ``torch.func.vmap`` over ``functional_call`` with per-example parameters), covers every
 parameter of any module.
 
-Adding an exact sampler for a new layer type (e.g. ``nn.Conv1d``) is one
+Adding an exact sampler for a new layer type (e.g. ``nn.Bilinear``) is one
 :class:`~pacbound.posterior.layers.GaussianModule` subclass that draws its weights per
 example, and one entry in :data:`LAYER_SAMPLERS`.
 """
@@ -30,7 +30,15 @@ from typing import Any
 
 from torch import nn
 
-from pacbound.posterior.layers import GaussianConv2d, GaussianLinear, GaussianModule
+from pacbound.posterior.layers import GaussianLinear, GaussianModule
+from pacbound.posterior.layers_affine import (
+    GaussianChannelAffine,
+    GaussianGroupNorm,
+    GaussianLayerNorm,
+)
+from pacbound.posterior.layers_conv import GaussianConv
+from pacbound.posterior.layers_embedding import GaussianEmbedding
+from pacbound.posterior.normalization import ChannelAffine
 
 
 def _no_settings(module: nn.Module) -> list[str]:
@@ -66,6 +74,14 @@ def _zero_padding_only(module: nn.Module) -> list[str]:
     return [] if mode == "zeros" else [f"padding_mode {mode!r}"]
 
 
+def _no_max_norm(module: nn.Module) -> list[str]:
+    # max_norm renormalizes the looked-up rows of the table in place during forward
+    return [] if getattr(module, "max_norm", None) is None else ["max_norm (rewrites the table)"]
+
+
+_CONV_DRAWS = "per-example kernels applied as one grouped convolution (groups × examples)"
+_AFFINE_DRAWS = "one vector per example, broadcast over the example's positions"
+
 #: The registry: module type → its exact per-example sampler.
 LAYER_SAMPLERS: dict[type[nn.Module], LayerSampler] = {
     nn.Linear: LayerSampler(
@@ -73,10 +89,19 @@ LAYER_SAMPLERS: dict[type[nn.Module], LayerSampler] = {
         "local reparameterization on (batch, features) input; one weight matrix per "
         "example, shared by all its positions, on (batch, …, features) input",
     ),
-    nn.Conv2d: LayerSampler(
-        GaussianConv2d,
-        "per-example kernels applied as one grouped convolution",
-        unsupported=_zero_padding_only,
+    nn.Conv2d: LayerSampler(GaussianConv, _CONV_DRAWS, unsupported=_zero_padding_only),
+    nn.Conv1d: LayerSampler(GaussianConv, _CONV_DRAWS, unsupported=_zero_padding_only),
+    nn.Conv3d: LayerSampler(GaussianConv, _CONV_DRAWS, unsupported=_zero_padding_only),
+    nn.Embedding: LayerSampler(
+        GaussianEmbedding,
+        "one draw per distinct row an example looks up",
+        parameters=frozenset({"weight"}),
+        unsupported=_no_max_norm,
+    ),
+    nn.LayerNorm: LayerSampler(GaussianLayerNorm, _AFFINE_DRAWS),
+    nn.GroupNorm: LayerSampler(GaussianGroupNorm, _AFFINE_DRAWS),
+    ChannelAffine: LayerSampler(
+        GaussianChannelAffine, _AFFINE_DRAWS, parameters=frozenset({"scale", "shift"})
     ),
 }
 
@@ -87,8 +112,11 @@ def layer_sampler(module: nn.Module) -> LayerSampler | None:
 
 
 def supported_types(separator: str) -> str:
-    """The registered module types, e.g. ``"nn.Linear and nn.Conv2d"`` for ``" and "``."""
-    return separator.join(f"nn.{t.__name__}" for t in LAYER_SAMPLERS)
+    """The registered module types, e.g. ``"nn.Linear, nn.Conv2d, …"`` for ``", "``."""
+    return separator.join(
+        f"nn.{t.__name__}" if t.__module__.startswith("torch.") else t.__name__
+        for t in LAYER_SAMPLERS
+    )
 
 
 def _holds_parameters(module: nn.Module) -> bool:
@@ -122,7 +150,7 @@ def gaussian_layers(model: nn.Module, log_sigma_init: float) -> dict[str, Gaussi
     layers: dict[str, GaussianModule] = {}
     for name, mod in model.named_modules():
         sampler = layer_sampler(mod)
-        if sampler is not None:
+        if sampler is not None and _holds_parameters(mod):  # e.g. not LayerNorm(affine=False)
             layer = sampler.layer(mod, log_sigma_init)
             layer.layer_name = name
             layers[name] = layer

@@ -92,6 +92,18 @@ def reused_modules(model: nn.Module) -> list[str]:
     return aliases
 
 
+def layer_sampler_obstacles(model: nn.Module) -> list[str]:
+    """What keeps the layer sampler off ``model`` (empty: every parameter-holding module has
+    an exact layer sampler that applies, and no parameter or layer is shared): modules
+    without a sampler, altered ones, tied parameters and reused modules."""
+    return (
+        [f"no layer sampler: {m}" for m in unsupported_modules(model)]
+        + [f"altered: {m}" for m in altered_modules(model)]
+        + [f"tied: {t}" for t in tied_parameters(model)]
+        + [f"reused: {r}" for r in reused_modules(model)]
+    )
+
+
 def check_structure(model: nn.Module) -> None:
     """Refuse what the layer sampler cannot cover: parameters of a module type without an
     exact sampler, a registered type the sampler does not reproduce (hooks, extra
@@ -100,15 +112,16 @@ def check_structure(model: nn.Module) -> None:
     unsupported = unsupported_modules(model)
     if unsupported:
         raise InvalidInputError(
-            f"the Gaussian posterior supports parameters of {supported_types(' and ')} only; "
-            f"these modules hold other parameters: {short_list(unsupported)}. "
+            "the layer sampler supports parameters of the registered layer types only "
+            f"({supported_types(', ')}); these modules hold other parameters: "
+            f"{short_list(unsupported)}. "
             "Draw every parameter per example with --sampler functional, or certify with a "
             "compression method"
         )
     altered = altered_modules(model)
     if altered:
         raise InvalidInputError(
-            f"these layers do not compute as a plain {supported_types('/')}: "
+            "these layers do not compute as the plain registered layer type: "
             f"{short_list(altered)}; the Gaussian layer that replaces them would drop that "
             "behaviour. Use --sampler functional, or certify with a compression method"
         )

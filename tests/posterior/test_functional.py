@@ -90,11 +90,11 @@ def test_randomness_inside_forward_is_refused() -> None:
         net(torch.randn(3, 4))
 
 
-def test_layer_norm_and_tied_models_certify_with_the_functional_sampler() -> None:
+def test_rms_norm_and_tied_models_certify_with_the_functional_sampler() -> None:
     torch.manual_seed(0)
     x = torch.randn(300, 4)
     y = (x[:, 0] > 0).long()
-    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2))
+    model = nn.Sequential(nn.Linear(4, 8), nn.RMSNorm(8), nn.ReLU(), nn.Linear(8, 2))
     opts = GaussianOptions(
         prior=PriorMean.ZERO,
         prior_scales=ScaleGrid.log_spaced(1e-2, 1.0, 9),

@@ -333,16 +333,12 @@ def test_local_reparameterization_per_position_would_differ() -> None:
     assert torch.equal(out[:, 0], out[:, 1])
 
 
-def test_sequence_linear_chunks_examples_within_the_memory_budget(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
+def test_sequence_linear_chunks_examples_within_the_memory_budget() -> None:
     """Chunked per-example draws (a tiny budget: one example per chunk) are still one
     weight per example, and the probe's noise perturbation lands on the right example."""
-    import pacbound.posterior.layers as layers
-
-    monkeypatch.setattr(layers, "PER_EXAMPLE_WEIGHT_ELEMENTS", 1)
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Flatten(), nn.Linear(8, 2))
-    net = build_stochastic_network(model)
+    # three float32 copies of one example's 12 + 4 weights: one example per chunk
+    net = build_stochastic_network(model, max_memory=3 * 16 * 4)
     x = torch.randn(5, 2, 3)
     net.check_coverage(x)
     layer = net.net[0]

@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pacbound.posterior.layers import GaussianConv2d, GaussianLinear
+from pacbound.posterior.layers import GaussianLinear
+from pacbound.posterior.layers_conv import GaussianConv2d
 
 
 def _linear(seed: int = 0) -> GaussianLinear:

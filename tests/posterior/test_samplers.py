@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError
-from pacbound.posterior.layers import GaussianConv2d, GaussianLinear, GaussianModule
+from pacbound.posterior.layers import GaussianLinear, GaussianModule
+from pacbound.posterior.layers_affine import GaussianChannelAffine, GaussianLayerNorm
+from pacbound.posterior.layers_conv import GaussianConv
+from pacbound.posterior.layers_embedding import GaussianEmbedding
 from pacbound.posterior.network import build_stochastic_network
+from pacbound.posterior.normalization import ChannelAffine
 from pacbound.posterior.samplers import (
     LAYER_SAMPLERS,
     LayerSampler,
@@ -20,12 +23,24 @@ from pacbound.posterior.samplers import (
 )
 
 
-def test_registry_holds_linear_and_conv2d() -> None:
-    assert list(LAYER_SAMPLERS) == [nn.Linear, nn.Conv2d]
+def test_registry_holds_every_exact_sampler() -> None:
+    assert list(LAYER_SAMPLERS) == [
+        nn.Linear,
+        nn.Conv2d,
+        nn.Conv1d,
+        nn.Conv3d,
+        nn.Embedding,
+        nn.LayerNorm,
+        nn.GroupNorm,
+        ChannelAffine,
+    ]
     assert LAYER_SAMPLERS[nn.Linear].layer is GaussianLinear
-    assert LAYER_SAMPLERS[nn.Conv2d].layer is GaussianConv2d
-    assert supported_types(" and ") == "nn.Linear and nn.Conv2d"
-    assert supported_types("/") == "nn.Linear/nn.Conv2d"
+    assert {LAYER_SAMPLERS[t].layer for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d)} == {GaussianConv}
+    assert LAYER_SAMPLERS[nn.Embedding].layer is GaussianEmbedding
+    assert LAYER_SAMPLERS[nn.LayerNorm].layer is GaussianLayerNorm
+    assert LAYER_SAMPLERS[ChannelAffine].layer is GaussianChannelAffine
+    assert supported_types(", ").startswith("nn.Linear, nn.Conv2d, nn.Conv1d, nn.Conv3d, ")
+    assert supported_types(", ").endswith("nn.GroupNorm, ChannelAffine")
 
 
 def test_exact_type_only() -> None:
@@ -35,8 +50,8 @@ def test_exact_type_only() -> None:
 
     assert layer_sampler(nn.Linear(2, 2)) is LAYER_SAMPLERS[nn.Linear]
     assert layer_sampler(MyLinear(2, 2)) is None  # a subclass may change forward
-    model = nn.Sequential(MyLinear(2, 3), nn.ReLU(), nn.LayerNorm(3), nn.Linear(3, 2))
-    assert unsupported_modules(model) == ["0 (MyLinear)", "2 (LayerNorm)"]
+    model = nn.Sequential(MyLinear(2, 3), nn.ReLU(), nn.RMSNorm(3), nn.Linear(3, 2))
+    assert unsupported_modules(model) == ["0 (MyLinear)", "2 (RMSNorm)"]
 
 
 def test_applicability_rule() -> None:
@@ -55,36 +70,40 @@ def test_applicability_rule() -> None:
     ]
 
 
-class GaussianConv1d(GaussianModule):
-    """A per-example Conv1d sampler, as a new registry entry would add it."""
+class Scale(nn.Module):
+    """A layer type with no sampler in the registry: x ↦ x ⊙ weight."""
 
-    def __init__(self, base: nn.Conv1d, log_sigma_init: float) -> None:
-        super().__init__(base.weight, base.bias, log_sigma_init)
-        self.padding = base.padding
+    def __init__(self, features: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(features))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.weight
+
+
+class GaussianScale(GaussianModule):
+    """Its per-example sampler, as a new registry entry would add it."""
+
+    def __init__(self, base: Scale, log_sigma_init: float) -> None:
+        super().__init__(base.weight, None, log_sigma_init)
 
     def forward(self, x: Tensor) -> Tensor:
         self._enter(x)
         if self.mode == "mean":
-            return F.conv1d(x, self.weight_mu, self.bias_mu, padding=self.padding)
-        b, out_ch = x.shape[0], self.weight_mu.shape[0]
-        noise = self._noise((b, *self.weight_mu.shape), x)
-        kernels = (self.weight_mu + torch.exp(self.weight_log_sigma) * noise).flatten(0, 1)
-        out = F.conv1d(x.reshape(1, -1, x.shape[-1]), kernels, padding=self.padding, groups=b)
-        assert self.bias_mu is not None and self.bias_log_sigma is not None
-        bias = self.bias_mu + torch.exp(self.bias_log_sigma) * self._noise((b, out_ch), x)
-        return out.reshape(b, out_ch, -1) + bias.unsqueeze(-1)
+            return x * self.weight_mu
+        return x * self._draws(self.weight_mu, self.weight_log_sigma, x.shape[0], x.shape[0])
 
 
 def test_a_new_layer_type_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv1d(2, 3, 3, padding=1), nn.Flatten(), nn.Linear(15, 4))
-    with pytest.raises(InvalidInputError, match=r"nn\.Linear and nn\.Conv2d only.*0 \(Conv1d\)"):
+    model = nn.Sequential(nn.Linear(2, 3), Scale(3), nn.Linear(3, 4))
+    with pytest.raises(InvalidInputError, match=r"registered layer types only.*1 \(Scale\)"):
         build_stochastic_network(model)
-    monkeypatch.setitem(LAYER_SAMPLERS, nn.Conv1d, LayerSampler(GaussianConv1d, "grouped conv"))
+    monkeypatch.setitem(LAYER_SAMPLERS, Scale, LayerSampler(GaussianScale, "a vector per example"))
     net = build_stochastic_network(model, log_sigma_init=-1.0)
     assert [s.name for s in net.slots] == [n for n, _ in model.named_parameters()]
-    assert isinstance(net.net[0], GaussianConv1d)
-    x = torch.randn(6, 2, 5)
+    assert isinstance(net.net[1], GaussianScale)
+    x = torch.randn(6, 2)
     net.check_coverage(x)  # data flow, noise locality, batch independence
     net.set_mode("mean")
     with torch.no_grad():
