@@ -56,46 +56,6 @@ def load_buffer_vector(module: nn.Module, flat: Tensor) -> None:
             offset += b.numel()
 
 
-def uncoded_buffer_mismatches(module: nn.Module, reference: nn.Module) -> list[str]:
-    """Integer (and boolean) buffers of ``module`` that differ from the factory's.
-
-    The message codes the parameters and the floating-point buffers; every other buffer is
-    rebuilt by the decoder from the factory, so a checkpoint whose integer buffers differ
-    (a memorised table, say) would be certified as another model. BatchNorm's
-    ``num_batches_tracked`` is exempt: an eval-mode forward never reads it.
-    """
-    ref = dict(reference.named_buffers())
-    exempt = {
-        f"{name}.num_batches_tracked" if name else "num_batches_tracked"
-        for name, mod in module.named_modules()
-        if isinstance(mod, nn.modules.batchnorm._BatchNorm)
-    }
-    differ = []
-    for name, buf in module.named_buffers():
-        if buf.is_floating_point() or name in exempt:
-            continue
-        other = ref.get(name)
-        if (
-            other is None
-            or other.shape != buf.shape
-            or not torch.equal(other.to(buf.device, buf.dtype), buf)
-        ):
-            differ.append(f"{name} ({str(buf.dtype).removeprefix('torch.')})")
-    return differ
-
-
-def check_uncoded_buffers(module: nn.Module, reference: nn.Module) -> None:
-    """Refuse a model whose integer buffers the decoder would not reproduce."""
-    differ = uncoded_buffer_mismatches(module, reference)
-    if differ:
-        shown = ", ".join(differ[:4]) + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
-        raise InvalidInputError(
-            f"the checkpoint's integer buffers differ from the architecture's fresh build: "
-            f"{shown}. They are part of the hypothesis and the message does not code them "
-            "(they may hold data); build them deterministically in the architecture, or drop them"
-        )
-
-
 def architecture_fingerprint(module: nn.Module, theta0_sha256: str | None = None) -> int:
     """32 bits of SHA-256 over the names, shapes and dtypes of parameters and buffers, and,
     when θ₀ comes from an init file rather than the seed, that file's sha256."""

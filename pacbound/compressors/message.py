@@ -8,7 +8,9 @@ Layout (MSB first; γ, δ are Elias codes, see :mod:`pacbound.compressors.coding
                      δ(L), γ(codebook precision index + 1)
     codebook         L levels at the stored precision (big-endian IEEE)
     symbol_model     0 bits: the adaptive KT model is part of the decoder
-    buffers          δ(number of floating buffer values + 1), each as float32
+    buffers          format 1: δ(number of floating buffer values + 1), each as float32;
+                     format 2: integer buffers (factory's or coded exactly) and float
+                     buffer groups coded compactly, see :mod:`pacbound.compressors.buffers`
     length_prefix    δ(number of bits of the symbol stream)
     symbols          arithmetic-coded quantized coordinates (d of them, or D for direct)
     padding          zeros up to a whole byte
@@ -16,6 +18,12 @@ Layout (MSB first; γ, δ are Elias codes, see :mod:`pacbound.compressors.coding
 
 The "predeclared seed list" is 0, 1, 2, …: seed s costs |γ(s + 1)| bits. Kind, projector and
 precision indices follow the order of their enums.
+
+**Versions**: format 2 differs from format 1 only in the buffers part. A message is written
+in format 1 when it has nothing there (no floating buffers, every integer buffer the
+factory's), so a model without float buffers keeps its format-1 message and code length bit
+for bit; format-1 artifacts with float32 buffers (pacbound before issue #13) are still read
+and decode as they did.
 
 **What is counted**: everything. ``code_length_bits`` is 8 × the byte length of the message,
 including the magic, the padding and the CRC (which a decoder does not strictly need, but
@@ -39,6 +47,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
+from pacbound.compressors.buffers import BufferCode
 from pacbound.compressors.codebooks import Codebook, CodebookPrecision
 from pacbound.compressors.coding import (
     BitReader,
@@ -54,7 +63,8 @@ from pacbound.compressors.projectors import ProjectorKind
 from pacbound.errors import InvalidInputError
 
 MAGIC = b"PBCM"
-FORMAT_VERSION = 1
+#: Format versions this code reads; it writes the lowest that holds the message.
+FORMAT_VERSIONS = (1, 2)
 #: Refuse headers announcing more parameters than this (a corrupted length, not a model).
 MAX_PARAMETERS = 1 << 36
 _CRC_BYTES = 4
@@ -89,15 +99,13 @@ class CompressedMessage:
     num_parameters: int
     codebook: Codebook
     symbols: NDArray[np.int64]
-    buffers: NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
+    buffers: BufferCode = field(default_factory=BufferCode)
     seed: int | None = None
     projector: ProjectorKind | None = None
 
     def __post_init__(self) -> None:
         symbols = np.ascontiguousarray(self.symbols, dtype=np.int64).ravel()
         object.__setattr__(self, "symbols", symbols)
-        buffers = np.ascontiguousarray(self.buffers, dtype=np.float32).ravel()
-        object.__setattr__(self, "buffers", buffers)
         if not 1 <= self.num_parameters <= MAX_PARAMETERS or not 0 <= self.architecture < 2**32:
             raise InvalidInputError(f"bad message header (D={self.num_parameters})")
         if symbols.size and (symbols.min() < 0 or symbols.max() >= self.codebook.levels):
@@ -131,7 +139,7 @@ class CompressedMessage:
 
         start = len(w)
         w.write_bits(np.unpackbits(np.frombuffer(MAGIC, dtype=np.uint8)).tolist())
-        write_gamma(w, FORMAT_VERSION)
+        write_gamma(w, self.buffers.format_version)
         write_gamma(w, _index(self.kind) + 1)
         mark("header", start)
         start = len(w)
@@ -152,8 +160,7 @@ class CompressedMessage:
         mark("codebook", start)
         parts["symbol_model"] = 0
         start = len(w)
-        write_delta(w, self.buffers.size + 1)
-        w.write_bits(np.unpackbits(self.buffers.astype(">f4").view(np.uint8)).tolist())
+        self.buffers.write(w)
         mark("buffers", start)
         payload = arithmetic_encode(self.symbols, self.codebook.levels)
         start = len(w)
@@ -213,8 +220,11 @@ class CompressedMessage:
 
 def _parse_body(r: BitReader) -> CompressedMessage:
     r.pos = 8 * len(MAGIC)
-    if (version := read_gamma(r)) != FORMAT_VERSION:
-        raise InvalidInputError(f"unsupported message format version {version}")
+    if (version := read_gamma(r)) not in FORMAT_VERSIONS:
+        raise InvalidInputError(
+            f"unsupported message format version {version} (this pacbound reads "
+            f"{', '.join(map(str, FORMAT_VERSIONS))}): made by a newer pacbound?"
+        )
     kind = _member(CompressorKind, read_gamma(r) - 1, "compressor kind")
     architecture = r.read_uint(32)
     num_parameters = read_delta(r)
@@ -230,8 +240,7 @@ def _parse_body(r: BitReader) -> CompressedMessage:
     levels = read_delta(r)
     precision = _member(CodebookPrecision, read_gamma(r) - 1, "codebook precision")
     codebook = Codebook.from_bytes(r.read_bytes(levels * precision.bits), precision)
-    count = read_delta(r) - 1
-    buffers = np.frombuffer(r.read_bytes(32 * count), dtype=">f4").astype(np.float32)
+    buffers = BufferCode.read(r, version)
     payload_bits = read_delta(r)
     r.require(payload_bits)
     symbols = arithmetic_decode(

@@ -5,9 +5,10 @@
 * :class:`DirectQuantizeCompressor`: every parameter tensor quantized post hoc with one shared
   codebook, optionally with an exact zero level for pruned weights (Zhou et al. 2019).
 
-Both code the symbols with the adaptive arithmetic coder and carry the floating buffers
-(BatchNorm statistics) verbatim as float32; see :mod:`pacbound.compressors.message` for what
-the code length counts.
+Both code the symbols with the adaptive arithmetic coder and the buffers with
+:mod:`pacbound.compressors.buffers` (BatchNorm statistics coded compactly, integer buffers the
+factory does not rebuild coded exactly); see :mod:`pacbound.compressors.message` for what the
+code length counts.
 """
 
 from __future__ import annotations
@@ -21,12 +22,10 @@ from pacbound.compressors.base import (
     Compressor,
     ModelFactory,
     architecture_fingerprint,
-    buffer_vector,
-    check_uncoded_buffers,
-    load_buffer_vector,
     load_parameter_vector,
     parameter_vector,
 )
+from pacbound.compressors.buffers import decode_buffers, encode_buffers
 from pacbound.compressors.codebooks import (
     Codebook,
     CodebookKind,
@@ -79,7 +78,6 @@ class _QuantizingCompressor(Compressor):
                 "the model does not have the architecture the compressor's factory builds "
                 "(parameter names or shapes differ)"
             )
-        check_uncoded_buffers(model, reference)
         return reference
 
 
@@ -153,7 +151,7 @@ class SubspaceQuantizeCompressor(_QuantizingCompressor):
             D,
             codebook,
             quantize(w, codebook),
-            buffer_vector(inner).numpy(),
+            encode_buffers(inner, reference),
             seed=self.seed,
             projector=self.projector_kind,
         )
@@ -167,7 +165,7 @@ class SubspaceQuantizeCompressor(_QuantizingCompressor):
         w = _as_tensor(dequantize(parsed.symbols, parsed.codebook), projector.dtype, self.device)
         theta = parameter_vector(module) + projector.matvec(w)
         load_parameter_vector(module, theta)
-        load_buffer_vector(module, torch.from_numpy(parsed.buffers.copy()).to(self.device))
+        decode_buffers(module, parsed.buffers)
         return module.eval()
 
 
@@ -217,7 +215,7 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
             theta.numel(),
             codebook,
             quantize(theta, codebook),
-            buffer_vector(model).numpy(),
+            encode_buffers(model, reference),
         )
 
     def decompress(self, message: CompressedMessage | bytes) -> nn.Module:
@@ -228,7 +226,7 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
         load_parameter_vector(
             module, _as_tensor(dequantize(parsed.symbols, parsed.codebook), dtype, self.device)
         )
-        load_buffer_vector(module, torch.from_numpy(parsed.buffers.copy()).to(self.device))
+        decode_buffers(module, parsed.buffers)
         return module.eval()
 
 

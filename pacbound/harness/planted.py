@@ -8,7 +8,8 @@ harness shows that each is now **refused** or **certified soundly**:
   certificate codes the tied weight once and stays sound.
 * :class:`MemorizingStudent` — an int64 buffer that stores the training labels, looked up by
   an exact match of the input: zero training error on random labels (true risk 1 − 1/K).
-  Now refused by every method: buffers must equal their data-independent value.
+  Refused by the Gaussian method (buffers must equal their data-independent value); the
+  compression methods code the table exactly and pay for every entry (issue #13).
 * :class:`SequenceStudent` — an ``nn.Linear`` applied to a (B, T, F) sequence. Local
   reparameterization drew its noise per position, not per example, so the Monte-Carlo
   estimate of L̂(Q) was optimistic. Now one weight matrix is drawn per example; the coverage

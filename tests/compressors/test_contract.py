@@ -8,6 +8,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from pacbound.compressors import (
     CompressedMessage,
@@ -17,6 +18,7 @@ from pacbound.compressors import (
     dequantize,
     parameter_vector,
 )
+from pacbound.compressors.buffers import PRECISION_BITS
 from pacbound.compressors.coding import arithmetic_encode, delta_length, gamma_length
 from pacbound.errors import InvalidInputError
 from tests.compressors.models import other_mlp, tiny_mlp, trained
@@ -72,8 +74,13 @@ def test_round_trip_is_exact(name: str) -> None:
     assert parsed.codebook == message.codebook
     decoded = compressor.decompress(data)
     _assert_same_state(decoded, compressor.decompress(message))
-    bn_mean = trained(3)[1].running_mean  # type: ignore[index]
-    assert torch.equal(decoded[1].running_mean, bn_mean)  # type: ignore[index]
+    bn = trained(3)[1]
+    assert isinstance(bn, nn.BatchNorm1d)
+    tolerance = 2.0**-PRECISION_BITS * float(bn.running_mean.abs().max())
+    mean_error = (decoded[1].running_mean - bn.running_mean).abs().max()  # type: ignore[index]
+    assert 0 < mean_error <= tolerance  # lossy, within the precision target
+    ratio = decoded[1].running_var / bn.running_var  # type: ignore[index]
+    assert float(ratio.log2().abs().max()) <= 2.0**-PRECISION_BITS
     if isinstance(compressor, DirectQuantizeCompressor):
         expected = dequantize(message.symbols, message.codebook)
         np.testing.assert_array_equal(parameter_vector(decoded).double().numpy(), expected)
@@ -87,7 +94,7 @@ def test_code_length_counts_every_part(name: str) -> None:
     symbol_bits = len(arithmetic_encode(message.symbols, book.levels))
     assert parts["codebook"] == book.levels * book.precision.bits
     assert parts["symbols"] == symbol_bits
-    assert parts["buffers"] >= 32 * message.buffers.size > 0
+    assert 0 < parts["buffers"] < 16 * 16  # 16 float values (mean, var): < 16 bits each
     hyper = delta_length(book.levels)
     if message.seed is not None:
         hyper += gamma_length(message.seed + 1) + delta_length(message.dimension)
