@@ -55,3 +55,15 @@ def test_forged_checkpoint_bound_hidden_by_a_dotted_key_fails(reports: dict[str,
 
 def test_forged_empirical_risk_hidden_by_a_dotted_key_fails(reports: dict[str, Path]) -> None:
     assert _verify_forged(reports["gaussian"], "empirical_risk", "upper_bound", 0.0) in (1, 3)
+
+
+def test_an_added_leaf_spelled_like_the_absent_marker_fails(reports: dict[str, Path]) -> None:
+    """A forged leaf whose value is the string the comparison shows for a missing leaf
+    (``"(absent)"``) must not agree with the recomputed block's missing leaf."""
+    doc = json.loads(reports["gaussian"].read_text())
+    doc["results"]["verdict"]["certified_against_heldout"] = "(absent)"
+    doc["results_sha256"] = results_hash(doc["results"])
+    forged = reports["gaussian"].with_name("forged_absent.json")
+    forged.write_text(json.dumps(doc))
+    result = CliRunner().invoke(cli, ["verify", str(forged), "--root", "/"])
+    assert result.exit_code in (1, 3)
