@@ -18,7 +18,8 @@ MNIST, 28 tokens of 28 pixels, positional Embedding, MultiheadAttention, LayerNo
    each, ``-o`` a JSON report kept in ``--workdir``):
    ``gaussian-init`` (``--prior init --init init.safetensors --posterior diagonal``),
    ``gaussian-data`` (``--prior data --posterior diagonal``: the prior mean trained on a seeded
-   half of S, the bound on the other half), both with the MNIST test set as ``--heldout``
+   half of S, the bound on the other half), both with the MNIST test set (its first
+   ``--n-test`` images; all 10000 by default) as ``--heldout``
    (the checkpoint's test-set bound, and its own certificate L(h) ≤ L(Q) + D(h, Q));
    ``subspace`` (``--method subspace --init init.safetensors``) and ``quantize``
    (``--method quantize``). For each: the bound and its terms, the sampler used, the wall
@@ -94,15 +95,16 @@ def checkpoint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     return {**train_main(args.model, train_args), "reused": False}
 
 
-def data_argument(args: argparse.Namespace, workdir: Path) -> list[str]:
-    """``--data`` for the CLI: the IDX folder, or the first ``--n`` images as an .npz file."""
-    if args.n is None:
-        return ["--data", str(DATA)]
-    path = workdir / f"train_first_{args.n}.npz"
+def data_arguments(option: str, split: str, n: int | None, workdir: Path) -> list[str]:
+    """``--data``/``--heldout`` for the CLI: the IDX folder's ``split``, or its first ``n``
+    images as an .npz file in ``workdir``."""
+    if n is None:
+        return [option, str(DATA), f"{option}-split" if option != "--data" else "--split", split]
+    path = workdir / f"{split}_first_{n}.npz"
     if not path.exists():
-        train = load_dataset(DATA, split="train")
-        np.savez(path, x=train.x[: args.n].numpy(), y=train.y[: args.n].numpy())
-    return ["--data", str(path), "--input-shape", "1,28,28"]
+        data = load_dataset(DATA, split=split)
+        np.savez(path, x=data.x[:n].numpy(), y=data.y[:n].numpy())
+    return [option, str(path), "--input-shape", "1,28,28"]
 
 
 def _cli_options() -> str:
@@ -119,9 +121,9 @@ def certificates(args: argparse.Namespace, workdir: Path) -> dict[str, list[str]
     """The four certificates' command lines (after ``pacbound certify``)."""
     final, init = str(workdir / "final.safetensors"), str(workdir / "init.safetensors")
     common = [final, "--arch", args.model, "--arch-kwargs", args.arch_kwargs]
-    common += [*data_argument(args, workdir), "--seed", str(args.seed)]
+    common += [*data_arguments("--data", "train", args.n, workdir), "--seed", str(args.seed)]
     common += ["--threads", str(args.threads)] if args.threads else []
-    heldout = ["--heldout", str(DATA), "--heldout-split", "test"]
+    heldout = data_arguments("--heldout", "test", args.n_test, workdir)
     diagonal = ["--posterior", "diagonal", "--posterior-epochs", str(args.posterior_epochs)]
     diagonal += ["--mc-passes", str(args.mc_passes)]
     help_text = _cli_options()
@@ -276,6 +278,7 @@ def main() -> None:
     p.add_argument("--model", choices=["resnet", "transformer"], required=True)
     p.add_argument("--arch-kwargs", default="{}", help="JSON keyword arguments of the factory")
     p.add_argument("--n", type=int, default=None, help="use the first N training images")
+    p.add_argument("--n-test", type=int, default=None, help="the first N test images held out")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (script default)")
     p.add_argument("--retrain", action="store_true", help="train even if --workdir has one")
     p.add_argument("--workdir", default=None, help="default runs/bench-any-<model>[-n<N>]")

@@ -58,6 +58,8 @@ class RowTransformer(nn.Module):
         self.rows, self.cols = rows, cols
         self.embedding = nn.Linear(cols, d_model)
         self.position = nn.Embedding(rows, d_model)
+        # small positions (as in ViT/GPT-2), not N(0, 1): the rows' content must not drown
+        nn.init.normal_(self.position.weight, std=0.02)
         self.blocks = nn.Sequential(
             *(EncoderBlock(d_model, heads, mlp_hidden, activation) for _ in range(layers))
         )
