@@ -125,7 +125,7 @@ def test_transformer_layers_are_the_standard_modules() -> None:
     assert isinstance(net.embedding, nn.Linear) and net.embedding.in_features == 28
     assert isinstance(net.position, nn.Embedding) and net.position.num_embeddings == 28
     # positions start small (std 0.02, not nn.Embedding's 1) so that the rows' content counts
-    assert float(net.position.weight.std()) == pytest.approx(0.02, rel=0.1)
+    assert float(net.position.weight.detach().std()) == pytest.approx(0.02, rel=0.1)
     assert [n for n, _ in net.named_buffers()] == []
 
 
