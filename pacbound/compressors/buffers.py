@@ -7,8 +7,9 @@ factory's): one bit each, 0 = the factory's value (costs nothing more), 1 = code
 δ(count + 1) then δ(zigzag(v) + 1) per value. A checkpoint whose integer buffers hold data
 (a memorised table) is certified, paying for every value, instead of being refused.
 
-**Floating-point buffers** are coded per *group*: the buffers sharing the last component of
-their name (``running_mean`` of every BatchNorm, ``running_var`` of every BatchNorm, …), in
+**Floating-point buffers**: one bit each, 0 = the factory's value (a fixed table, an
+untouched statistic); the others are coded per *group*: the buffers sharing the last component
+of their name (``running_mean`` of every BatchNorm, ``running_var`` of every BatchNorm, …), in
 order of first appearance. A group whose values are all positive (variances) is coded in the
 log₂ domain, otherwise linearly. The precision target is p = :data:`PRECISION_BITS`: max error
 2^-p · max|v| (linear) or 2^-p in log₂ v (relative error ≤ 2^-p ln 2). Three codes meet it
@@ -57,6 +58,7 @@ PRECISION_BITS = 6
 MAX_VALUES = 1 << 36
 
 E = TypeVar("E", bound=Enum)
+_INT64 = 2**63 - 1
 
 
 class FloatScheme(str, Enum):
@@ -100,11 +102,13 @@ class FloatGroupCode:
 
 @dataclass(frozen=True, eq=False)
 class BufferCode:
-    """The buffers part of a message: ``integers`` (None = the factory's value) and
-    ``floats`` (one code per group); or, read from a format-1 message, ``legacy``: every
-    floating buffer value as float32 (integer buffers are then the factory's)."""
+    """The buffers part of a message: ``integers`` (None = the factory's value),
+    ``coded`` (per floating buffer: False = the factory's value) and ``floats`` (one code per
+    group of the coded ones); or, read from a format-1 message, ``legacy``: every floating
+    buffer value as float32 (or none: all the factory's; integer buffers the factory's)."""
 
     integers: tuple[NDArray[np.int64] | None, ...] = ()
+    coded: tuple[bool, ...] = ()
     floats: tuple[FloatGroupCode, ...] = ()
     legacy: NDArray[np.float32] | None = None
 
@@ -112,7 +116,7 @@ class BufferCode:
     def format_version(self) -> int:
         """1 (float32 values, written only when there is nothing else to code, so a model
         without float buffers keeps its format-1 message bit for bit) or 2."""
-        empty = not self.floats and all(v is None for v in self.integers)
+        empty = not any(self.coded) and all(v is None for v in self.integers)
         return 1 if self.legacy is not None or empty else 2
 
     def write(self, w: BitWriter) -> None:
@@ -128,6 +132,8 @@ class BufferCode:
                 write_delta(w, values.size + 1)
                 for v in values.tolist():
                     write_delta(w, _zigzag(v) + 1)
+        write_delta(w, len(self.coded) + 1)
+        w.write_bits(int(c) for c in self.coded)
         write_delta(w, len(self.floats) + 1)
         for group in self.floats:
             _write_group(w, group)
@@ -142,11 +148,15 @@ class BufferCode:
         for _ in range(_count(r)):
             if r.read_bit():
                 size = _count(r)
-                integers.append(np.array([_unzigzag(read_delta(r) - 1) for _ in range(size)]))
+                values = [_unzigzag(read_delta(r) - 1) for _ in range(size)]
+                if any(abs(v) > _INT64 for v in values):
+                    raise InvalidInputError("the compressed message is corrupted (an integer)")
+                integers.append(np.array(values, dtype=np.int64))
             else:
                 integers.append(None)
+        coded = tuple(bool(r.read_bit()) for _ in range(_count(r)))
         floats = tuple(_read_group(r) for _ in range(_count(r)))
-        return cls(tuple(integers), floats)
+        return cls(tuple(integers), coded, floats)
 
 
 def _count(r: BitReader) -> int:
@@ -208,7 +218,7 @@ def _read_group(r: BitReader) -> FloatGroupCode:
         exponent = _unzigzag(read_delta(r) - 1)
         offset = _unzigzag(read_delta(r) - 1)
         width = read_gamma(r) - 1
-        if width > 64:
+        if width > 62 or abs(exponent) > 1000 or abs(offset) > 2**62:
             raise InvalidInputError("the compressed message is corrupted (fixed-point width)")
         symbols = np.array([r.read_uint(width) for _ in range(size)], dtype=np.int64)
         return FloatGroupCode(scheme, domain, symbols, exponent, offset, width)
@@ -239,11 +249,23 @@ def integer_buffers(module: nn.Module) -> list[tuple[str, Tensor]]:
     ]
 
 
-def float_groups(module: nn.Module) -> list[list[Tensor]]:
-    """Floating-point buffers grouped by the last component of their name."""
-    groups: dict[str, list[Tensor]] = {}
+def float_buffers(module: nn.Module) -> list[tuple[str, Tensor]]:
+    """The floating-point buffers, in ``named_buffers`` order (complex ones refused)."""
+    out = []
     for name, buf in module.named_buffers():
+        if buf.is_complex():
+            raise InvalidInputError(f"buffer {name} is complex; the message cannot code it")
         if buf.is_floating_point():
+            out.append((name, buf))
+    return out
+
+
+def float_groups(module: nn.Module, coded: tuple[bool, ...] | None = None) -> list[list[Tensor]]:
+    """The (coded) floating-point buffers grouped by the last component of their name."""
+    named = float_buffers(module)
+    groups: dict[str, list[Tensor]] = {}
+    for i, (name, buf) in enumerate(named):
+        if coded is None or coded[i]:
             groups.setdefault(name.rsplit(".", 1)[-1], []).append(buf)
     return list(groups.values())
 
@@ -304,26 +326,40 @@ def _bits(group: FloatGroupCode) -> int:
 def encode_buffers(module: nn.Module, reference: nn.Module) -> BufferCode:
     """The buffers of ``module`` (the checkpoint); ``reference`` is the factory's build."""
     ref = dict(reference.named_buffers())
-    integers: list[NDArray[np.int64] | None] = []
-    for name, buf in integer_buffers(module):
+
+    def same(name: str, buf: Tensor) -> bool:
         other = ref.get(name)
-        same = (
-            other is not None and other.shape == buf.shape and torch.equal(other.cpu(), buf.cpu())
+        return (
+            other is not None
+            and other.shape == buf.shape
+            and other.dtype == buf.dtype
+            and torch.equal(other.cpu(), buf.cpu())
         )
-        integers.append(None if same else buf.detach().cpu().to(torch.int64).reshape(-1).numpy())
-    floats = tuple(code_float_group(_group_values(g)) for g in float_groups(module))
-    return BufferCode(tuple(integers), floats)
+
+    integers = tuple(
+        None if same(name, buf) else buf.detach().cpu().to(torch.int64).reshape(-1).numpy()
+        for name, buf in integer_buffers(module)
+    )
+    coded = tuple(not same(name, buf) for name, buf in float_buffers(module))
+    floats = tuple(code_float_group(_group_values(g)) for g in float_groups(module, coded))
+    return BufferCode(integers, coded, floats)
 
 
 def decode_buffers(module: nn.Module, code: BufferCode) -> None:
     """Load ``code`` into ``module`` (a fresh factory build) in place; InvalidInputError when
     the code does not fit its buffers."""
-    ints, groups = integer_buffers(module), float_groups(module)
     if code.legacy is not None:
         _decode_legacy(module, code.legacy)
         return
+    ints, floats = integer_buffers(module), float_buffers(module)
+    if len(code.integers) != len(ints) or len(code.coded) != len(floats):
+        raise InvalidInputError(
+            "this artifact's buffers do not fit the architecture's (another --arch or "
+            "--arch-kwargs?)"
+        )
+    groups = float_groups(module, code.coded)
     sizes = [sum(b.numel() for b in g) for g in groups]
-    if len(code.integers) != len(ints) or [g.symbols.size for g in code.floats] != sizes:
+    if [g.symbols.size for g in code.floats] != sizes:
         raise InvalidInputError(
             "this artifact's buffers do not fit the architecture's (another --arch or "
             "--arch-kwargs?)"
@@ -343,7 +379,9 @@ def decode_buffers(module: nn.Module, code: BufferCode) -> None:
 
 
 def _decode_legacy(module: nn.Module, raw: NDArray[np.float32]) -> None:
-    buffers = [b for b in module.buffers() if b.is_floating_point()]
+    buffers = [b for _, b in float_buffers(module)]
+    if raw.size == 0:
+        return  # nothing coded: every buffer is the factory's
     if raw.size != sum(b.numel() for b in buffers):
         raise InvalidInputError(
             "this artifact's buffers do not fit the architecture's (another --arch or "

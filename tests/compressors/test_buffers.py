@@ -215,6 +215,23 @@ def test_integer_buffers_are_free_when_the_factorys_and_exact_otherwise() -> Non
     assert BufferCode.read(BitReader(_bits_of(code)), 2).integers[0] is None
 
 
+def test_float_buffers_equal_to_the_factorys_cost_one_bit_each() -> None:
+    compressor = DirectQuantizeCompressor(tiny_mlp, levels=4, seed=3)
+    untouched = compressor.compress(tiny_mlp(3))  # statistics as built: nothing to code
+    assert untouched.buffers.format_version == 1 and untouched.breakdown()["buffers"] == 1
+    decoded = compressor.decompress(untouched.to_bytes())
+    assert torch.equal(decoded[1].running_var, torch.ones(8))  # type: ignore[index]
+    half = tiny_mlp(3)
+    half[1].running_var.mul_(3.0)  # type: ignore[index]
+    code = compressor.compress(half).buffers
+    assert code.format_version == 2 and code.coded == (False, True)
+    assert [g.symbols.size for g in code.floats] == [8]
+    back = compressor.decompress(compressor.compress(half).to_bytes())
+    assert torch.equal(back[1].running_mean, torch.zeros(8))  # type: ignore[index]
+    ratio = back[1].running_var / 3.0  # type: ignore[index]
+    assert float(ratio.log2().abs().max()) <= 2.0**-PRECISION_BITS
+
+
 def _bits_of(code: BufferCode) -> list[int]:
     w = BitWriter()
     code.write(w)
