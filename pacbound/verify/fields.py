@@ -15,12 +15,27 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-#: What a leaf present on one side only is shown as on the other.
-ABSENT = "(absent)"
+
+class _Absent:
+    """The other side of a leaf present on one side only: equal to nothing (not even a
+    forged string spelled like it), shown as ``(absent)``."""
+
+    def __repr__(self) -> str:
+        return "(absent)"
+
+
+#: What a leaf present on one side only is on the other.
+ABSENT: Any = _Absent()
+
+#: A leaf's path: object keys and array indices, never joined before comparing (a key
+#: spelled ``"heldout.bound"`` is not the leaf ``bound`` of ``heldout``).
+Path = tuple[str | int, ...]
 
 
 def same(a: Any, b: Any) -> bool:
-    """JSON equality: ``True`` is not ``1``, and NaN agrees with nothing."""
+    """JSON equality: ``True`` is not ``1``, NaN and :data:`ABSENT` agree with nothing."""
+    if a is ABSENT or b is ABSENT:
+        return False
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return False
     if isinstance(a, bool) or isinstance(b, bool):
@@ -43,10 +58,14 @@ class FieldCheck:
     def to_dict(self) -> dict[str, Any]:
         return {
             "field": self.field,
-            "reported": self.reported,
-            "recomputed": self.recomputed,
+            "reported": _shown(self.reported),
+            "recomputed": _shown(self.recomputed),
             "agree": self.agree,
         }
+
+
+def _shown(value: Any) -> Any:
+    return repr(ABSENT) if value is ABSENT else value
 
 
 @dataclass(frozen=True)
@@ -82,22 +101,40 @@ class Verification:
         }
 
 
-def leaves(block: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """(dotted path, value) of every leaf of a JSON value; an empty object or array is a
-    leaf itself (so ``{}`` and a missing field differ)."""
+def leaves(block: Any, prefix: Path = ()) -> Iterator[tuple[Path, Any]]:
+    """(path, value) of every leaf of a JSON value; an empty object or array is a leaf
+    itself (so ``{}`` and a missing field differ)."""
     if isinstance(block, Mapping) and block:
         for key, value in block.items():
-            yield from leaves(value, f"{prefix}.{key}" if prefix else str(key))
+            yield from leaves(value, (*prefix, str(key)))
     elif isinstance(block, (list, tuple)) and block:
         for i, value in enumerate(block):
-            yield from leaves(value, f"{prefix}[{i}]")
+            yield from leaves(value, (*prefix, i))
     else:
         yield prefix, block
 
 
-def is_under(path: str, fields: tuple[str, ...]) -> bool:
-    """Whether ``path`` is one of ``fields`` or lies below one of them."""
-    return any(path == f or path.startswith((f + ".", f + "[")) for f in fields)
+def dotted(path: Path) -> str:
+    """``("delta_budget", "parts", 1, "delta")`` → ``delta_budget.parts[1].delta`` (a key
+    that itself holds ``.`` or ``[`` is quoted, so two different paths never print alike)."""
+    out = ""
+    for part in path:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            name = part if part and not set(part) & set('.[]"') else f'"{part}"'
+            out += f".{name}" if out else name
+    return out
+
+
+def parse_dotted(field: str) -> Path:
+    """The path of a choice field written as ``posterior.isotropic_search`` (plain keys)."""
+    return tuple(field.split("."))
+
+
+def is_under(path: Path, fields: tuple[str, ...]) -> bool:
+    """Whether ``path`` is one of ``fields`` (dotted, plain keys) or lies below one of them."""
+    return any(path[: len(f)] == f for f in map(parse_dotted, fields))
 
 
 def compare_results(
@@ -110,6 +147,6 @@ def compare_results(
     leaves only the recomputed one has), skipping ``skip`` and everything below it."""
     mine = {p: v for p, v in leaves(reported) if not is_under(p, skip)}
     theirs = {p: v for p, v in leaves(recomputed) if not is_under(p, skip)}
-    checks = [FieldCheck(p, v, theirs.get(p, ABSENT)) for p, v in mine.items()]
-    checks += [FieldCheck(p, ABSENT, v) for p, v in theirs.items() if p not in mine]
+    checks = [FieldCheck(dotted(p), v, theirs.get(p, ABSENT)) for p, v in mine.items()]
+    checks += [FieldCheck(dotted(p), ABSENT, v) for p, v in theirs.items() if p not in mine]
     return checks

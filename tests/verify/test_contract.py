@@ -16,7 +16,6 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,7 @@ from pacbound.certify.registry import METHODS
 from pacbound.cli.main import cli
 from pacbound.report.document import results_hash
 from pacbound.report.validate import validation_errors
-from pacbound.verify.fields import is_under
+from pacbound.verify.fields import dotted, is_under, leaves
 from tests.report._tiny import make_task, model_and_data
 
 #: How each method certifies the tiny task quickly (beyond model, data, held-out set).
@@ -100,31 +99,14 @@ def test_certify_then_verify_agrees_bit_for_bit(made: tuple[str, Path]) -> None:
     code, fields, err = verify(report)
     assert code == 0, err
     results = json.loads(report.read_text())["results"]
-    for path, value in _leaves(results):
-        dotted = _dotted(path)
-        if is_under(dotted, METHODS[name].choice_fields):
-            assert dotted not in fields
+    for path, value in leaves(results):
+        field = dotted(path)
+        if is_under(path, METHODS[name].choice_fields):
+            assert field not in fields
             continue
-        check = fields[dotted]
+        check = fields[field]
         assert check["agree"] is True and check["recomputed"] == value, check
         assert type(check["recomputed"]) is type(value), check
-
-
-def _leaves(
-    block: Any, path: tuple[str | int, ...] = ()
-) -> Iterator[tuple[tuple[str | int, ...], Any]]:
-    if isinstance(block, dict) and block:
-        for key, value in block.items():
-            yield from _leaves(value, (*path, key))
-    elif isinstance(block, list) and block:
-        for i, value in enumerate(block):
-            yield from _leaves(value, (*path, i))
-    else:
-        yield path, block
-
-
-def _dotted(path: tuple[str | int, ...]) -> str:
-    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
 
 
 def _forged(value: Any) -> Any:
@@ -175,20 +157,20 @@ def test_every_forged_certificate_field_fails(made: tuple[str, Path], tmp_path: 
     name, report = made
     document = json.loads(report.read_text())
     forged_leaves = 0
-    for path, value in _leaves(document["results"]):
-        dotted = _dotted(path)
-        if is_under(dotted, METHODS[name].choice_fields):
+    for path, value in leaves(document["results"]):
+        field = dotted(path)
+        if is_under(path, METHODS[name].choice_fields):
             continue
         forged = copy.deepcopy(document)
         _set(forged["results"], path, _forged(value))
         forged["results_sha256"] = results_hash(forged["results"])  # a careful forger
         code, fields, err = verify(save(forged, tmp_path / "forged.json"))
-        if validation_errors(forged) or dotted == "method":
-            assert code == 3, (dotted, err)  # not even a valid report of this method
+        if validation_errors(forged) or field == "method":
+            assert code == 3, (field, err)  # not even a valid report of this method
             continue
-        assert code == 1, (dotted, err)
+        assert code == 1, (field, err)
         assert fields["results_sha256"]["agree"] is True
-        assert fields[dotted]["agree"] is False, dotted
+        assert fields[field]["agree"] is False, field
         forged_leaves += 1
     assert forged_leaves > 20
 

@@ -11,6 +11,7 @@ from pacbound.verify.fields import (
     FieldCheck,
     Verification,
     compare_results,
+    dotted,
     is_under,
     leaves,
     same,
@@ -27,7 +28,7 @@ RESULTS = {
 
 
 def test_leaves_are_dotted_paths_with_list_indices() -> None:
-    assert dict(leaves(RESULTS)) == {
+    assert {dotted(p): v for p, v in leaves(RESULTS)} == {
         "bound": 0.25,
         "verdict.non_vacuous": True,
         "verdict.chance_error": 0.5,
@@ -80,7 +81,8 @@ def test_choice_fields_are_skipped_with_everything_below_them() -> None:
     other = {**RESULTS, "search": [{"bound": 0.9}]}
     checks = compare_results(other, RESULTS, skip=("search",))
     assert all(c.agree for c in checks) and not any(c.field.startswith("search") for c in checks)
-    assert is_under("search[0].bound", ("search",)) and not is_under("searched", ("search",))
+    assert is_under(("search", 0, "bound"), ("search",))
+    assert not is_under(("searched",), ("search",))
 
 
 @pytest.mark.parametrize(
@@ -111,3 +113,22 @@ def test_verification_summarises_its_checks() -> None:
         "recomputed": 2,
         "agree": False,
     }
+
+
+def test_a_key_spelled_like_a_path_is_its_own_leaf() -> None:
+    """A forged nested value cannot hide behind a top-level key ``"heldout.bound"`` that
+    carries the true one: paths are compared as keys, not as joined strings."""
+    recomputed = {"heldout": {"bound": 0.3}}
+    forged = {"heldout": {"bound": 0.0}, "heldout.bound": 0.3}
+    bad = {c.field: (c.reported, c.recomputed) for c in compare_results(forged, recomputed)}
+    assert bad["heldout.bound"] == (0.0, 0.3)
+    assert bad['"heldout.bound"'][0] == 0.3 and bad['"heldout.bound"'][1] is ABSENT
+    assert not any(c.agree for c in compare_results(forged, recomputed))
+
+
+def test_the_absent_marker_agrees_with_nothing() -> None:
+    added = {**RESULTS, "forged": "(absent)"}
+    bad = [c for c in compare_results(added, RESULTS) if not c.agree]
+    assert [(c.field, c.reported) for c in bad] == [("forged", "(absent)")]
+    assert bad[0].to_dict()["recomputed"] == "(absent)"
+    assert not same(ABSENT, ABSENT)
