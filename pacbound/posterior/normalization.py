@@ -140,12 +140,17 @@ def to_channel_affine(model: nn.Module) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)
         out = copy.deepcopy(model)
-    for name, _ in found:
+    # A BatchNorm reachable under two names (called twice) becomes one shared ChannelAffine:
+    # one coordinate of the hypothesis, like any reused module.
+    replaced: dict[int, ChannelAffine] = {}
+    for name, bn in list(out.named_modules(remove_duplicate=False)):
+        if not is_batch_norm(bn) or not isinstance(bn, _BatchNorm):
+            continue
+        if id(bn) not in replaced:
+            replaced[id(bn)] = _channel_affine(bn)
         parent_name, _, child = name.rpartition(".")
         parent = out.get_submodule(parent_name) if parent_name else out
-        bn = out.get_submodule(name)
-        assert isinstance(bn, _BatchNorm)
-        setattr(parent, child, _channel_affine(bn))
+        setattr(parent, child, replaced[id(bn)])
     return out
 
 

@@ -196,3 +196,20 @@ def test_a_stateless_forward_passes() -> None:
     )
     refuse_state_changes(model, torch.randn(6, 4))
     refuse_state_changes(_FlipsMode(nn.Dropout(0.5)), torch.randn(6, 4))
+
+
+def test_a_batch_norm_called_twice_becomes_one_shared_affine() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(4)
+    model = _trained_statistics(
+        nn.Sequential(nn.Linear(4, 4), bn, nn.Linear(4, 4), bn), torch.randn(9, 4)
+    )
+    affine = to_channel_affine(model)
+    assert affine[1] is affine[3] and isinstance(affine[1], ChannelAffine)
+    assert [n for n, _ in affine.named_parameters()] == [
+        "0.weight", "0.bias", "1.scale", "1.shift", "2.weight", "2.bias"
+    ]  # fmt: skip
+    x = torch.randn(5, 4)
+    assert torch.allclose(affine(x), model(x), atol=1e-5)
+    state = affine_state(model, {k: v for k, v in model.state_dict().items()})
+    assert {"1.scale", "1.shift"} <= set(state) and "3.scale" not in state
