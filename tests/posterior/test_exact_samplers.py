@@ -7,6 +7,8 @@ output moments against the closed form; independence across examples."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import torch
 from torch import Tensor, nn
@@ -29,6 +31,10 @@ def _pair(model: nn.Module, seed: int = 0) -> tuple[StochasticNetwork, Stochasti
             a.log_sigma.copy_(value)
             b.log_sigma.copy_(value)
     return layers, functional
+
+
+def _first(net: StochasticNetwork) -> Any:
+    return net.net.get_submodule("0")
 
 
 def _draw(net: StochasticNetwork, x: Tensor, seed: int) -> Tensor:
@@ -104,7 +110,7 @@ def test_affine_moments_match_the_closed_form() -> None:
     x1 = torch.randn(1, 3, 5)
     draws = 20_000
     out = _draw(layers, x1.expand(draws, 3, 5), 4)
-    layer = layers.net[0]
+    layer = _first(layers)
     n = nn.functional.layer_norm(x1, (5,))[0]
     s_w, s_b = torch.exp(layer.weight_log_sigma), torch.exp(layer.bias_log_sigma)
     mean = n * layer.weight_mu + layer.bias_mu
@@ -131,7 +137,7 @@ def test_embedding_draws_one_row_per_distinct_index_per_example() -> None:
     torch.testing.assert_close(out[2, 0], out[2, 3])
     assert not torch.allclose(out[0, 0], out[1, 0])  # row 1 in two examples: two draws
     assert not torch.allclose(out[0, 1], out[2, 0])
-    assert not torch.allclose(out[0, 3], layers.net[0].weight_mu[0])  # padding row drawn too
+    assert not torch.allclose(out[0, 3], _first(layers).weight_mu[0])  # padding row drawn too
     layers.check_coverage(x)
 
 
@@ -140,7 +146,7 @@ def test_embedding_output_is_the_module_at_a_per_example_table() -> None:
     the rows the layer drew (the others arbitrary: unused) gives the layer's output."""
     model = _embedding_model()
     layers, _ = _pair(model)
-    layer = layers.net[0]
+    layer = _first(layers)
     assert isinstance(layer, GaussianEmbedding)
     noises: list[Tensor] = []
     draw_noise = layer._noise
@@ -172,7 +178,7 @@ def test_embedding_moments_and_independence() -> None:
     draws = 20_000
     x = torch.tensor([[3, 5, 3]]).expand(draws, 3)
     out = _draw(layers, x, 11)
-    layer = layers.net[0]
+    layer = _first(layers)
     sigma = torch.exp(layer.weight_log_sigma)
     with torch.no_grad():
         for pos, row in ((0, 3), (1, 5)):
