@@ -8,7 +8,9 @@ Pipeline (MATH.md §2–5, §8), in two phases (``docs/architecture.md``):
   σ by search, optionally refined into a trained diagonal posterior);
 * **certify** (:func:`certify_hypothesis`, also run by ``verify`` on a saved posterior):
   σ_p, the grid value with the smallest KL (the grid costs ln G: δ/G each); the empirical
-  risk of Q on S_bound from n·K fresh per-example draws with its Chernoff upper bound at δ′;
+  risk of Q on S_bound from n·K fresh per-example draws (or K·n/B per-batch draws,
+  ``--mc-draws``: :mod:`~pacbound.certify.gaussian_monte_carlo`) with its Chernoff upper
+  bound at δ′;
   the kl bound with that upper bound, n = |S_bound|, δ_PB/G; the statements about the
   checkpoint.
 
@@ -18,16 +20,13 @@ The certified classifier is the stochastic network Q, not the checkpoint's point
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from pacbound.bounds import (
-    BoundResult,
-    DeltaBudget,
-    mc_upper_per_example,
     pac_bayes_catoni_grid,
     pac_bayes_classic,
     pac_bayes_kl,
@@ -48,6 +47,7 @@ from pacbound.certify.gaussian_checkpoint import (
     checkpoint_statements,
     heldout_statement,
 )
+from pacbound.certify.gaussian_monte_carlo import monte_carlo_risk
 from pacbound.certify.gaussian_options import (
     GaussianOptions,
     check_training_seed,
@@ -63,7 +63,6 @@ from pacbound.posterior.normalization import (
     refuse_state_changes,
     to_channel_affine,
 )
-from pacbound.posterior.risk import count_stochastic_errors
 
 
 @dataclass(frozen=True)
@@ -195,7 +194,9 @@ def certify_hypothesis(
         sigma_p = grid.scales[j]
         kl = family.kl(network, prior_means, sigma_p)
     with timer.phase("monte_carlo"):
-        rate, mc = _monte_carlo(network, x_bound, y_bound, budget, options, device, progress)
+        rate, mc, mc_draws = monte_carlo_risk(
+            network, x_bound, y_bound, budget, options, device, progress
+        )
     certificate = pac_bayes_kl(mc.value, kl=kl, n=n_bound, delta=delta_pb)
     information = {
         "classic": pac_bayes_classic(mc.value, kl=kl, n=n_bound, delta=delta_pb),
@@ -241,37 +242,8 @@ def certify_hypothesis(
         network=network,
         prior_means=prior_means,
         prior_scale=sigma_p,
-        options=options,
+        options=replace(options, mc_draws=mc_draws),  # as resolved, for the report
     )
-
-
-def _monte_carlo(
-    network: StochasticNetwork,
-    x_bound: Tensor,
-    y_bound: Tensor,
-    budget: DeltaBudget,
-    options: GaussianOptions,
-    device: torch.device,
-    progress: ProgressFactory,
-) -> tuple[float, BoundResult]:
-    """Q's error rate on S_bound from n·K fresh per-example draws (the run's Monte-Carlo
-    stream) and its Chernoff upper bound at the Monte-Carlo part of δ."""
-    n_bound = int(x_bound.shape[0])
-    hook = progress("Monte-Carlo risk (fresh draws)", options.mc_passes * n_bound)
-    count = count_stochastic_errors(
-        network,
-        x_bound,
-        y_bound,
-        passes=options.mc_passes,
-        generator=random_stream(options.seed, "monte_carlo", device),
-        batch_size=options.certificate_batch_size,
-        device=device,
-        progress=hook,
-    )
-    mc = mc_upper_per_example(
-        count.rate, n=n_bound, passes=options.mc_passes, delta=budget.part("monte-carlo").delta
-    )
-    return count.rate, mc
 
 
 #: The ``results.posterior`` fields that record how Q was chosen, in report order.

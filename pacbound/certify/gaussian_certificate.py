@@ -68,6 +68,9 @@ class GaussianCertificate:
                 "upper_bound": self.monte_carlo.value,
                 "draws": self.monte_carlo.n,
                 "mc_passes": self.options.mc_passes,
+                # one draw of Q per example, or per batch of `batch` examples (MATH.md §10)
+                "draws_per": "batch" if self.options.mc_draws == "per-batch" else "example",
+                "batch": int(self.monte_carlo.terms.get("batch", 1)),
             },
             "verdict": self.verdict.to_dict(),
             "delta_budget": self.budget.to_dict(),

@@ -35,6 +35,7 @@ from pacbound.certify.gaussian import (
 from pacbound.certify.gaussian_certificate import GaussianCertificate
 from pacbound.certify.gaussian_checkpoint import CheckpointInputs
 from pacbound.certify.gaussian_facts import gaussian_facts
+from pacbound.certify.gaussian_monte_carlo import monte_carlo_warning
 from pacbound.certify.gaussian_options import (
     GaussianOptions,
     options_from_params,
@@ -80,7 +81,16 @@ PRIOR_NOT_ZERO = OptionRule(
 
 PARAMETERS: dict[str, OptionRule | None] = {
     **dict.fromkeys(
-        ("prior", "prior_scales", "posterior", "mc_passes", "mc_delta", "save_posterior", "sampler")
+        (
+            "prior",
+            "prior_scales",
+            "posterior",
+            "mc_passes",
+            "mc_draws",
+            "mc_delta",
+            "save_posterior",
+            "sampler",
+        )
     ),
     **dict.fromkeys(
         ("prior_fraction", "prior_epochs", "prior_lr", "prior_lr_schedule", "prior_augment_shift"),
@@ -144,9 +154,13 @@ class GaussianMethod:
         poor_prior = prior_warning(cert.prior, cert.verdict.chance_error)
         if poor_prior is not None:
             warnings.append(poor_prior)
+        results = cert.to_dict()
+        per_batch = monte_carlo_warning(results, options)
+        if per_batch is not None:
+            warnings.append(per_batch)
         return MethodRun(
             certificate=_certificate(cert),
-            options=self.record_options(options),
+            options=self.record_options(cert.options),  # --mc-draws as resolved
             inputs=records,
             warnings=tuple(warnings),
         )
@@ -196,6 +210,8 @@ class GaussianMethod:
 
     def record_options(self, options: GaussianOptions) -> dict[str, Any]:
         block = {"method": self.name, **options.to_dict(), "delta": options.delta}
+        if options.mc_draws == "auto":  # resolved against the network
+            block["mc_draws"] = None
         return block if options.sampler is not None else {**block, "sampler": None}
 
     def facts(self, results: Mapping[str, Any]) -> Facts:

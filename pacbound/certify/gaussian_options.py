@@ -34,6 +34,14 @@ SEED_OFFSETS = {
 }
 
 
+#: ``--mc-draws``: how the certificate's Monte-Carlo risk draws from Q (MATH.md §3, §10).
+#: ``per-example``: a fresh θ for every example of every pass (n·K draws); ``per-batch``: one
+#: θ per batch of B examples (K·n/B draws, B the largest divisor of n not above the batch
+#: size); ``auto``: per-example unless the per-example draws of one batch do not fit
+#: ``--max-memory`` (resolved against the network, then recorded).
+MC_DRAWS = ("auto", "per-example", "per-batch")
+
+
 #: Prior-scale grid size. The KL is very sensitive to σ_p when there are many weights
 #: (a factor r in σ_p² off the optimum costs ≈ D(ln r)²/4 nats), so the grid is fine:
 #: 6001 log-spaced values in [1e-6, 1] (ratio 1.0023) cost only ln 6001 ≈ 8.7 nats.
@@ -66,9 +74,15 @@ class GaussianOptions:
     search_examples: int = 10000
     check_deterministic: bool = True
     sampler: Sampler | None = Sampler.LAYERS
+    mc_draws: str = "auto"
 
     def __post_init__(self) -> None:
         family(self.posterior)  # an unknown family lists the valid ones
+        if self.mc_draws not in MC_DRAWS:
+            raise InvalidInputError(
+                f"--mc-draws {self.mc_draws!r}: choose one of {', '.join(MC_DRAWS)}",
+                param="--mc-draws",
+            )
 
     def budget(self) -> DeltaBudget:
         delta = check_delta(self.delta, "--delta")
@@ -125,6 +139,7 @@ class GaussianOptions:
             "search_examples": self.search_examples,
             "check_deterministic": self.check_deterministic,
             "sampler": "auto" if self.sampler is None else self.sampler.value,
+            "mc_draws": self.mc_draws,
         }
 
 
@@ -191,6 +206,7 @@ def options_from_params(params: Mapping[str, Any]) -> GaussianOptions:
         batch_size=params["batch_size"],
         check_deterministic=not params["allow_nondeterministic"],
         sampler=None if sampler == "auto" else Sampler(sampler),
+        mc_draws=params.get("mc_draws") or "auto",
     )
     options.budget()  # validates the δ parts before any heavy work
     return options
@@ -229,6 +245,8 @@ def options_from_report(recorded: Mapping[str, Any]) -> GaussianOptions:
             search_examples=recorded["search_examples"],
             check_deterministic=recorded["check_deterministic"],
             sampler=Sampler(recorded["sampler"]),
+            # resolved when recorded; a report from before --mc-draws drew per example
+            mc_draws=recorded.get("mc_draws", "per-example"),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise InvalidInputError(

@@ -147,6 +147,16 @@ PAC_BAYES_OPTIONS = (
         help="Monte-Carlo passes K: n·K independent per-example weight draws.",
     ),
     click.option(
+        "--mc-draws",
+        type=click.Choice(["auto", "per-example", "per-batch"]),
+        default="auto",
+        show_default=True,
+        help="How the Monte-Carlo risk draws from Q. per-example: a fresh draw for every "
+        "example (n·K draws); per-batch: one draw per batch of B examples, B the largest "
+        "divisor of n not above --batch-size (K·n/B draws: a B times larger slack); auto: "
+        "per-example unless one batch's per-example draws exceed --max-memory.",
+    ),
+    click.option(
         "--mc-delta",
         type=FLOAT,
         default=None,
@@ -162,7 +172,7 @@ PAC_BAYES_OPTIONS = (
 
 
 def pac_bayes_options(func: F) -> F:
-    """--prior …, --posterior …, --mc-passes, --mc-delta, --save-posterior."""
+    """--prior …, --posterior …, --mc-passes, --mc-draws, --mc-delta, --save-posterior."""
     for decorator in reversed(PAC_BAYES_OPTIONS):
         func = decorator(func)
     return func
