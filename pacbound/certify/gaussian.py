@@ -57,7 +57,7 @@ from pacbound.certify.gaussian_prior import PriorChoice, derive_prior
 from pacbound.posterior.families import FAMILIES
 from pacbound.posterior.family import FitData
 from pacbound.posterior.fit import kl_over_grid
-from pacbound.posterior.network import Sampler, StochasticNetwork, build_stochastic_network
+from pacbound.posterior.network import StochasticNetwork, auto_sampler, build_stochastic_network
 from pacbound.posterior.normalization import (
     normalization_treatment,
     refuse_state_changes,
@@ -111,7 +111,10 @@ def prepare_network(
     # Buffers are compared with their data-independent values before any forward pass
     # (a forward may update a counter buffer).
     network = build_stochastic_network(
-        affine, fixed_buffers=fixed_buffers, sampler=options.sampler or Sampler.LAYERS
+        affine,
+        fixed_buffers=fixed_buffers,
+        sampler=options.sampler or auto_sampler(affine),  # None: --sampler auto
+        max_memory=options.max_memory,
     ).to(device)
     refuse_state_changes(model, x[: min(options.batch_size, int(x.shape[0]))].to(device))
     if options.check_deterministic:
@@ -268,6 +271,7 @@ def _posterior_info(
     info["sigma_min"] = float(sigmas.min())
     info["sigma_median"] = float(sigmas.median())
     info["sigma_max"] = float(sigmas.max())
+    info["sampler"] = network.sampler_summary()  # how the per-example draws were made
     normalization = normalization_treatment(model, PRIOR_SOURCES[hypothesis.prior.info["mean"]])
     if normalization:
         info["normalization"] = normalization

@@ -53,7 +53,8 @@ from pacbound.certify.method import (
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.families import FAMILIES
 from pacbound.posterior.io import SavedPosterior, read_posterior
-from pacbound.posterior.network import Sampler
+from pacbound.posterior.layers import default_max_memory
+from pacbound.posterior.network import Sampler, auto_sampler
 from pacbound.posterior.normalization import to_channel_affine
 
 
@@ -90,6 +91,7 @@ PARAMETERS: dict[str, OptionRule | None] = {
             "mc_delta",
             "save_posterior",
             "sampler",
+            "max_memory",
         )
     ),
     **dict.fromkeys(
@@ -235,11 +237,17 @@ def _certificate(cert: GaussianCertificate) -> Certificate:
 
 
 def _resolve_sampler(options: GaussianOptions, inputs: RunInputs) -> GaussianOptions:
-    """``--sampler auto``: functional for a ``.pt2`` program, layers otherwise."""
+    """``--sampler auto``: functional for a ``.pt2`` program, else
+    :func:`~pacbound.posterior.network.auto_sampler` of the model as the posterior sees it
+    (eval-mode BatchNorm as its per-channel affine); ``--max-memory auto``: the default
+    fraction of the device's memory. Both recorded as resolved."""
+    if options.max_memory is None:
+        options = replace(options, max_memory=default_max_memory(inputs.device))
     if options.sampler is not None:
         return options
-    program = inputs.loaded.provenance.checkpoint.format == "pt2"
-    return replace(options, sampler=Sampler.FUNCTIONAL if program else Sampler.LAYERS)
+    if inputs.loaded.provenance.checkpoint.format == "pt2":
+        return replace(options, sampler=Sampler.FUNCTIONAL)
+    return replace(options, sampler=auto_sampler(to_channel_affine(inputs.loaded.module)))
 
 
 def _checkpoint_inputs(inputs: RunInputs) -> CheckpointInputs | None:

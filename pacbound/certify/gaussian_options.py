@@ -42,6 +42,47 @@ SEED_OFFSETS = {
 MC_DRAWS = ("auto", "per-example", "per-batch")
 
 
+#: ``--max-memory`` units (binary and decimal; a bare number is bytes).
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1 << 10,
+    "mib": 1 << 20,
+    "gib": 1 << 30,
+    "tib": 1 << 40,
+}
+
+
+def parse_size(text: str | int | None) -> int | None:
+    """``--max-memory``: ``"2GiB"``, ``"512MB"``, ``"1e9"`` → bytes; ``None``/``"auto"`` →
+    ``None`` (the default: :func:`~pacbound.posterior.layers.default_max_memory`)."""
+    if text is None or isinstance(text, int):
+        return text
+    raw = text.strip().lower().replace(" ", "")
+    if raw == "auto":
+        return None
+    number = raw.rstrip("kmgtib")
+    unit = raw[len(number) :]
+    try:
+        size = int(float(number) * _SIZE_UNITS[unit])
+    except (KeyError, ValueError):
+        size = 0
+    if size <= 0:
+        raise InvalidInputError(
+            f"--max-memory {text!r}: give a positive size such as 2GiB, 512MiB or 1e9 (bytes)",
+            param="--max-memory",
+        )
+    return size
+
+
 #: Prior-scale grid size. The KL is very sensitive to σ_p when there are many weights
 #: (a factor r in σ_p² off the optimum costs ≈ D(ln r)²/4 nats), so the grid is fine:
 #: 6001 log-spaced values in [1e-6, 1] (ratio 1.0023) cost only ln 6001 ≈ 8.7 nats.
@@ -53,8 +94,10 @@ class GaussianOptions:
     """Everything that defines a Gaussian certificate, fixed before the data are seen.
 
     ``posterior`` names a family of :data:`~pacbound.posterior.families.FAMILIES`;
-    ``sampler`` ``None`` means "auto": the method resolves it against the loaded model
-    (functional for a ``.pt2`` program), the library pipeline alone uses the layers."""
+    ``sampler`` ``None`` means "auto": the layers when every parameter-holding module has a
+    layer sampler and nothing is tied or reused, else functional
+    (:func:`~pacbound.posterior.network.auto_sampler`; the method also sends a ``.pt2``
+    program to functional and records the choice)."""
 
     prior: PriorMean = PriorMean.INIT
     posterior: str = "isotropic"
@@ -74,6 +117,9 @@ class GaussianOptions:
     search_examples: int = 10000
     check_deterministic: bool = True
     sampler: Sampler | None = Sampler.LAYERS
+    #: bytes for per-example weight tensors (``--max-memory``); ``None``: the default,
+    #: a fraction of the device's memory (resolved and recorded by the method)
+    max_memory: int | None = None
     mc_draws: str = "auto"
 
     def __post_init__(self) -> None:
@@ -139,6 +185,7 @@ class GaussianOptions:
             "search_examples": self.search_examples,
             "check_deterministic": self.check_deterministic,
             "sampler": "auto" if self.sampler is None else self.sampler.value,
+            "max_memory": self.max_memory,
             "mc_draws": self.mc_draws,
         }
 
@@ -206,6 +253,7 @@ def options_from_params(params: Mapping[str, Any]) -> GaussianOptions:
         batch_size=params["batch_size"],
         check_deterministic=not params["allow_nondeterministic"],
         sampler=None if sampler == "auto" else Sampler(sampler),
+        max_memory=parse_size(params.get("max_memory")),
         mc_draws=params.get("mc_draws") or "auto",
     )
     options.budget()  # validates the δ parts before any heavy work
@@ -245,6 +293,7 @@ def options_from_report(recorded: Mapping[str, Any]) -> GaussianOptions:
             search_examples=recorded["search_examples"],
             check_deterministic=recorded["check_deterministic"],
             sampler=Sampler(recorded["sampler"]),
+            max_memory=recorded.get("max_memory"),  # absent before --max-memory: the default
             # resolved when recorded; a report from before --mc-draws drew per example
             mc_draws=recorded.get("mc_draws", "per-example"),
         )

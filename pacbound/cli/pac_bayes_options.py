@@ -84,11 +84,22 @@ PAC_BAYES_OPTIONS = (
         type=click.Choice(["auto", "layers", "functional"]),
         default="auto",
         show_default=True,
-        help="How per-example weight draws are made. layers: exact fast samplers for "
-        "nn.Linear/nn.Conv2d (other parameters, ties and reuse refused); functional: the whole "
-        "parameter vector drawn per example, each example evaluated alone (torch.func.vmap; "
-        "any module, ties included; memory ∝ batch × parameters); auto: functional for a .pt2 "
-        "program, layers otherwise.",
+        help="How per-example weight draws are made. layers: exact fast samplers per layer "
+        "type (Linear, Conv1d/2d/3d, Embedding, LayerNorm/GroupNorm/BatchNorm affine; other "
+        "parameters, ties and reuse refused); functional: the whole parameter vector drawn per "
+        "example, each example evaluated alone (torch.func.vmap; any module, ties included; "
+        "memory ∝ batch × parameters, chunked to --max-memory); auto: layers when every "
+        "parameter-holding module has a layer sampler and nothing is tied or reused, "
+        "functional otherwise (always for a .pt2 program).",
+    ),
+    click.option(
+        "--max-memory",
+        default="auto",
+        show_default=True,
+        metavar="SIZE",
+        help="Memory for per-example weight tensors (e.g. 2GiB, 512MB): examples are drawn in "
+        "chunks within it. auto: a quarter of the device's memory (RAM on a CPU). A budget "
+        "too small for one example says the smallest one that works.",
     ),
     click.option(
         "--posterior-epochs",

@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -140,6 +141,18 @@ class StochasticNetwork(nn.Module):
         for module in self.net.modules():
             if isinstance(module, GaussianModule):
                 yield module
+
+    def sampler_summary(self) -> dict[str, Any]:
+        """What drew the per-example weights (``results.posterior.sampler``): ``path``
+        ``"layers"`` with the number of layers per Gaussian layer class, or
+        ``"functional"`` (the whole parameter vector per example)."""
+        modules = list(self.gaussian_modules())
+        if any(isinstance(m, FunctionalGaussian) for m in modules):
+            return {"path": "functional"}
+        counts: dict[str, int] = {}
+        for m in modules:
+            counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
+        return {"path": "layers", "layers": dict(sorted(counts.items()))}
 
     def set_mode(self, mode: SampleMode, generator: torch.Generator | None = None) -> None:
         for module in self.gaussian_modules():
