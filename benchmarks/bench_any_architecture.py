@@ -33,8 +33,9 @@ MNIST, 28 tokens of 28 pixels, positional Embedding, MultiheadAttention, LayerNo
    picks, one fresh θ_i ~ Q per example) against the checkpoint's deterministic forward;
    alternated ``--cost-repeats`` times, the fastest of each kept (the machine may be
    shared). Also the memory budget (``--max-memory`` default), the library's estimate of the
-   per-example weight tensors of one batch, and the growth of peak RSS (CPU) or the peak
-   CUDA memory during the stochastic passes.
+   per-example weight tensors of one batch, and how far the peak RSS rose above the RSS
+   before the stochastic passes (in a fresh process, Linux ``/proc``), or the peak CUDA
+   memory during them.
 
 Prints one JSON object and writes it to ``benchmarks/results/any_architecture_<model>.json``
 (``--n`` < 60000 adds ``_n<N>`` to the name, so quick runs do not overwrite the full one).
@@ -43,10 +44,10 @@ Prints one JSON object and writes it to ``benchmarks/results/any_architecture_<m
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -92,7 +93,8 @@ def checkpoint(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         if {k: summary["options"].get(k) for k in same} == same:
             summary["reused"] = True
             return summary
-    return {**train_main(args.model, train_args), "reused": False}
+    with contextlib.redirect_stdout(sys.stderr):  # this script's stdout is its JSON result
+        return {**train_main(args.model, train_args), "reused": False}
 
 
 def data_arguments(option: str, split: str, n: int | None, workdir: Path) -> list[str]:
@@ -208,6 +210,20 @@ def _certified_network(model: nn.Module) -> tuple[nn.Module, Any, str]:
     return net, stochastic, sampler.value
 
 
+def _rss(field: str) -> int:
+    """``VmRSS`` (resident now) or ``VmHWM`` (peak since the last reset) in bytes (Linux)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise OSError(f"no {field} in /proc/self/status")
+
+
+def _reset_peak_rss() -> int:
+    """Reset the peak RSS to the current RSS (Linux ``clear_refs`` 5); returns it."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _rss("VmRSS")
+
+
 def _timed(fn: Any) -> float:
     start = time.perf_counter()
     fn()
@@ -227,13 +243,15 @@ def monte_carlo_cost(
     bs, gen = args.batch_size, torch.Generator(device=device).manual_seed(args.seed)
     with torch.no_grad():  # warm-up
         net(x[:8].to(device))
-        model(x[:8].to(device))
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    risk.count_stochastic_errors(stochastic, x[:8], y[:8], passes=1, generator=gen, device=device)
+    det = [_timed(lambda: risk.count_errors(model, x, y, batch_size=bs, device=device))]
+    rss_before = _reset_peak_rss()  # the growth during the stochastic passes is measured
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    det, sto = [], []
-    for _ in range(args.cost_repeats):
-        det.append(_timed(lambda: risk.count_errors(model, x, y, batch_size=bs, device=device)))
+    sto: list[float] = []
+    for repeat in range(args.cost_repeats):
+        if repeat:
+            det.append(_timed(lambda: risk.count_errors(model, x, y, batch_size=bs, device=device)))
         sto.append(
             _timed(
                 lambda: risk.count_stochastic_errors(
@@ -241,7 +259,7 @@ def monte_carlo_cost(
                 )
             )
         )
-    peak_growth = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    peak_growth = _rss("VmHWM") - rss_before
     budget = layers.default_max_memory(device)
     estimate = (
         risk.per_example_bytes(stochastic, bs) if hasattr(risk, "per_example_bytes") else None
@@ -259,8 +277,8 @@ def monte_carlo_cost(
         "all_seconds": {"deterministic": det, "stochastic": sto},
         "max_memory_budget_bytes": budget,
         "per_example_weight_bytes_estimate": estimate,
-        "peak_rss_growth_bytes": peak_growth * 1024,
-        "within_budget": (estimate is None or estimate <= budget) and peak_growth * 1024 <= budget,
+        "peak_rss_growth_bytes": peak_growth,
+        "within_budget": (estimate is None or estimate <= budget) and peak_growth <= budget,
     }
     if device.type == "cuda":
         out["cuda_peak_bytes"] = torch.cuda.max_memory_allocated(device)
@@ -273,7 +291,7 @@ def _load(model_name: str, kwargs: dict[str, Any], path: Path) -> nn.Module:
     return model.eval()
 
 
-def main() -> None:
+def arguments() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=["resnet", "transformer"], required=True)
     p.add_argument("--arch-kwargs", default="{}", help="JSON keyword arguments of the factory")
@@ -298,19 +316,45 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
-    args = p.parse_args()
+    p.add_argument("--cost-only", action="store_true", help=argparse.SUPPRESS)
+    return p
+
+
+def cost_in_fresh_process(workdir: Path) -> dict[str, Any]:
+    """:func:`monte_carlo_cost` in a new process (``--cost-only``), so that the peak RSS it
+    measures is not the training's or the data loading's."""
+    cmd = [sys.executable, __file__, *sys.argv[1:], "--cost-only", "--workdir", str(workdir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {"exit_code": proc.returncode, "error": proc.stderr[-2000:]}
+    return dict(json.loads(proc.stdout))
+
+
+def cost_only(args: argparse.Namespace, workdir: Path) -> None:
+    """``--cost-only``: print :func:`monte_carlo_cost` of the trained checkpoint as JSON."""
+    device = resolve_device(args.device)
+    model = _load(args.model, json.loads(args.arch_kwargs), workdir / "final.safetensors")
+    train = load_dataset(DATA, split="train", subset=args.cost_examples)
+    cost = monte_carlo_cost(model.to(device), train.x, train.y, args)
+    print(json.dumps(cost, allow_nan=False))
+
+
+def main() -> None:
+    args = arguments().parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     suffix = f"-n{args.n}" if args.n is not None and args.n < 60000 else ""
     workdir = Path(args.workdir or ROOT / "runs" / f"bench-any-{args.model}{suffix}")
     workdir.mkdir(parents=True, exist_ok=True)
+    if args.cost_only:
+        cost_only(args, workdir)
+        return
     start = time.perf_counter()
     training = checkpoint(args, workdir)
     kwargs = json.loads(args.arch_kwargs)
     device = resolve_device(args.device)
     model = _load(args.model, kwargs, workdir / "final.safetensors").to(device)
     train, test = load_dataset(DATA, split="train"), load_dataset(DATA, split="test")
-    cost_x, cost_y = train.x[: args.cost_examples], train.y[: args.cost_examples]
     chosen = args.only.split(",") if args.only else None
     runs = {
         name: run_certify(name, argv, workdir)
@@ -326,7 +370,7 @@ def main() -> None:
         "training": training,
         "checkpoint_test_error": error_rate(model, test.x, test.y, device),
         "certificates": runs,
-        "monte_carlo_cost": monte_carlo_cost(model, cost_x, cost_y, args),
+        "monte_carlo_cost": cost_in_fresh_process(workdir),
         "wall_total_seconds": time.perf_counter() - start,
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
