@@ -17,10 +17,11 @@ MNIST, 28 tokens of 28 pixels, positional Embedding, MultiheadAttention, LayerNo
    ``python -m pacbound certify final.safetensors --arch <model> --data <S> …`` process
    each, ``-o`` a JSON report kept in ``--workdir``):
    ``gaussian-init`` (``--prior init --init init.safetensors --posterior diagonal``),
-   ``gaussian-data`` (``--prior data --posterior diagonal``: the prior mean trained on a seeded
-   half of S, the bound on the other half), both with the MNIST test set (its first
-   ``--n-test`` images; all 10000 by default) as ``--heldout``
-   (the checkpoint's test-set bound, and its own certificate L(h) ≤ L(Q) + D(h, Q));
+   ``gaussian-data`` (``--prior data --init init.safetensors --posterior diagonal``: the
+   prior mean trained from the init on a seeded half of S, the bound on the other half),
+   both with the MNIST test set (its first ``--n-test`` images; all 10000 by default) as
+   ``--heldout`` (the checkpoint's test-set bound, and its own certificate
+   L(h) ≤ L(Q) + D(h, Q));
    ``subspace`` (``--method subspace --init init.safetensors``) and ``quantize``
    (``--method quantize``). For each: the bound and its terms, the sampler used, the wall
    time of the process (start to exit), its phase timings and its peak RSS. A certificate
@@ -137,7 +138,7 @@ def certificates(args: argparse.Namespace, workdir: Path) -> dict[str, list[str]
     subspace = ["--d", args.d, "--subspace-epochs", str(args.subspace_epochs), *compression]
     return {
         "gaussian-init": [*common, "--prior", "init", "--init", init, *diagonal, *heldout],
-        "gaussian-data": [*common, "--prior", "data", *prior, *diagonal, *heldout],
+        "gaussian-data": [*common, "--prior", "data", "--init", init, *prior, *diagonal, *heldout],
         "subspace": [*common, "--method", "subspace", "--init", init, *subspace, *heldout],
         "quantize": [*common, "--method", "quantize", *compression, *heldout],
     }
