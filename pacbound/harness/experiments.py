@@ -19,6 +19,7 @@ from pacbound.harness.coverage import CoverageExperiment
 from pacbound.harness.gaussian_experiments import (
     GaussianDataExperiment,
     GaussianInitExperiment,
+    GaussianPerBatchExperiment,
     MonteCarloExperiment,
 )
 from pacbound.harness.planted import SequenceMonteCarloExperiment
@@ -40,7 +41,11 @@ PIECE_EXPERIMENTS: dict[str, Builder] = {
 
 #: The experiments of each certification method's certificate, by its registered name.
 _METHOD_EXPERIMENTS: dict[str, dict[str, Builder]] = {
-    "gaussian": {"gaussian-init": GaussianInitExperiment, "gaussian-data": GaussianDataExperiment},
+    "gaussian": {
+        "gaussian-init": GaussianInitExperiment,
+        "gaussian-data": GaussianDataExperiment,
+        "gaussian-per-batch": GaussianPerBatchExperiment,
+    },
     **{kind: {kind: partial(CompressionExperiment, kind=kind)} for kind in COMPRESSORS},
 }
 

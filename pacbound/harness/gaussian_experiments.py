@@ -146,6 +146,8 @@ class GaussianInitExperiment:
     seed: int = 0
     name: str = "gaussian-init"
     variants: tuple[str, ...] = (CORRECT, controls.MIDPOINT, controls.SHARED_DRAW)
+    mc_draws: str = "per-example"
+    batch_size: int = 1024
     _init: nn.Module | None = field(default=None, init=False, repr=False)
 
     def run(self, r: int) -> RunRecord:
@@ -161,7 +163,8 @@ class GaussianInitExperiment:
             delta=self.delta,
             seed=derive_seed(self.name, self.seed, r, "certify") % 2**31,
             search_examples=self.n,
-            batch_size=1024,
+            batch_size=self.batch_size,
+            mc_draws=self.mc_draws,
         )
         cert = certify_gaussian(
             model, x, y, options=options,
@@ -175,7 +178,32 @@ class GaussianInitExperiment:
         bounds = {CORRECT: cert.value}
         bounds.update(_gaussian_controls(cert, x, y, self.n, derive_seed(self.name, r, "shared")))
         del bounds[controls.N_FULL]  # no prior split: n = |S| is the correct count here
+        if cert.options.mc_draws == "per-batch":  # the same draws counted as n·K draws
+            bounds[PER_BATCH_AS_PER_EXAMPLE] = controls.gaussian_bound(
+                cert.empirical_risk_estimate,
+                draws=cert.n_bound * cert.options.mc_passes,
+                kl=cert.kl_nats,
+                n=cert.n_bound,
+                delta_pac_bayes=cert.budget.part("pac-bayes").per_choice,
+                delta_monte_carlo=cert.budget.part("monte-carlo").delta,
+            )
         return RunRecord(truth.value, bounds)
+
+
+#: The control of per-batch draws: K·n/B batch means counted as n·K independent draws.
+PER_BATCH_AS_PER_EXAMPLE = "control:per-batch-counted-per-example"
+
+
+@dataclass
+class GaussianPerBatchExperiment(GaussianInitExperiment):
+    """:class:`GaussianInitExperiment` with per-batch Monte-Carlo draws (``--mc-draws
+    per-batch``, MATH.md §10): one θ ~ Q per batch of B = ``batch_size`` examples, the
+    Chernoff bound on the K·n/B batch means; beside the control that counts them as n·K."""
+
+    name: str = "gaussian-per-batch"
+    variants: tuple[str, ...] = (CORRECT, PER_BATCH_AS_PER_EXAMPLE)
+    mc_draws: str = "per-batch"
+    batch_size: int = 50
 
 
 #: A one-value prior-scale grid equal to the smallest isotropic σ_q candidate: with the
