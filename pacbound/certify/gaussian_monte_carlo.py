@@ -86,8 +86,7 @@ def resolve_mc_draws(network: StochasticNetwork, options: GaussianOptions) -> st
     fit the memory budget (``--max-memory``; none set: they fit), then per-batch."""
     if options.mc_draws != "auto":
         return options.mc_draws
-    budget = getattr(options, "max_memory", None)
-    fits = per_example_fits(network, options.certificate_batch_size, budget)
+    fits = per_example_fits(network, options.certificate_batch_size, options.max_memory)
     return "per-example" if fits else "per-batch"
 
 
