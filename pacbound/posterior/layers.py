@@ -239,7 +239,8 @@ class GaussianModule(nn.Module):
             raise InvalidInputError(
                 f"the model reads {self.layer_name}.{name} outside that module's forward "
                 "(a functional call or a tied use); every use of a weight must go through its "
-                "module to be covered by the posterior. Certify with a compression method"
+                "module to be covered by the posterior. Use --sampler functional (every use "
+                "sees the example's one draw), or certify with a compression method"
             )
         return super().__getattr__(name)
 
