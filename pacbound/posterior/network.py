@@ -112,8 +112,8 @@ class StochasticNetwork(nn.Module):
         """Refuse if fitting the posterior changed a floating-point buffer (e.g. a
         normalization layer's running statistics refitted to the data): the certificate
         would compute with state the KL does not pay for."""
-        changed = [
-            name
+        changed = [  # named with the type of the module that holds them
+            f"{name} ({type(self.net.get_submodule(name.rpartition('.')[0])).__name__})"
             for name, buf in self.net.named_buffers()
             if buf.is_floating_point()  # a forward's own counters may tick
             and (

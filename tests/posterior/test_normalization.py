@@ -213,3 +213,15 @@ def test_a_batch_norm_called_twice_becomes_one_shared_affine() -> None:
     assert torch.allclose(affine(x), model(x), atol=1e-5)
     state = affine_state(model, {k: v for k, v in model.state_dict().items()})
     assert {"1.scale", "1.shift"} <= set(state) and "3.scale" not in state
+
+
+def test_a_buffer_changed_after_the_build_is_refused_naming_its_module() -> None:
+    from pacbound.posterior.network import build_stochastic_network
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.BatchNorm1d(3, affine=False)).eval()
+    fresh = {k: v.clone() for k, v in model.state_dict().items()}
+    net = build_stochastic_network(model, fixed_buffers=fresh)
+    with torch.no_grad():
+        net.net[1].running_var.mul_(2.0)
+    with pytest.raises(InvalidInputError, match=r"buffers \(1\.running_var \(BatchNorm1d\)\)"):
+        net.check_buffers_unchanged()
