@@ -59,6 +59,7 @@ from pacbound.posterior.family import FitData
 from pacbound.posterior.fit import kl_over_grid
 from pacbound.posterior.network import StochasticNetwork, auto_sampler, build_stochastic_network
 from pacbound.posterior.normalization import (
+    check_affine_form,
     normalization_treatment,
     refuse_state_changes,
     to_channel_affine,
@@ -116,7 +117,9 @@ def prepare_network(
         sampler=options.sampler or auto_sampler(affine),  # None: --sampler auto
         max_memory=options.max_memory,
     ).to(device)
-    refuse_state_changes(model, x[: min(options.batch_size, int(x.shape[0]))].to(device))
+    batch = x[: min(options.batch_size, int(x.shape[0]))].to(device)
+    refuse_state_changes(model, batch)
+    check_affine_form(model, affine, batch)
     if options.check_deterministic:
         check_deterministic(model, x, device)
     num_outputs = model_num_outputs(model, x, device)

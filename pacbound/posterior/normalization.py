@@ -154,6 +154,30 @@ def to_channel_affine(model: nn.Module) -> nn.Module:
     return out
 
 
+def check_affine_form(model: nn.Module, affine: nn.Module, x: Tensor) -> None:
+    """Refuse a model whose forward cannot run with its BatchNorm layers as
+    :class:`ChannelAffine` (``affine`` = :func:`to_channel_affine` of ``model``): it reads a
+    BatchNorm's statistics or parameters outside that BatchNorm's own call."""
+    if affine is model:
+        return
+    try:
+        with torch.no_grad():
+            affine.eval()(x)
+    except Exception as exc:
+        names = short_names([name for name, _ in batch_norm_modules(model)])
+        raise InvalidInputError(
+            f"the model's forward fails with its BatchNorm layers ({names}) as per-channel "
+            f"affine maps ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}): it reads "
+            "a BatchNorm's statistics or parameters outside the BatchNorm's own call, which "
+            "the certificate cannot cover. Use the BatchNorm only by calling it"
+        ) from None
+
+
+def short_names(names: list[str], limit: int = 4) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
 def affine_state(model: nn.Module, state: Mapping[str, Tensor]) -> dict[str, Tensor]:
     """``state`` (e.g. the ``--init`` weights, keyed like ``model``'s state dict) with every
     replaced BatchNorm's entries turned into its ``scale`` and ``shift`` (a₀, c₀). Running

@@ -247,3 +247,25 @@ def test_batch_norm_without_running_statistics_is_refused_by_certify() -> None:
     x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
     with pytest.raises(InvalidInputError, match=r"BatchNorm 1 \(BatchNorm1d\).*batch mixing"):
         certify_gaussian(model, x, y, options=GaussianOptions(prior=PriorMean.ZERO))
+
+
+def test_a_forward_reading_batch_norm_statistics_is_refused() -> None:
+    """Raw use of a BatchNorm's buffers outside its call cannot be covered: refused (was an
+    AttributeError traceback on the layers path)."""
+
+    class ReadsStatistics(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.fc = nn.Linear(4, 3)
+            self.bn = nn.BatchNorm1d(3)
+            self.out = nn.Linear(3, 2)
+
+        def forward(self, x: Tensor) -> Tensor:
+            return self.out(self.bn(self.fc(x)) + self.bn.running_mean)
+
+    model = ReadsStatistics().eval()
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    for sampler in (Sampler.FUNCTIONAL, Sampler.LAYERS):
+        options = GaussianOptions(prior=PriorMean.ZERO, sampler=sampler)
+        with pytest.raises(InvalidInputError, match=r"BatchNorm layers \(bn\) as per-channel"):
+            certify_gaussian(model, x, y, options=options)
