@@ -96,7 +96,7 @@ def count_stochastic_errors(
 
 
 @contextmanager
-def _one_draw(network: StochasticNetwork, generator: torch.Generator) -> Iterator[None]:
+def one_draw(network: StochasticNetwork, generator: torch.Generator) -> Iterator[None]:
     """Within: every posterior mean μ replaced in place by one draw θ = μ + σ ⊙ ε of the
     whole parameter vector (ε from ``generator``, parameters in slot order), restored bit
     for bit on exit. Evaluated in ``"mean"`` mode, every use of every weight sees θ."""
@@ -156,7 +156,7 @@ def count_per_batch_errors(
         for start in range(0, n, batch):
             xb = x[start : start + batch].to(dev, non_blocking=True)
             yb = y[start : start + batch].to(dev, non_blocking=True)
-            with _one_draw(network, generator):
+            with one_draw(network, generator):
                 e, m = batch_errors(network(xb), yb)
             errors, total = errors + e, total + m
             if progress is not None:

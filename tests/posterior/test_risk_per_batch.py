@@ -12,10 +12,13 @@ from torch import nn
 
 from pacbound.bounds import mc_upper_per_batch, mc_upper_per_example
 from pacbound.errors import InvalidInputError
+from pacbound.models import BUILTINS
 from pacbound.posterior import layers
-from pacbound.posterior.network import Sampler, build_stochastic_network
+from pacbound.posterior.network import Sampler, auto_sampler, build_stochastic_network
+from pacbound.posterior.normalization import to_channel_affine
 from pacbound.posterior.risk import (
     count_per_batch_errors,
+    one_draw,
     per_example_bytes,
     per_example_fits,
 )
@@ -154,3 +157,30 @@ def test_memory_estimate_counts_what_per_example_draws_materialize() -> None:
     assert per_example_fits(conv, 10, None)
     assert per_example_fits(conv, 10, 10 * kernel)
     assert not per_example_fits(conv, 10, 10 * kernel - 1)
+
+
+@pytest.mark.parametrize("name", ["resnet", "transformer"])
+def test_one_draw_is_the_hand_drawn_theta_on_the_builtin_resnet_and_transformer(name: str) -> None:
+    # The BN ResNet (layers path, BatchNorm as ChannelAffine) and the transformer
+    # (functional path: MultiheadAttention, LayerNorm, positional Embedding): the network
+    # inside one_draw computes exactly the model at θ = μ + σ ⊙ ε, ε in slot order.
+    torch.manual_seed(0)
+    model = to_channel_affine(BUILTINS[name].factory().eval())
+    network = build_stochastic_network(model, sampler=auto_sampler(model))
+    network.set_log_sigma(math.log(0.3))
+    network.set_mode("mean")
+    x = torch.randn(3, 1, 28, 28)
+    gen = torch.Generator().manual_seed(5)
+    before = [s.mu.detach().clone() for s in network.slots]
+    with torch.no_grad():
+        theta = {
+            s.name: s.mu + torch.exp(s.log_sigma) * torch.randn(s.mu.shape, generator=gen)
+            for s in network.slots
+        }
+        expected = torch.func.functional_call(model, theta, (x,))
+        with one_draw(network, torch.Generator().manual_seed(5)):
+            drawn = network(x)
+        mean = network(x)
+    assert torch.equal(drawn, expected)
+    assert not torch.allclose(drawn, mean)  # a real draw
+    assert all(torch.equal(s.mu, b) for s, b in zip(network.slots, before, strict=True))
