@@ -47,7 +47,7 @@ from typing import TypeVar
 import numpy as np
 from numpy.typing import NDArray
 
-from pacbound.compressors.buffers import BufferCode
+from pacbound.compressors.buffer_codes import BufferCode
 from pacbound.compressors.codebooks import Codebook, CodebookPrecision
 from pacbound.compressors.coding import (
     BitReader,

