@@ -114,7 +114,8 @@ def prepare_network(
     network = build_stochastic_network(
         affine,
         fixed_buffers=fixed_buffers,
-        sampler=options.sampler or auto_sampler(affine),  # None: --sampler auto
+        sampler=options.sampler  # None: --sampler auto, probed on a few inputs
+        or auto_sampler(affine, x[:8], batch_independence=options.check_deterministic),
         max_memory=options.max_memory,
     ).to(device)
     batch = x[: min(options.batch_size, int(x.shape[0]))].to(device)

@@ -239,15 +239,19 @@ def _certificate(cert: GaussianCertificate) -> Certificate:
 def _resolve_sampler(options: GaussianOptions, inputs: RunInputs) -> GaussianOptions:
     """``--sampler auto``: functional for a ``.pt2`` program, else
     :func:`~pacbound.posterior.network.auto_sampler` of the model as the posterior sees it
-    (eval-mode BatchNorm as its per-channel affine); ``--max-memory auto``: the default
-    fraction of the device's memory. Both recorded as resolved."""
+    (eval-mode BatchNorm as its per-channel affine), probed on a few inputs;
+    ``--max-memory auto``: the default fraction of the device's memory. Both recorded as
+    resolved."""
     if options.max_memory is None:
         options = replace(options, max_memory=default_max_memory(inputs.device))
     if options.sampler is not None:
         return options
     if inputs.loaded.provenance.checkpoint.format == "pt2":
         return replace(options, sampler=Sampler.FUNCTIONAL)
-    return replace(options, sampler=auto_sampler(to_channel_affine(inputs.loaded.module)))
+    model = to_channel_affine(inputs.loaded.module)
+    probe = inputs.data.x[: min(8, options.batch_size)]
+    sampler = auto_sampler(model, probe, batch_independence=options.check_deterministic)
+    return replace(options, sampler=sampler)
 
 
 def _checkpoint_inputs(inputs: RunInputs) -> CheckpointInputs | None:

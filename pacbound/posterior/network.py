@@ -228,12 +228,36 @@ class Sampler(str, Enum):
     FUNCTIONAL = "functional"
 
 
-def auto_sampler(model: nn.Module) -> Sampler:
+#: Examples the run-time part of ``--sampler auto`` probes the layers on.
+AUTO_PROBE_EXAMPLES = 8
+
+
+def auto_sampler(
+    model: nn.Module, x: Tensor | None = None, *, batch_independence: bool = True
+) -> Sampler:
     """``--sampler auto``: the layers when every parameter-holding module has an exact layer
     sampler that applies to it and nothing is tied or reused
     (:func:`~pacbound.posterior.static_checks.layer_sampler_obstacles` is empty), else the
-    generic functional path."""
-    return Sampler.FUNCTIONAL if layer_sampler_obstacles(model) else Sampler.LAYERS
+    generic functional path. With inputs ``x``, also what only a forward pass shows: the
+    layers are probed on a few of them (:meth:`StochasticNetwork.check_coverage`) and a
+    refusal (a layer called twice, a weight read by a raw op outside its layer) sends the
+    model to the functional path, which draws such uses once per example by construction.
+    Buffers are not judged here: both paths check them against their reference later."""
+    if layer_sampler_obstacles(model):
+        return Sampler.FUNCTIONAL
+    if x is None:
+        return Sampler.LAYERS
+    own = {name: buf for name, buf in model.named_buffers()}
+    try:
+        net = build_stochastic_network(model, fixed_buffers=own, sampler=Sampler.LAYERS)
+        device = next((p.device for p in model.parameters()), x.device)
+        net.to(device)
+        net.check_coverage(
+            x[:AUTO_PROBE_EXAMPLES].to(device), batch_independence=batch_independence
+        )
+    except InvalidInputError:
+        return Sampler.FUNCTIONAL
+    return Sampler.LAYERS
 
 
 def set_max_memory(network: StochasticNetwork, max_memory: int) -> None:

@@ -39,6 +39,20 @@ USER_MODULE = textwrap.dedent(
         return RawGain()
 
 
+    class RawRead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 6)
+            self.out = nn.Linear(6, 2)
+
+        def forward(self, x):
+            return self.out(torch.relu(self.fc(x) @ self.fc.weight.T))
+
+
+    def rawread():
+        return RawRead()
+
+
     def plain():
         return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.ReLU(), nn.Linear(8, 2))
     """
@@ -98,6 +112,16 @@ def test_a_bare_parameter_model_goes_functional_and_is_recorded(
     assert doc["options"]["max_memory"] == 64 << 20
     assert doc["results"]["posterior"]["sampler"] == {"path": "functional"}
     assert doc["results"]["posterior"]["num_parameters"] == 6 + 6 * 2 + 2
+
+
+def test_a_layer_weight_read_by_a_raw_op_goes_functional(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    code, output, doc = _certify(task, monkeypatch, "rawread")
+    assert code == 0, output
+    assert doc["options"]["sampler"] == "functional"  # the probe saw the raw read
+    code, output, _ = _certify(task, monkeypatch, "rawread", "--sampler", "layers")
+    assert code == 3 and "--sampler functional" in " ".join(output.split())
 
 
 def test_a_model_with_layer_samplers_stays_on_the_layers(

@@ -238,3 +238,36 @@ def test_auto_rule() -> None:
         "unsupported": Sampler.FUNCTIONAL,
         "altered": Sampler.FUNCTIONAL,
     }
+
+
+class _RawRead(nn.Module):
+    """A registered layer whose weight a raw op also reads (a tied output, hand-written)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(x) @ self.fc.weight.T
+
+
+class _Twice(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(4, 4)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.fc(torch.relu(self.fc(x)))  # one layer, two calls: one draw per example
+
+
+def test_auto_rule_probes_what_only_a_forward_shows() -> None:
+    x = torch.randn(16, 4)
+    for model in (_RawRead(), _Twice()):
+        assert auto_sampler(model) is Sampler.LAYERS  # nothing to see statically
+        assert auto_sampler(model, x) is Sampler.FUNCTIONAL
+        with pytest.raises(InvalidInputError, match="--sampler functional"):
+            build_stochastic_network(model).check_coverage(x)
+        net = build_stochastic_network(model, sampler=auto_sampler(model, x))
+        net.check_coverage(x)  # the functional path certifies it
+    clean = nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4), nn.Linear(4, 2))
+    assert auto_sampler(clean, x) is Sampler.LAYERS
