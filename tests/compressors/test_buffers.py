@@ -110,7 +110,7 @@ def test_bn_cnn_quantize_certificate_codes_the_statistics_in_a_fraction_of_32_bi
     )
     res = cert.results
     after = res["code_length_breakdown"]["buffers"]
-    assert 3 * after < before, (after, before)  # measured: 272 vs 1034 bits
+    assert 3 * after < before, (after, before)  # measured: 339 vs 1034 bits (p = 8)
     assert sum(res["code_length_breakdown"].values()) == res["code_length_bits"]
     decoded = DirectQuantizeCompressor(bn_cnn, levels=2).decompress(payload)
     with torch.no_grad():
