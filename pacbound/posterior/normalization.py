@@ -31,7 +31,12 @@ from pacbound.errors import InvalidInputError
 
 #: The module types replaced by a :class:`ChannelAffine` (exact types: a subclass may
 #: change ``forward`` and stays itself).
-BATCH_NORMS: tuple[type[nn.Module], ...] = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BATCH_NORMS: tuple[type[nn.Module], ...] = (
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.SyncBatchNorm,  # in eval mode the same map (no synchronisation)
+)
 
 #: Normalization types with an elementwise affine (their weight and bias are ordinary
 #: parameters covered by the posterior; without affine they hold no parameters).

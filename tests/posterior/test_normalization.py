@@ -40,6 +40,7 @@ def _trained_statistics(model: nn.Module, x: Tensor) -> nn.Module:
         (nn.BatchNorm1d(5), (7, 5, 3)),
         (nn.BatchNorm2d(5), (7, 5, 4, 4)),
         (nn.BatchNorm3d(5, affine=False), (7, 5, 2, 3, 2)),
+        (nn.SyncBatchNorm(5), (7, 5, 3)),
     ],
 )
 def test_channel_affine_computes_the_eval_mode_batch_norm(bn: nn.Module, shape: tuple) -> None:
