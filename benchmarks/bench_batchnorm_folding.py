@@ -88,7 +88,9 @@ def _certify(
     options = GaussianOptions(
         prior=PriorMean.DATA,
         posterior=args.posterior,
-        prior_recipe=PriorTrainingRecipe(epochs=args.prior_epochs, seed=args.seed),
+        prior_recipe=PriorTrainingRecipe(
+            epochs=args.prior_epochs, lr=args.prior_lr, seed=args.seed
+        ),
         training=TrainingRecipe(epochs=args.posterior_epochs, p_min=0.5, seed=args.seed),
         mc_passes=args.mc_passes,
         seed=args.seed,
@@ -120,7 +122,8 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=32)
     parser.add_argument("--posterior", default="isotropic")
     parser.add_argument("--posterior-epochs", type=int, default=2)
-    parser.add_argument("--prior-epochs", type=int, default=3)
+    parser.add_argument("--prior-epochs", type=int, default=10)
+    parser.add_argument("--prior-lr", type=float, default=0.05)
     parser.add_argument("--mc-passes", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default=None)
