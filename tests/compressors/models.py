@@ -32,8 +32,9 @@ def trained(seed: int) -> nn.Module:
     with torch.no_grad():
         for p in model.parameters():
             p.add_(0.1 * torch.randn(p.shape, generator=generator))
-        bn = model[1]
+        bn = model[1]  # type: ignore[index]
         assert isinstance(bn, nn.BatchNorm1d)
+        assert bn.running_mean is not None and bn.running_var is not None
         bn.running_mean.copy_(torch.randn(8, generator=generator))
         bn.running_var.copy_(torch.rand(8, generator=generator) + 0.5)
     return model
