@@ -105,7 +105,7 @@ class BufferCode:
     def format_version(self) -> int:
         """1 (float32 values, written only when there is nothing else to code, so a model
         without float buffers keeps its format-1 message bit for bit) or 2."""
-        empty = not any(self.coded) and all(v is None for v in self.integers)
+        empty = not any(self.coded) and not self.floats and all(v is None for v in self.integers)
         return 1 if self.legacy is not None or empty else 2
 
     def write(self, w: BitWriter) -> None:

@@ -218,11 +218,11 @@ def encode_buffers(module: nn.Module, reference: nn.Module) -> BufferCode:
             and torch.equal(other.cpu(), buf.cpu())
         )
 
+    named = float_buffers(module)  # refuses complex buffers first
     integers = tuple(
         None if same(name, buf) else buf.detach().cpu().to(torch.int64).reshape(-1).numpy()
         for name, buf in integer_buffers(module)
     )
-    named = float_buffers(module)
     coded = tuple(not same(name, buf) for name, buf in named)
     floats = _float_codes(
         float_groups(module, coded),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 
 import numpy as np
+import pytest
 import torch
 from torch import Tensor, nn
 
@@ -26,6 +27,7 @@ from pacbound.compressors.buffers import (
     PRECISION_BITS,
     BufferCode,
     Domain,
+    FloatGroupCode,
     FloatScheme,
     code_float_group,
     decode_buffers,
@@ -34,6 +36,7 @@ from pacbound.compressors.buffers import (
 )
 from pacbound.compressors.coding import BitReader, BitWriter, delta_length
 from pacbound.compressors.projectors import ProjectorKind
+from pacbound.errors import InvalidInputError
 from tests.compressors.models import _init, other_mlp, tiny_mlp, trained
 
 
@@ -302,3 +305,36 @@ def test_format_1_artifacts_with_float32_buffers_still_decode_exactly() -> None:
     np.testing.assert_array_equal(parameter_vector(decoded).double().numpy(), expected)
     new = DirectQuantizeCompressor(tiny_mlp, levels=2, seed=3).compress(original)
     assert new.buffers.format_version == 2 and new.code_length_bits < 816 - 250
+
+
+def test_forged_buffer_codes_are_refused_not_decoded() -> None:
+    """A message with a valid CRC but an impossible buffers part: InvalidInputError."""
+    compressor = DirectQuantizeCompressor(table, levels=4)
+    good = compressor.compress(table(0))
+
+    def forged(code: BufferCode) -> bytes:
+        return CompressedMessage(
+            good.kind, good.architecture, good.num_parameters, good.codebook, good.symbols, code
+        ).to_bytes()
+
+    huge = FloatGroupCode(FloatScheme.FIXED, Domain.LINEAR, np.zeros(1, np.int64), exponent=5000)
+    with pytest.raises(InvalidInputError, match="corrupted"):
+        CompressedMessage.from_bytes(forged(BufferCode((None, None), (), (huge,))))
+    # A standardized group where the architecture has no BatchNorm to scale it.
+    std = FloatGroupCode(FloatScheme.FIXED, Domain.STANDARD, np.zeros(2, np.int64), exponent=-3)
+    mlp = DirectQuantizeCompressor(tiny_mlp, levels=4)
+    message = mlp.compress(trained(3))
+    bad = CompressedMessage(
+        message.kind,
+        message.architecture,
+        message.num_parameters,
+        message.codebook,
+        message.symbols,
+        BufferCode((), (False, True), (std,)),  # running_var (8 values) coded as 2
+    )
+    with pytest.raises(InvalidInputError, match="do not fit"):
+        mlp.decompress(bad.to_bytes())
+    with pytest.raises(InvalidInputError, match="complex"):
+        holder = table(0)
+        holder.register_buffer("phase", torch.zeros(2, dtype=torch.complex64))
+        encode_buffers(holder, table(0))
