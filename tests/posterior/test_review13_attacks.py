@@ -84,3 +84,106 @@ def test_batch_norm_with_overridden_forward_is_not_turned_into_channel_affine() 
         assert torch.allclose(affine.eval()(x), model(x), atol=1e-5), (
             "ChannelAffine built from running statistics the model's forward never uses"
         )
+
+
+# Hole 2: with --sampler auto (the CLI default) a model whose forward reads a BatchNorm's
+# statistics outside its call crashes (internal error, exit 5) instead of being refused:
+# auto_sampler probes the layers before check_affine_form and lets the AttributeError of the
+# ChannelAffine-replaced module escape (commit 013c4a8 refuses it only for an explicit sampler).
+
+
+class _ReadsRunningMean(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.bn(self.fc(x))
+        return self.out(h - self.bn.running_mean)  # type: ignore[operator]
+
+
+def test_auto_sampler_refuses_not_crashes_on_a_raw_batch_norm_statistic() -> None:
+    from pacbound.certify.gaussian import prepare_network
+    from pacbound.certify.gaussian_options import GaussianOptions
+
+    torch.manual_seed(0)
+    model = _ReadsRunningMean().eval()
+    x = torch.randn(32, 6)
+    with pytest.raises(InvalidInputError):
+        prepare_network(
+            model,
+            x,
+            options=GaussianOptions(sampler=None, batch_size=16),
+            fixed_buffers=dict(_ReadsRunningMean().named_buffers()),
+            device=torch.device("cpu"),
+        )
+
+
+# Hole 3: the compression (Occam) path does not refuse a forward that changes the model's
+# state. Here the decoded model's forward re-estimates its BatchNorm statistics from the
+# first batch it sees (a deterministic pass afterwards, so check_deterministic passes): the
+# errors are counted on a model whose running statistics come from S, not from the message
+# (the coded buffers are overwritten), so the code length does not pay for the tensors the
+# certified model computes with. The Gaussian path refuses the same model
+# (refuse_state_changes); the compression path certifies it.
+
+ADAPT_MODULE = '''
+import torch
+from torch import nn
+
+
+class Adapt(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8, momentum=None)
+        self.out = nn.Linear(8, 2)
+
+    def forward(self, x):
+        h = self.fc(x)
+        was = self.bn.training
+        self.bn.train()
+        if h.shape[0] > 1 and int(self.bn.num_batches_tracked) == 0:
+            self.bn(h)  # running statistics from the first batch seen (part of S)
+        self.bn.train(was)
+        return self.out(torch.relu(self.bn(h)))
+
+
+def adapt():
+    return Adapt()
+'''
+
+
+def test_compression_refuses_a_forward_that_writes_its_buffers(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    from pathlib import Path
+
+    import numpy as np
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from pacbound.cli.main import cli
+
+    root = Path(str(tmp_path))
+    (root / "review13_adapt.py").write_text(ADAPT_MODULE)
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=gen)
+    x = torch.randn(300, 6, generator=gen) + 1.5 * (2 * y[:, None] - 1).float()
+    np.savez(root / "train.npz", x=x.numpy(), y=y.numpy())
+    torch.manual_seed(0)
+    model = importlib.import_module("review13_adapt").adapt().eval()
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(root / "adapt.safetensors"))
+    args = ["certify", str(root / "adapt.safetensors"), "--method", "quantize", "--levels", "2,4"]
+    args += ["--arch", "review13_adapt:adapt", "--data", str(root / "train.npz"), "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(root / "adapt.json")])
+    assert result.exit_code == 3, (
+        "a compression certificate of a model whose forward rewrites its buffers from S: "
+        + result.output[-300:]
+    )
