@@ -187,3 +187,23 @@ def test_compression_refuses_a_forward_that_writes_its_buffers(
         "a compression certificate of a model whose forward rewrites its buffers from S: "
         + result.output[-300:]
     )
+
+
+def test_global_module_forward_hooks_are_not_dropped_by_the_layer_sampler() -> None:
+    """Hole 1, variant: a global forward hook (``register_module_forward_hook``) rewrites
+    every Linear's output in the user's model; the registry looks only at the module's own
+    hooks and GaussianModule.__call__ skips hooks, so the layers path drops it (the
+    functional path keeps it)."""
+    from torch.nn.modules.module import register_module_forward_hook
+
+    def negate_linear(mod: nn.Module, inp: object, out: Tensor) -> Tensor | None:
+        return -out if type(mod) is nn.Linear else None
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
+    x = torch.randn(16, 4)
+    handle = register_module_forward_hook(negate_linear)
+    try:
+        _mean_matches_or_refused(model, x, auto_sampler(model, x[:8]))
+    finally:
+        handle.remove()
