@@ -207,3 +207,62 @@ def test_global_module_forward_hooks_are_not_dropped_by_the_layer_sampler() -> N
         _mean_matches_or_refused(model, x, auto_sampler(model, x[:8]))
     finally:
         handle.remove()
+
+
+# Hole 4: a BatchNorm still in train mode after model.eval() (the architecture's train()
+# keeps it there: test-time batch statistics; momentum 0 so no buffer changes) normalizes by
+# each batch's statistics, mixing examples. to_channel_affine turns it into ChannelAffine
+# from the running statistics anyway, refuse_state_changes sees no buffer change and no mode
+# flip, and the batch-independence probe runs on the (ChannelAffine) network, not the model:
+# the certificate is about a classifier the model does not compute.
+
+
+class _TestTimeBatchStats(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8, momentum=0.0)
+        self.out = nn.Linear(8, 2)
+
+    def train(self, mode: bool = True) -> _TestTimeBatchStats:
+        super().train(mode)
+        self.bn.training = True  # batch statistics at inference too
+        return self
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x)
+        if x.shape[0] == 1:  # a single example: its running statistics
+            self.bn.training = False
+            h = self.bn(h)
+            self.bn.training = True
+        else:
+            h = self.bn(h)
+        return self.out(torch.relu(h))
+
+
+@pytest.mark.parametrize("sampler", [None, "layers", "functional"])
+def test_batch_norm_left_in_train_mode_is_refused(sampler: str | None) -> None:
+    from pacbound.certify.gaussian import prepare_network
+    from pacbound.certify.gaussian_options import GaussianOptions
+
+    torch.manual_seed(0)
+    model = _TestTimeBatchStats()
+    model.eval()
+    x = torch.randn(64, 6) * 3 + 1
+    options = GaussianOptions(sampler=None if sampler is None else Sampler(sampler), batch_size=32)
+    try:
+        net, _ = prepare_network(
+            model,
+            x,
+            options=options,
+            fixed_buffers=dict(_TestTimeBatchStats().named_buffers()),
+            device=torch.device("cpu"),
+        )
+    except InvalidInputError:
+        return
+    net.set_mode("mean")
+    with torch.no_grad():
+        assert torch.allclose(net(x[:32]), model(x[:32]), atol=1e-5), (
+            "certified the BatchNorm's running-statistics affine map; the model normalizes "
+            "by batch statistics"
+        )
