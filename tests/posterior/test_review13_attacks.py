@@ -266,3 +266,72 @@ def test_batch_norm_left_in_train_mode_is_refused(sampler: str | None) -> None:
             "certified the BatchNorm's running-statistics affine map; the model normalizes "
             "by batch statistics"
         )
+
+
+# Hole 5 (compression): the decoded model is evaluated in batches with only the determinism
+# check; a decoded model that normalizes by batch statistics (a BatchNorm kept in train mode
+# by the architecture's train(), momentum 0) mixes examples, so its counted errors are not
+# those of a per-example classifier. The Gaussian path probes batch independence; the
+# compression path certifies it.
+
+TTBN_MODULE = '''
+import torch
+from torch import nn
+
+
+class TTBN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(6, 8)
+        self.bn = nn.BatchNorm1d(8, momentum=0.0)
+        self.out = nn.Linear(8, 2)
+
+    def train(self, mode=True):
+        super().train(mode)
+        self.bn.training = True
+        return self
+
+    def forward(self, x):
+        h = self.fc(x)
+        if x.shape[0] == 1:
+            self.bn.training = False
+            h = self.bn(h)
+            self.bn.training = True
+        else:
+            h = self.bn(h)
+        return self.out(torch.relu(h))
+
+
+def ttbn():
+    return TTBN()
+'''
+
+
+def test_compression_refuses_a_batch_mixing_decoded_model(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+    from pathlib import Path
+
+    import numpy as np
+    from click.testing import CliRunner
+    from safetensors.torch import save_file
+
+    from pacbound.cli.main import cli
+
+    root = Path(str(tmp_path))
+    (root / "review13_ttbn.py").write_text(TTBN_MODULE)
+    monkeypatch.chdir(root)
+    monkeypatch.syspath_prepend(str(root))
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=gen)
+    x = torch.randn(300, 6, generator=gen) + 1.5 * (2 * y[:, None] - 1).float()
+    np.savez(root / "train.npz", x=x.numpy(), y=y.numpy())
+    torch.manual_seed(0)
+    model = importlib.import_module("review13_ttbn").ttbn().eval()
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(root / "ttbn.safetensors"))
+    args = ["certify", str(root / "ttbn.safetensors"), "--method", "quantize", "--levels", "2,4"]
+    args += ["--arch", "review13_ttbn:ttbn", "--data", str(root / "train.npz"), "--quiet"]
+    result = CliRunner().invoke(cli, [*args, "-o", str(root / "ttbn.json")])
+    assert result.exit_code == 3, "certified a batch-mixing decoded model: " + result.output[-300:]
