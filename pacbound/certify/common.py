@@ -151,3 +151,22 @@ def checkpoint_block(
         "delta_total": delta_certified + disagreement.delta,
         "statement": f"L(h) ≤ L({certified}) + D(h, {certified})",
     }
+
+
+def check_eval_mode(model: nn.Module) -> None:
+    """Put ``model`` in eval mode and refuse modules that stay in train mode (an
+    architecture whose ``train()`` keeps e.g. a BatchNorm on batch statistics): such a module
+    computes with the other examples of the batch, not as a fixed per-example function."""
+    model.eval()
+    stuck = [
+        f"{name or '<root>'} ({type(m).__name__})"
+        for name, m in model.named_modules()
+        if m.training
+    ]
+    if stuck:
+        shown = ", ".join(stuck[:4]) + (f" and {len(stuck) - 4} more" if len(stuck) > 4 else "")
+        raise InvalidInputError(
+            f"these modules stay in train mode after model.eval(): {shown}; in train mode a "
+            "normalization layer uses the batch's statistics, so the certified classifier "
+            "would not be a fixed per-example function. Let eval() switch them off"
+        )

@@ -38,6 +38,7 @@ from pacbound.certify.common import (
     Timer,
     Verdict,
     check_deterministic,
+    check_eval_mode,
     model_num_outputs,
     no_progress,
 )
@@ -54,6 +55,7 @@ from pacbound.certify.gaussian_options import (
     random_stream,
 )
 from pacbound.certify.gaussian_prior import PriorChoice, derive_prior
+from pacbound.errors import InvalidInputError
 from pacbound.posterior.families import FAMILIES
 from pacbound.posterior.family import FitData
 from pacbound.posterior.fit import kl_over_grid
@@ -64,6 +66,7 @@ from pacbound.posterior.normalization import (
     refuse_state_changes,
     to_channel_affine,
 )
+from pacbound.posterior.probe import outputs_agree
 
 
 @dataclass(frozen=True)
@@ -105,7 +108,8 @@ def prepare_network(
     and ``verify`` alike."""
     options.budget()
     check_count(options.mc_passes, "--mc-passes")
-    model.to(device).eval()
+    model.to(device)
+    check_eval_mode(model)
     # Eval-mode BatchNorm becomes its per-channel affine map (a, c), covered by the
     # posterior (MATH.md §10): its running statistics are no buffers of the hypothesis.
     affine = to_channel_affine(model)
@@ -124,12 +128,35 @@ def prepare_network(
     if options.check_deterministic:
         check_deterministic(model, x, device)
     num_outputs = model_num_outputs(model, x, device)
+    check_mean_is_model(network, model, batch)
     network.check_coverage(
         # at the certification batch size; a slice reads streamed features as a tensor
         x[: min(options.batch_size, int(x.shape[0]))].to(device),
         batch_independence=options.check_deterministic,
     )
     return network, num_outputs
+
+
+@torch.no_grad()
+def check_mean_is_model(network: StochasticNetwork, model: nn.Module, x: Tensor) -> None:
+    """Refuse a network that, at its mean (the checkpoint), does not compute the model's
+    outputs on ``x``: whatever replaced a layer (a Gaussian layer, BatchNorm's affine form)
+    dropped something the model does (a forward replaced on an instance, a hook, a BatchNorm
+    on batch statistics), so Q would be centred on another classifier than the checkpoint."""
+    network.set_mode("mean")
+    devices = [x.device] if x.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # a model random by design: same draws
+        torch.manual_seed(0)
+        mean = network(x)
+        torch.manual_seed(0)
+        reference = model(x)
+    if not outputs_agree(mean, reference):
+        raise InvalidInputError(
+            "the posterior's network at its mean (the checkpoint's weights) does not compute "
+            "the model's outputs: a layer computes otherwise than its type says (a forward "
+            "replaced on the instance, hooks, a normalization on batch statistics). Certify "
+            "with --sampler functional, or remove the alteration"
+        )
 
 
 def choose_hypothesis(

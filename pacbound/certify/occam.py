@@ -38,6 +38,7 @@ from pacbound.certify.common import (
     Timer,
     Verdict,
     check_deterministic,
+    check_eval_mode,
     model_num_outputs,
 )
 from pacbound.certify.compressed_checkpoint import CheckpointSets, compare_with_checkpoint
@@ -51,6 +52,8 @@ from pacbound.compressors import (
     SubspaceQuantizeCompressor,
 )
 from pacbound.errors import InvalidInputError
+from pacbound.posterior.normalization import refuse_state_changes
+from pacbound.posterior.probe import check_batch_independence
 from pacbound.posterior.risk import count_errors
 
 CERTIFIED_CLASSIFIER = (
@@ -145,6 +148,21 @@ def check_data(x: Tensor, y: Tensor, num_classes: int) -> None:
     check_count(num_classes, "num_classes")
 
 
+@torch.no_grad()
+def check_per_example(
+    decoded: nn.Module, x: Tensor, *, options: CompressionOptions, device: torch.device
+) -> None:
+    """Refuse a decoded model that is not a fixed per-example function: modules that stay in
+    train mode, a forward that writes its buffers (statistics re-estimated from S would not
+    be paid for by the code length) and outputs that depend on the rest of the batch."""
+    decoded.to(device)
+    check_eval_mode(decoded)
+    batch = x[: min(options.batch_size, int(x.shape[0]))].to(device)
+    refuse_state_changes(decoded, batch)
+    if options.check_deterministic:
+        check_batch_independence(decoded, batch)
+
+
 def score_message(
     message: CompressedMessage,
     decoder: Decoder,
@@ -157,6 +175,7 @@ def score_message(
     """Decode the message's *bytes*, count the decoded model's errors on all of (x, y), bound
     them (δ·2^(−K) per codeword)."""
     decoded = decoder.decompress(message.to_bytes())
+    check_per_example(decoded, x, options=options, device=device)
     if options.check_deterministic:
         check_deterministic(decoded, x, device)
     outputs = model_num_outputs(decoded, x, device)

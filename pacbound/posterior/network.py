@@ -255,7 +255,9 @@ def auto_sampler(
         net.check_coverage(
             x[:AUTO_PROBE_EXAMPLES].to(device), batch_independence=batch_independence
         )
-    except InvalidInputError:
+    except Exception:
+        # reads a replaced layer's attributes) sends the model to the generic path, which
+        # runs its own checks and refuses what it cannot cover
         return Sampler.FUNCTIONAL
     return Sampler.LAYERS
 

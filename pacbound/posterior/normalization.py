@@ -97,13 +97,46 @@ def batch_norm_modules(model: nn.Module) -> list[tuple[str, _BatchNorm]]:
                 "one example's output depends on the others in its batch (batch mixing). "
                 "Train it with running statistics, or replace it (e.g. by GroupNorm)"
             )
-        if mod._forward_hooks or mod._forward_pre_hooks:
+        altered = altered_behaviour(mod)
+        if altered:
             raise InvalidInputError(
-                f"BatchNorm {where} has forward hooks; its per-channel affine form would drop "
-                "them. Remove the hooks before certifying"
+                f"BatchNorm {where} may not compute as a BatchNorm ({'; '.join(altered)}); its "
+                "per-channel affine form would drop that. Remove them before certifying"
             )
         found.append((name, mod))
     return found
+
+
+#: Methods a module's forward never runs: replacing them on an instance is no alteration.
+NOT_COMPUTING = frozenset({"reset_parameters", "extra_repr", "train", "eval", "_get_name"})
+
+
+def altered_behaviour(module: nn.Module) -> list[str]:
+    """Why ``module`` may not compute as its class's code says (empty: nothing found):
+    forward hooks of its own or global ones (``register_module_forward_hook``), and methods
+    replaced on the instance (``module.forward = …``). A layer replaced by its Gaussian or
+    affine form would drop them."""
+    why = []
+    if module._forward_hooks or module._forward_pre_hooks:
+        why.append("forward hooks")
+    if _global_forward_hooks():
+        why.append("global module forward hooks (register_module_forward_hook)")
+    replaced = sorted(
+        name
+        for name, value in vars(module).items()
+        if callable(value)
+        and callable(getattr(type(module), name, None))
+        and name not in NOT_COMPUTING
+    )
+    if replaced:
+        why.append(f"{', '.join(replaced)} replaced on the instance")
+    return why
+
+
+def _global_forward_hooks() -> bool:
+    from torch.nn.modules import module as torch_module
+
+    return bool(torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks)
 
 
 def affine_values(

@@ -206,12 +206,23 @@ def _tolerance(out: Tensor) -> float:
     return max(BATCH_RTOL, 50.0 * eps)
 
 
-def _batch_independence(network: StochasticForward, x: Tensor) -> None:
-    network.set_mode("mean")
-    together = network(x)
+def outputs_agree(computed: Tensor, reference: Tensor) -> bool:
+    """Whether two evaluations of the same outputs agree up to the rounding of their dtype
+    (relative, with an absolute floor scaled by the outputs' size)."""
+    scale = float(reference.abs().max()) if reference.numel() else 1.0
+    tol = _tolerance(reference)
+    return computed.shape == reference.shape and torch.allclose(
+        computed, reference, rtol=tol, atol=max(BATCH_ATOL, tol / 100) * (1.0 + scale)
+    )
+
+
+def check_batch_independence(forward: Callable[[Tensor], Tensor], x: Tensor) -> None:
+    """Refuse a classifier whose output for an example depends on the other examples of its
+    batch: rows of one batched evaluation against the same rows evaluated alone."""
+    together = forward(x)
     rows = sorted({0, x.shape[0] // 2, x.shape[0] - 1})
     try:
-        alone = torch.cat([network(x[i : i + 1]) for i in rows])
+        alone = torch.cat([forward(x[i : i + 1]) for i in rows])
     except InvalidInputError:
         raise
     except Exception as exc:
@@ -219,17 +230,17 @@ def _batch_independence(network: StochasticForward, x: Tensor) -> None:
             f"the model cannot evaluate a single example ({type(exc).__name__}: "
             f"{str(exc)[:120]}); per-example certificates need per-example predictions"
         ) from None
-    picked = together[rows]
-    scale = float(alone.abs().max()) if alone.numel() else 1.0
-    tol = _tolerance(alone)
-    if picked.shape != alone.shape or not torch.allclose(
-        picked, alone, rtol=tol, atol=max(BATCH_ATOL, tol / 100) * (1.0 + scale)
-    ):
+    if not outputs_agree(together[rows], alone):
         raise InvalidInputError(
             "the model's output for an example depends on the other examples in its batch "
             "(batch-level mixing, e.g. train-mode normalization or attention across the "
             "batch): per-example certificates need per-example predictions"
         )
+
+
+def _batch_independence(network: StochasticForward, x: Tensor) -> None:
+    network.set_mode("mean")
+    check_batch_independence(network, x)
 
 
 @torch.no_grad()

@@ -38,7 +38,7 @@ from pacbound.posterior.layers_affine import (
 )
 from pacbound.posterior.layers_conv import GaussianConv
 from pacbound.posterior.layers_embedding import GaussianEmbedding
-from pacbound.posterior.normalization import ChannelAffine
+from pacbound.posterior.normalization import ChannelAffine, altered_behaviour
 
 
 def _no_settings(module: nn.Module) -> list[str]:
@@ -60,9 +60,7 @@ class LayerSampler:
 
     def refusals(self, module: nn.Module) -> list[str]:
         """Why the Gaussian layer would not compute as ``module`` (empty: it applies)."""
-        why = []
-        if module._forward_hooks or module._forward_pre_hooks:
-            why.append("forward hooks")
+        why = altered_behaviour(module)
         extra = sorted(set(module._parameters) - self.parameters)
         if extra:
             why.append(f"extra parameters {', '.join(extra)}")
