@@ -114,7 +114,10 @@ def _initial_model(model: nn.Module, init_state: dict[str, Tensor] | None, seed:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed + SEED_OFFSETS["prior_init"])
         for module in fresh.modules():
-            reset = getattr(module, "reset_parameters", None)
+            # nn.MultiheadAttention initializes its own tensors in _reset_parameters only
+            reset = getattr(module, "reset_parameters", None) or getattr(
+                module, "_reset_parameters", None
+            )
             if callable(reset):
                 reset()
     kept = [

@@ -261,3 +261,41 @@ def test_a_model_returning_a_tuple_is_refused_with_one_line() -> None:
             torch.zeros(8, dtype=torch.int64),
             options=GaussianOptions(**FAST, prior=PriorMean.ZERO),
         )
+
+
+def test_seeded_fresh_init_reinitializes_multihead_attention() -> None:
+    """nn.MultiheadAttention has only ``_reset_parameters``; the data prior without --init
+    re-initializes it too, so no prior tensor starts at the trained weights."""
+    from pacbound.certify.gaussian_prior import data_dependent_prior
+    from pacbound.posterior.priors import PriorTrainingRecipe
+
+    class Attn(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.proj = nn.Linear(4, 8)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.head = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.proj(x.view(x.shape[0], 2, 4))
+            return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+    torch.manual_seed(0)
+    model = Attn().eval()
+    with torch.no_grad():  # "trained": every tensor moved off its initial value
+        for p in model.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    x, y = torch.randn(40, 8), torch.randint(0, 2, (40,))
+    _, prior = data_dependent_prior(
+        model,
+        x,
+        y,
+        prior_fraction=0.5,
+        recipe=PriorTrainingRecipe(epochs=1, lr=1e-9, seed=0),
+        seed=3,
+        init_state=None,
+        device=torch.device("cpu"),
+    )
+    trained = dict(model.named_parameters())
+    for name, p in prior.named_parameters():
+        assert not torch.equal(p, trained[name]), name
