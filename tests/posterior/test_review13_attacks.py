@@ -129,7 +129,7 @@ def test_auto_sampler_refuses_not_crashes_on_a_raw_batch_norm_statistic() -> Non
 # certified model computes with. The Gaussian path refuses the same model
 # (refuse_state_changes); the compression path certifies it.
 
-ADAPT_MODULE = '''
+ADAPT_MODULE = """
 import torch
 from torch import nn
 
@@ -153,7 +153,7 @@ class Adapt(nn.Module):
 
 def adapt():
     return Adapt()
-'''
+"""
 
 
 def test_compression_refuses_a_forward_that_writes_its_buffers(
@@ -274,7 +274,7 @@ def test_batch_norm_left_in_train_mode_is_refused(sampler: str | None) -> None:
 # those of a per-example classifier. The Gaussian path probes batch independence; the
 # compression path certifies it.
 
-TTBN_MODULE = '''
+TTBN_MODULE = """
 import torch
 from torch import nn
 
@@ -304,7 +304,7 @@ class TTBN(nn.Module):
 
 def ttbn():
     return TTBN()
-'''
+"""
 
 
 def test_compression_refuses_a_batch_mixing_decoded_model(
