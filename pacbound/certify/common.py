@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
 from pacbound.bounds.checkpoint import checkpoint_bound
 from pacbound.bounds.result import BoundResult
@@ -154,19 +155,21 @@ def checkpoint_block(
 
 
 def check_eval_mode(model: nn.Module) -> None:
-    """Put ``model`` in eval mode and refuse modules that stay in train mode (an
-    architecture whose ``train()`` keeps e.g. a BatchNorm on batch statistics): such a module
-    computes with the other examples of the batch, not as a fixed per-example function."""
+    """Put ``model`` in eval mode and refuse normalization layers that stay in train mode (an
+    architecture whose ``train()`` keeps a BatchNorm on batch statistics): they compute with
+    the other examples of the batch, not as a fixed per-example function. (Other modules'
+    flags are the determinism and batch-independence checks' concern; a ``torch.export``
+    program ignores them.)"""
     model.eval()
     stuck = [
         f"{name or '<root>'} ({type(m).__name__})"
         for name, m in model.named_modules()
-        if m.training
+        if m.training and isinstance(m, _NormBase)
     ]
     if stuck:
         shown = ", ".join(stuck[:4]) + (f" and {len(stuck) - 4} more" if len(stuck) > 4 else "")
         raise InvalidInputError(
-            f"these modules stay in train mode after model.eval(): {shown}; in train mode a "
-            "normalization layer uses the batch's statistics, so the certified classifier "
-            "would not be a fixed per-example function. Let eval() switch them off"
+            f"these normalization layers stay in train mode after model.eval(): {shown}; in "
+            "train mode they use the batch's statistics, so the certified classifier would "
+            "not be a fixed per-example function. Let eval() switch them off"
         )
