@@ -216,7 +216,7 @@ class Sampler(str, Enum):
 
     ``layers``: each module with an exact fast sampler in the registry
     (:data:`~pacbound.posterior.samplers.LAYER_SAMPLERS`: nn.Linear, nn.Conv1d/2d/3d,
-    nn.Embedding, nn.LayerNorm, nn.GroupNorm, ChannelAffine) is replaced
+    nn.Embedding, nn.LayerNorm, nn.GroupNorm, ChannelAffine, nn.MultiheadAttention) is replaced
     by its Gaussian layer; every other parameter, tie or reuse is refused. ``functional``:
     the whole parameter vector is drawn per example and each example is evaluated alone
     (``torch.func.vmap`` over ``functional_call``): any module, ties and reuse included, at
@@ -324,6 +324,9 @@ def build_stochastic_network(
     slots: list[ParameterSlot] = []
     for param_name, _ in model.named_parameters():
         mod_name, _, attr = param_name.rpartition(".")
+        while mod_name not in replacements:  # a covered child's tensor: ``out_proj_weight``
+            mod_name, _, child = mod_name.rpartition(".")
+            attr = f"{child}_{attr}"
         slots.append(ParameterSlot(param_name, replacements[mod_name], attr))
     stochastic = StochasticNetwork(net, slots)
     covered = {id(p) for slot in slots for p in (slot.mu, slot.log_sigma)}

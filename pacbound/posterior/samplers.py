@@ -36,6 +36,7 @@ from pacbound.posterior.layers_affine import (
     GaussianGroupNorm,
     GaussianLayerNorm,
 )
+from pacbound.posterior.layers_attention import GaussianMultiheadAttention, attention_unsupported
 from pacbound.posterior.layers_conv import GaussianConv
 from pacbound.posterior.layers_embedding import GaussianEmbedding
 from pacbound.posterior.normalization import ChannelAffine, altered_behaviour
@@ -57,6 +58,9 @@ class LayerSampler:
     parameters: frozenset[str] = frozenset({"weight", "bias"})
     #: the module's settings the Gaussian layer does not implement (empty: none)
     unsupported: Callable[[nn.Module], list[str]] = _no_settings
+    #: child modules whose parameters the Gaussian layer draws as its own (e.g. the
+    #: ``out_proj`` of ``nn.MultiheadAttention``): they get no sampler of their own
+    children: frozenset[str] = frozenset()
 
     def refusals(self, module: nn.Module) -> list[str]:
         """Why the Gaussian layer would not compute as ``module`` (empty: it applies)."""
@@ -64,6 +68,9 @@ class LayerSampler:
         extra = sorted(set(module._parameters) - self.parameters)
         if extra:
             why.append(f"extra parameters {', '.join(extra)}")
+        for name in sorted(self.children):
+            child = module._modules.get(name)
+            why += [f"{name}: {w}" for w in altered_behaviour(child)] if child is not None else []
         return why + self.unsupported(module)
 
 
@@ -101,6 +108,16 @@ LAYER_SAMPLERS: dict[type[nn.Module], LayerSampler] = {
     ChannelAffine: LayerSampler(
         GaussianChannelAffine, _AFFINE_DRAWS, parameters=frozenset({"scale", "shift"})
     ),
+    nn.MultiheadAttention: LayerSampler(
+        GaussianMultiheadAttention,
+        "one draw of the in- and out-projections per example, shared by all its positions "
+        "(batched matmuls)",
+        parameters=frozenset(
+            {"in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight"}
+        ),
+        unsupported=attention_unsupported,
+        children=frozenset({"out_proj"}),
+    ),
 }
 
 
@@ -121,13 +138,25 @@ def _holds_parameters(module: nn.Module) -> bool:
     return any(True for _ in module.parameters(recurse=False))
 
 
+def covered_children(model: nn.Module) -> set[str]:
+    """Names of the child modules whose parameters their parent's sampler draws."""
+    covered = set()
+    for name, mod in model.named_modules():
+        sampler = layer_sampler(mod)
+        if sampler is not None:
+            covered |= {f"{name}.{c}" if name else c for c in sampler.children}
+    return covered
+
+
 def unsupported_modules(model: nn.Module) -> list[str]:
-    """``"name (Type)"`` of every module that holds parameters but has no layer sampler."""
+    """``"name (Type)"`` of every module that holds parameters but has no layer sampler
+    (nor is a child whose parameters its parent's sampler draws)."""
+    covered = covered_children(model)
     return sorted(
         {
             f"{name or '<root>'} ({type(mod).__name__})"
             for name, mod in model.named_modules()
-            if layer_sampler(mod) is None and _holds_parameters(mod)
+            if layer_sampler(mod) is None and _holds_parameters(mod) and name not in covered
         }
     )
 
@@ -146,9 +175,12 @@ def gaussian_layers(model: nn.Module, log_sigma_init: float) -> dict[str, Gaussi
     """The Gaussian layer of every module of ``model`` that has a sampler, by module name
     (in ``named_modules`` order); each knows its name as ``layer_name``."""
     layers: dict[str, GaussianModule] = {}
+    covered = covered_children(model)
     for name, mod in model.named_modules():
         sampler = layer_sampler(mod)
-        if sampler is not None and _holds_parameters(mod):  # e.g. not LayerNorm(affine=False)
+        if (
+            sampler is not None and _holds_parameters(mod) and name not in covered
+        ):  # e.g. not LayerNorm(affine=False)
             layer = sampler.layer(mod, log_sigma_init)
             layer.layer_name = name
             layers[name] = layer

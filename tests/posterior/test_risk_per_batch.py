@@ -162,7 +162,7 @@ def test_memory_estimate_counts_what_per_example_draws_materialize() -> None:
 @pytest.mark.parametrize("name", ["resnet", "transformer"])
 def test_one_draw_is_the_hand_drawn_theta_on_the_builtin_resnet_and_transformer(name: str) -> None:
     # The BN ResNet (layers path, BatchNorm as ChannelAffine) and the transformer
-    # (functional path: MultiheadAttention, LayerNorm, positional Embedding): the network
+    # (layers path: MultiheadAttention, LayerNorm, positional Embedding): the network
     # inside one_draw computes exactly the model at θ = μ + σ ⊙ ε, ε in slot order.
     torch.manual_seed(0)
     model = to_channel_affine(BUILTINS[name].factory().eval())

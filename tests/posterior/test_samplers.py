@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.layers import GaussianLinear, GaussianModule
 from pacbound.posterior.layers_affine import GaussianChannelAffine, GaussianLayerNorm
+from pacbound.posterior.layers_attention import GaussianMultiheadAttention
 from pacbound.posterior.layers_conv import GaussianConv
 from pacbound.posterior.layers_embedding import GaussianEmbedding
 from pacbound.posterior.network import build_stochastic_network
@@ -33,6 +34,7 @@ def test_registry_holds_every_exact_sampler() -> None:
         nn.LayerNorm,
         nn.GroupNorm,
         ChannelAffine,
+        nn.MultiheadAttention,
     ]
     assert LAYER_SAMPLERS[nn.Linear].layer is GaussianLinear
     assert {LAYER_SAMPLERS[t].layer for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d)} == {GaussianConv}
@@ -40,7 +42,8 @@ def test_registry_holds_every_exact_sampler() -> None:
     assert LAYER_SAMPLERS[nn.LayerNorm].layer is GaussianLayerNorm
     assert LAYER_SAMPLERS[ChannelAffine].layer is GaussianChannelAffine
     assert supported_types(", ").startswith("nn.Linear, nn.Conv2d, nn.Conv1d, nn.Conv3d, ")
-    assert supported_types(", ").endswith("nn.GroupNorm, ChannelAffine")
+    assert LAYER_SAMPLERS[nn.MultiheadAttention].layer is GaussianMultiheadAttention
+    assert supported_types(", ").endswith("nn.GroupNorm, ChannelAffine, nn.MultiheadAttention")
 
 
 def test_exact_type_only() -> None:
