@@ -84,9 +84,15 @@ class GaussianMultiheadAttention(GaussianModule):
             self.register_parameter(
                 f"{name}_log_sigma", nn.Parameter(torch.full_like(value.detach(), log_sigma_init))
             )
+        # The module's configuration (plain values; containers such as TransformerEncoderLayer
+        # read some of them before calling it). Its tensors are only the drawn ones.
         self.embed_dim = base.embed_dim
         self.num_heads = base.num_heads
         self.head_dim = base.head_dim
+        self.batch_first = base.batch_first
+        self.dropout = base.dropout
+        self.kdim, self.vdim = base.kdim, base.vdim
+        self._qkv_same_embed_dim = base._qkv_same_embed_dim
         # The module's own code, run at given tensors (``"mean"``, ``"shared"``): a shell
         # without values (meta tensors, never computed with), not registered as a submodule.
         shell = nn.MultiheadAttention(
