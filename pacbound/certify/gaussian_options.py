@@ -73,7 +73,7 @@ def parse_size(text: str | int | None) -> int | None:
     unit = raw[len(number) :]
     try:
         size = int(float(number) * _SIZE_UNITS[unit])
-    except (KeyError, ValueError):
+    except (KeyError, ValueError, OverflowError):  # unknown unit, not a number, inf
         size = 0
     if size <= 0:
         raise InvalidInputError(

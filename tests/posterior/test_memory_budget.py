@@ -85,7 +85,7 @@ def test_max_memory_sizes(text: str, size: int | None) -> None:
     assert parse_size(text) == size
 
 
-@pytest.mark.parametrize("text", ["0", "-1GiB", "lots", "2XB"])
+@pytest.mark.parametrize("text", ["0", "-1GiB", "lots", "2XB", "1e400", "inf", "nan"])
 def test_bad_max_memory_is_refused(text: str) -> None:
     with pytest.raises(InvalidInputError, match="--max-memory"):
         parse_size(text)
