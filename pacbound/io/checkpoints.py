@@ -351,3 +351,34 @@ def _first_line(exc: BaseException) -> str:
     first = text[0] if text else ""
     name = type(exc).__name__
     return f"{name}: {first[:160]}" if first else name
+
+
+def with_tied_names(
+    module: nn.Module, tensors: Mapping[str, Tensor], *, source: str
+) -> dict[str, Tensor]:
+    """``tensors`` completed with every name of a tensor the module shares (a tied weight):
+    a file may hold such a tensor once (safetensors' ``save_model`` keeps one name), and the
+    other names get it. Names of one shared tensor saved with different values are refused."""
+    groups: dict[int, list[str]] = {}
+    named = [
+        *module.named_parameters(remove_duplicate=False),
+        *module.named_buffers(remove_duplicate=False),
+    ]
+    for name, tensor in named:
+        groups.setdefault(id(tensor), []).append(name)
+    out = dict(tensors)
+    for names in groups.values():
+        saved = [name for name in names if name in tensors]
+        if len(names) < 2 or not saved:
+            continue
+        first = tensors[saved[0]]
+        for name in saved[1:]:
+            other = tensors[name]
+            if other.shape != first.shape or not torch.equal(other, first.to(other.dtype)):
+                raise InvalidInputError(
+                    f"{source}: {saved[0]} and {name} are one shared (tied) tensor of the "
+                    "model but the file holds different values for them"
+                )
+        for name in names:
+            out.setdefault(name, first)
+    return out

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError, UsageError
 from pacbound.io.architectures import ArchitectureSpec, build_module, parse_arch
-from pacbound.io.checkpoints import Checkpoint, read_checkpoint
+from pacbound.io.checkpoints import Checkpoint, read_checkpoint, with_tied_names
 from pacbound.io.device import resolve_device
 from pacbound.io.provenance import ModelProvenance
 from pacbound.models import BUILTINS
@@ -233,7 +233,8 @@ def load_init_state(
     )
     expected = module.state_dict()
     source = f"--init {path}"
-    converted, _ = match_state(expected, ckpt.tensors, source=source, fix=_INIT_FIX)
+    tensors = with_tied_names(module, ckpt.tensors, source=source)
+    converted, _ = match_state(expected, tensors, source=source, fix=_INIT_FIX)
     return {name: t.to(expected[name].device) for name, t in converted.items()}
 
 
@@ -331,13 +332,15 @@ def _build_and_load(
     skeleton = _build_on_meta(spec, kwargs)
     if skeleton is None:
         module = build_module(spec, kwargs)
+        tensors = with_tied_names(module, ckpt.tensors, source=source)
         converted, conversions = match_state(
-            module.state_dict(), ckpt.tensors, source=source, fix=_ARCH_FIX
+            module.state_dict(), tensors, source=source, fix=_ARCH_FIX
         )
         module.load_state_dict(converted, strict=True)
         return module, conversions
+    tensors = with_tied_names(skeleton, ckpt.tensors, source=source)
     converted, conversions = match_state(
-        skeleton.state_dict(), ckpt.tensors, source=source, fix=_ARCH_FIX
+        skeleton.state_dict(), tensors, source=source, fix=_ARCH_FIX
     )
     # assign=True adopts the checkpoint's tensors (memory-mapped for safetensors) as the
     # parameters instead of copying them into freshly initialised ones: one copy, not two.

@@ -178,3 +178,42 @@ def test_count_non_finite_scans_in_chunks() -> None:
     huge = torch.full((4,), 3e38)  # the sum overflows, yet every entry is finite
     assert count_non_finite(huge) == 0
     assert count_non_finite(torch.ones(3, dtype=torch.int64)) == 0
+
+
+class _Tied(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(3, 3)
+        self.b = torch.nn.Linear(3, 3)
+        self.b.weight = self.a.weight
+
+
+def test_a_tied_weight_saved_once_loads_tied(tmp_path: Path) -> None:
+    """safetensors' save_model keeps one name of a shared tensor; the other name is filled
+    from it and the tie survives (one parameter, not two)."""
+    import sys
+
+    from safetensors.torch import save_model
+
+    from pacbound.io import load_init_state, load_model
+    from pacbound.io.checkpoints import with_tied_names
+
+    module = _Tied()
+    save_model(module, str(tmp_path / "tied.safetensors"))
+    (tmp_path / "tiedmod.py").write_text(
+        "from tests.io.test_models import _Tied\n\ndef build():\n    return _Tied()\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        loaded = load_model(tmp_path / "tied.safetensors", arch="tiedmod:build", arch_kwargs={})
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("tiedmod", None)
+    got = loaded.module
+    assert got.b.weight is got.a.weight and torch.equal(got.a.weight, module.a.weight)
+    state = load_init_state(tmp_path / "tied.safetensors", loaded)
+    assert torch.equal(state["b.weight"], module.a.weight.detach())
+    forged = {k: v.detach() for k, v in module.state_dict().items()}
+    forged["b.weight"] = forged["a.weight"] + 1
+    with pytest.raises(InvalidInputError, match=r"one shared \(tied\) tensor"):
+        with_tied_names(module, forged, source="CHECKPOINT x")
