@@ -35,6 +35,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pacbound.errors", "pacbound._version"),
     ("pacbound",),  # the root __init__: the version and the error types
     ("pacbound.bounds",),
+    ("pacbound.parallel",),
     ("pacbound.models",),
     ("pacbound.io",),
     ("pacbound.compressors",),
