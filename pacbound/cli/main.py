@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
 import signal
 import sys
 import traceback
@@ -17,6 +19,7 @@ from pacbound.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
+    EXIT_PEER_FAILED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     PacboundError,
@@ -30,7 +33,9 @@ Exit codes:
   3    bad input (checkpoint, architecture, data, invalid values)
   4    numerical failure (NaN, non-convergence)
   5    internal error (a bug: rerun with --debug and report it)
+  6    under torchrun: this rank stopped because another rank failed
   130  interrupted
+  143  terminated (SIGTERM; torchrun sends it to every rank when one fails)
 """
 
 
@@ -38,11 +43,58 @@ def _one_line(message: object) -> str:
     return " ".join(str(message).split())
 
 
-def _fail(code: int, message: str, *, debug: bool) -> NoReturn:
-    if debug:
+#: The variables torchrun sets for every worker (pacbound.parallel.world reads the same ones;
+#: that module imports torch, which ``pacbound bound`` never loads).
+_TORCHRUN_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def _place() -> tuple[int, int, int] | None:
+    """(rank, world size, local rank) of a process started by torchrun, else ``None``."""
+    if not all(name in os.environ for name in _TORCHRUN_VARIABLES):
+        return None
+    try:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ["LOCAL_RANK"])
+    except ValueError:
+        return None
+
+
+def _fail(code: int, message: str, *, debug: bool, shown_by: str = "every rank") -> NoReturn:
+    """Print one ``Error:`` line and exit with ``code``. Under torchrun, ``shown_by`` says
+    which ranks print it: ``"every rank"`` (a failure of this rank alone; ranks other than 0
+    add ``[rank r of N]``), ``"rank 0"`` (the ranks agreed on it) or ``"each node"`` (a
+    command-line error: the first rank of every node)."""
+    place = _place()
+    rank, size, local = place or (0, 1, 0)
+    show = {"every rank": True, "rank 0": rank == 0, "each node": local == 0}[shown_by]
+    if debug and show:
         traceback.print_exc()
-    click.echo(f"Error: {_one_line(message)}", err=True)
+    if show:
+        where = f" [rank {rank} of {size}]" if rank and shown_by != "rank 0" else ""
+        click.echo(f"Error: {_one_line(message)}{where}", err=True)
+    if place is not None:
+        # The code is decided: the SIGTERM torchrun now sends the other ranks must not
+        # replace it (its agent kills a rank that does not end within its own timeout).
+        with contextlib.suppress(ValueError):
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
     sys.exit(code)
+
+
+def _leave_process_group() -> None:
+    """Leave torchrun's process group, if this process joined one (errors included: a
+    process that keeps its group can hang at exit)."""
+    world = sys.modules.get("pacbound.parallel.world")
+    if world is not None:
+        with contextlib.suppress(Exception):  # best effort on the way out: the code stands
+            world.shutdown()
+
+
+def _peer_failure(exc: Exception) -> str | None:
+    """The message of a collective broken by another rank (under torchrun), else ``None``."""
+    failures = sys.modules.get("pacbound.parallel.failures")
+    place = _place()
+    if failures is None or place is None or not failures.is_peer_failure(exc):
+        return None
+    return str(failures.peer_failed(exc, place[0], "a collective"))
 
 
 #: Commands are imported only when used, so that ``pacbound bound`` never loads torch.
@@ -119,17 +171,26 @@ class PacboundGroup(click.Group):
         except (click.exceptions.Abort, KeyboardInterrupt):
             _fail(EXIT_INTERRUPTED, "interrupted; no report was written.", debug=debug)
         except Terminated:
-            _fail(EXIT_TERMINATED, "terminated (SIGTERM); no report was written.", debug=debug)
+            why = ", from torchrun: a rank failed or torchrun was stopped" if _place() else ""
+            _fail(
+                EXIT_TERMINATED, f"terminated (SIGTERM{why}); no report was written.", debug=debug
+            )
         except click.UsageError as exc:
             hint = ""
             if exc.ctx is not None:
                 hint = f" See '{exc.ctx.command_path} --help'."
-            _fail(EXIT_USAGE, exc.format_message() + hint, debug=debug)
+            _fail(EXIT_USAGE, exc.format_message() + hint, debug=debug, shown_by="each node")
         except click.ClickException as exc:
-            _fail(exc.exit_code or EXIT_USAGE, exc.format_message(), debug=debug)
+            code = exc.exit_code or EXIT_USAGE
+            _fail(code, exc.format_message(), debug=debug, shown_by="each node")
         except PacboundError as exc:
-            _fail(exc.exit_code, str(exc), debug=debug)
+            shared = type(exc).__name__ == "SharedError"
+            _fail(
+                exc.exit_code, str(exc), debug=debug, shown_by="rank 0" if shared else "every rank"
+            )
         except Exception as exc:
+            if (peer := _peer_failure(exc)) is not None:
+                _fail(EXIT_PEER_FAILED, peer, debug=debug)
             _fail(
                 EXIT_INTERNAL,
                 f"internal error ({type(exc).__name__}: {_one_line(exc)}). This is a bug in "
@@ -137,8 +198,10 @@ class PacboundGroup(click.Group):
                 debug=debug,
             )
         finally:
-            for restored, handler in previous.items():
-                signal.signal(restored, handler)
+            _leave_process_group()
+            if _place() is None:  # a torchrun worker is on its way out: keep SIGTERM ignored
+                for restored, handler in previous.items():
+                    signal.signal(restored, handler)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
