@@ -213,18 +213,18 @@ def test_killing_one_rank_ends_every_rank_without_a_report(task: Path, tmp_path:
     report = tmp_path / "report.json"
     args = ["certify", *model_and_data(task), "--init", str(task / "init.safetensors")]
     args += ["--mc-passes", "20000", "--threads", "1", "-o", str(report)]
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         [*standalone(2), *args], env=_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path
-    )
-    assert proc.stderr is not None
-    for line in proc.stderr:  # rank 0's first line: both ranks are past their checks
-        if line.startswith("certifying"):
-            break
-    victim = next(p for p in _children(proc.pid) if _rank_of(p) == 1)
-    os.kill(victim, signal.SIGKILL)
-    killed = time.monotonic()
-    rest = proc.stderr.read()
-    proc.wait(timeout=RUN_TIMEOUT_S)
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # rank 0's first line: both ranks are past their checks
+            if line.startswith("certifying"):
+                break
+        victim = next(p for p in _children(proc.pid) if _rank_of(p) == 1)
+        os.kill(victim, signal.SIGKILL)
+        killed = time.monotonic()
+        rest = proc.stderr.read()
+        proc.wait(timeout=RUN_TIMEOUT_S)
     assert time.monotonic() - killed < 40
     assert proc.returncode == 1
     codes = worker_exit_codes(rest)
