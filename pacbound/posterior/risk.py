@@ -19,6 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.parallel import shard
+from pacbound.parallel.training import summed_counts
 from pacbound.posterior import layers
 from pacbound.posterior.network import StochasticNetwork
 
@@ -44,6 +46,15 @@ class ErrorCount:
         return self.errors / self.evaluations
 
 
+def shard_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """This rank's batches of ``range(n)``: the one-process batches ``[j·B, (j+1)·B)`` that
+    fall in its shard (whole batches, :func:`pacbound.parallel.shard` aligned to B), so every
+    example is evaluated in the batch it has in one process; all of them in one process."""
+    rows = shard(n, align=batch_size)
+    for start in range(rows.start, rows.stop, batch_size):
+        yield slice(start, min(start + batch_size, rows.stop))
+
+
 @torch.no_grad()
 def count_errors(
     model: nn.Module,
@@ -54,17 +65,30 @@ def count_errors(
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
 ) -> ErrorCount:
-    """0-1 errors of a deterministic model on (x, y)."""
+    """0-1 errors of a deterministic model on (x, y).
+
+    Each rank counts its shard (:func:`shard_batches`; a streamed data set reads only those
+    rows) and the integer counts are summed over ranks, so the count is the same at any
+    world size. NaN/Inf outputs on any rank stop every rank (:class:`NumericalError`).
+    ``progress`` advances by this rank's examples, then by the other ranks' at the end.
+    """
     errors = total = 0
+    failure: NumericalError | None = None
     dev = device or x.device
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size].to(dev, non_blocking=True)
-        yb = y[start : start + batch_size].to(dev, non_blocking=True)
-        e, m = batch_errors(model(xb), yb)
-        errors, total = errors + e, total + m
-        if progress is not None:
-            progress(m)
-    return ErrorCount(errors, total)
+    try:
+        for rows in shard_batches(int(x.shape[0]), batch_size):
+            xb = x[rows].to(dev, non_blocking=True)
+            yb = y[rows].to(dev, non_blocking=True)
+            e, m = batch_errors(model(xb), yb)
+            errors, total = errors + e, total + m
+            if progress is not None:
+                progress(m)
+    except NumericalError as exc:
+        failure = exc
+    all_errors, all_total = summed_counts((errors, total), failure)
+    if progress is not None and all_total > total:
+        progress(all_total - total)
+    return ErrorCount(all_errors, all_total)
 
 
 @torch.no_grad()
