@@ -95,12 +95,14 @@ def collectively(step: Callable[[], T]) -> T:
 
 
 def on_writer(step: Callable[[], None]) -> None:
-    """Run ``step`` (a write) on rank 0 only; every rank then raises its pacbound error, if
-    any, as a :class:`SharedError`, or goes on together. In one process: ``step()``."""
+    """Run ``step`` (a write) on rank 0 only, once every rank has come this far (a rank that
+    failed before stops the writer too: no file); every rank then raises the writer's pacbound
+    error, if any, as a :class:`SharedError`, or goes on together. In one process: ``step()``."""
     world = current()
     if not world.distributed:
         step()
         return
+    all_gather_objects(None)  # every rank has finished its work
     failure = None
     if world.is_writer:
         try:
