@@ -30,7 +30,7 @@ from pacbound.bounds.checkpoint import disagreement_bound
 from pacbound.bounds.validation import check_count
 from pacbound.certify.common import check_deterministic, checkpoint_block
 from pacbound.certify.occam_options import CompressionOptions
-from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.errors import InvalidInputError, NumericalError, PacboundError
 from pacbound.parallel.training import summed_counts
 from pacbound.posterior.risk import shard_batches
 
@@ -67,7 +67,7 @@ def compare_predictions(
     dev = device or torch.device("cpu")
     check_count(batch_size, "--batch-size")
     errors = disagreements = total = 0
-    failure: NumericalError | None = None
+    failure: PacboundError | None = None
     try:
         for rows in shard_batches(int(x.shape[0]), batch_size):
             xb = x[rows].to(dev)
@@ -79,7 +79,7 @@ def compare_predictions(
             if y is not None:
                 errors += int((pred != y[rows].to(dev)).sum())
             total += int(xb.shape[0])
-    except NumericalError as exc:
+    except PacboundError as exc:
         failure = exc
     total, disagreements, errors = summed_counts((total, disagreements, errors), failure)
     return Agreement(total, disagreements, None if y is None else errors)

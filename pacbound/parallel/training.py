@@ -11,6 +11,7 @@ layers that use batch statistics in train mode (BatchNorm) see the rank's share 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,8 +21,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pacbound.errors import NumericalError
-from pacbound.parallel.collectives import sum_ints
+from pacbound.errors import PacboundError
+from pacbound.parallel.collectives import _collective, collectively, sum_ints
 from pacbound.parallel.shards import shard
 from pacbound.parallel.world import current
 
@@ -52,7 +53,8 @@ def batch_share(indices: Tensor) -> Share:
 
 def _reduce_sum(t: Tensor) -> Tensor:
     out = t.detach().clone()
-    dist.all_reduce(out, op=dist.ReduceOp.SUM)
+    with _collective("a sum of training losses or gradients"):
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
     return out
 
 
@@ -140,7 +142,8 @@ def average_gradients(parameters: Iterable[Tensor]) -> None:
         flat = torch.cat(
             [(torch.zeros_like(p) if p.grad is None else p.grad).reshape(-1) for p in members]
         )
-        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        with _collective("a gradient average"):
+            dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         flat.div_(world.world_size)
         offset = 0
         for p in members:
@@ -158,12 +161,13 @@ def average_buffers(module: nn.Module) -> None:
     world = current()
     if not world.distributed:
         return
-    for buffer in module.buffers():
-        if buffer.is_floating_point():
-            dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
-            buffer.div_(world.world_size)
-        else:
-            dist.broadcast(buffer, src=0)
+    with _collective("an average of buffers"):
+        for buffer in module.buffers():
+            if buffer.is_floating_point():
+                dist.all_reduce(buffer, op=dist.ReduceOp.SUM)
+                buffer.div_(world.world_size)
+            else:
+                dist.broadcast(buffer, src=0)
 
 
 def rank_seed(seed: int) -> int:
@@ -177,21 +181,22 @@ def rank_seed(seed: int) -> int:
     return int.from_bytes(digest.digest(), "little") >> 1
 
 
-def summed_counts(counts: Sequence[int], failure: NumericalError | None) -> tuple[int, ...]:
-    """``counts`` summed over ranks, after every rank learned whether any rank failed: the
-    rank that failed re-raises its ``failure``, the others raise a :class:`NumericalError`
-    too, so that no rank waits forever for a rank that stopped counting."""
-    world = current()
-    if not world.distributed:
+def summed_counts(counts: Sequence[int], failure: PacboundError | None) -> tuple[int, ...]:
+    """``counts`` summed over ranks, after every rank learned whether any rank failed while
+    counting (``failure``: its error, e.g. NaN outputs in its shard): then every rank raises
+    that rank's error as a :class:`~pacbound.parallel.failures.SharedError` (same message
+    and exit code, printed once), so no rank waits for one that stopped. In one process:
+    ``failure`` itself is raised, or the counts returned."""
+    if not current().distributed:
         if failure is not None:
             raise failure
         return tuple(int(c) for c in counts)
     *totals, failed = sum_ints([*counts, 0 if failure is None else 1])
+    if failed:
+        collectively(functools.partial(_reraise, failure))
+    return tuple(totals)
+
+
+def _reraise(failure: PacboundError | None) -> None:
     if failure is not None:
         raise failure
-    if failed:
-        raise NumericalError(
-            f"{failed} other rank(s) stopped with a numerical error (NaN/Inf outputs) while "
-            f"counting errors; rank {world.rank} stops too"
-        )
-    return tuple(totals)

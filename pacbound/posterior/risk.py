@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.errors import InvalidInputError, NumericalError, PacboundError
 from pacbound.parallel import shard
 from pacbound.parallel.training import summed_counts
 from pacbound.posterior import layers
@@ -69,11 +69,12 @@ def count_errors(
 
     Each rank counts its shard (:func:`shard_batches`; a streamed data set reads only those
     rows) and the integer counts are summed over ranks, so the count is the same at any
-    world size. NaN/Inf outputs on any rank stop every rank (:class:`NumericalError`).
+    world size. NaN/Inf outputs on any rank stop every rank (:class:`NumericalError`; under torchrun
+    a :class:`~pacbound.parallel.SharedError` with its message and exit code).
     ``progress`` advances by this rank's examples, then by the other ranks' at the end.
     """
     errors = total = 0
-    failure: NumericalError | None = None
+    failure: PacboundError | None = None
     dev = device or x.device
     try:
         for rows in shard_batches(int(x.shape[0]), batch_size):
@@ -83,7 +84,7 @@ def count_errors(
             errors, total = errors + e, total + m
             if progress is not None:
                 progress(m)
-    except NumericalError as exc:
+    except PacboundError as exc:
         failure = exc
     all_errors, all_total = summed_counts((errors, total), failure)
     if progress is not None and all_total > total:

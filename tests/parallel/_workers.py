@@ -14,7 +14,7 @@ from pacbound.certify.compressed_checkpoint import compare_predictions
 from pacbound.certify.occam_options import CompressionOptions
 from pacbound.certify.qat import finetune, qat_loss
 from pacbound.compressors import make_projector, train_subspace, uniform_codebook
-from pacbound.errors import NumericalError
+from pacbound.errors import PacboundError
 from pacbound.parallel import current
 from pacbound.posterior.fit import TrainingRecipe, train_diagonal_posterior
 from pacbound.posterior.network import build_stochastic_network
@@ -74,8 +74,8 @@ def counting(n: int, batch_sizes: tuple[int, ...], nan_row: int) -> dict[str, An
     try:
         count_errors(model, poisoned, y, batch_size=batch_sizes[0])
         out["nan"] = None
-    except NumericalError as exc:
-        out["nan"] = str(exc)
+    except PacboundError as exc:
+        out["nan"] = (type(exc).__name__, exc.exit_code, str(exc))
     return out
 
 

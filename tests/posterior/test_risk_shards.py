@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pacbound.certify.compressed_checkpoint import compare_predictions
-from pacbound.errors import NumericalError
+from pacbound.errors import EXIT_NUMERICAL, NumericalError
 from pacbound.parallel import World, shard
 from pacbound.parallel import world as world_module
 from pacbound.posterior.risk import count_errors, shard_batches
@@ -85,10 +85,8 @@ def test_real_process_group_counts_equal_one_process(world_size: int) -> None:
             errors, total, read, *agreement = out[b]
             assert (errors, total, *agreement) == expected[b]
             assert read == list(shard(N, world[rank], align=b))  # its own rows only
-        # the NaN is on one rank's shard; every rank stops with a numerical error
+        # the NaN is in one rank's shard; every rank stops with that rank's error (exit 4)
         owner = next(r for r in range(world_size) if NAN_ROW in shard(N, world[r], align=7))
-        assert out["nan"] is not None
-        if rank == owner:
-            assert "NaN/Inf outputs during risk evaluation" in out["nan"]
-        else:
-            assert "other rank(s) stopped with a numerical error" in out["nan"]
+        where = f" [rank {owner} of {world_size}]" if owner else ""
+        message = "the network produced NaN/Inf outputs during risk evaluation" + where
+        assert out["nan"] == ("SharedError", EXIT_NUMERICAL, message)
