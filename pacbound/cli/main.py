@@ -109,6 +109,10 @@ LAZY_COMMANDS = {
 }
 
 
+#: Commands that run in one process; the others join torchrun's process group when there is one.
+ONE_PROCESS_COMMANDS = frozenset({"bound", "inspect", "plot", "report"})
+
+
 class Terminated(BaseException):
     """Raised by the SIGTERM handler so that clean-up runs and the exit code is 143."""
 
@@ -203,6 +207,17 @@ class PacboundGroup(click.Group):
                 for restored, handler in previous.items():
                     signal.signal(restored, handler)
         sys.exit(rv if isinstance(rv, int) else EXIT_OK)
+
+    def resolve_command(
+        self, ctx: click.Context, args: list[str]
+    ) -> tuple[str | None, click.Command | None, list[str]]:
+        """Under torchrun, a command that does not distribute (``bound``, ``inspect``,
+        ``plot``, ``report``) runs on rank 0 only: the other ranks exit 0 at once."""
+        name, command, rest = super().resolve_command(ctx, args)
+        place = _place()
+        if name in ONE_PROCESS_COMMANDS and place is not None and place[0] != 0:
+            return name, click.Command(name or "", callback=lambda: None), []
+        return name, command, rest
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *LAZY_COMMANDS})

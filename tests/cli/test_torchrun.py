@@ -45,7 +45,7 @@ def torchrun(*launcher: str) -> list[str]:
 
 
 def standalone(nproc: int = 2) -> list[str]:
-    return torchrun("--standalone", "--nproc-per-node", str(nproc), "-m", "pacbound")
+    return torchrun("--standalone", "--nproc-per-node", str(nproc), "-m", "pacbound", "--")
 
 
 def two_nodes(port: int, node_rank: int, *conf: str) -> list[str]:
@@ -65,6 +65,7 @@ def two_nodes(port: int, node_rank: int, *conf: str) -> list[str]:
         *conf,
         "-m",
         "pacbound",
+        "--",
     )
 
 

@@ -119,3 +119,27 @@ def test_a_muted_terminal_prints_nothing(capsys: pytest.CaptureFixture[str]) -> 
     assert term.quiet and not term.show_progress
     Terminal().warn("shown")
     assert "Warning: shown" in capsys.readouterr().err
+
+
+def test_one_process_commands_run_on_rank_0_only() -> None:
+    args = ["bound", "--risk", "0.1", "--n", "1000", "--delta", "0.05", "--kl", "5"]
+    zero = CliRunner().invoke(cli, args, env=torchrun_env(0, 2, 0))
+    plain = CliRunner().invoke(cli, args)
+    assert zero.exit_code == plain.exit_code == 0
+    assert zero.stdout == plain.stdout and "0." in plain.stdout
+    other = CliRunner().invoke(cli, args, env=torchrun_env(1, 2, 1))
+    assert (other.exit_code, other.stdout, other.stderr) == (0, "", "")
+
+
+def test_only_d_needs_the_double_dash() -> None:
+    """torchrun's parser takes an abbreviation of its own options anywhere on the line unless
+    ``--`` follows ``-m pacbound`` (docs/scaling.md): today only ``--d`` is one."""
+    from torch.distributed.run import get_args_parser
+
+    from pacbound.cli.certify_cmd import certify
+    from pacbound.cli.compress_cmd import compress
+    from pacbound.cli.verify_cmd import verify
+
+    theirs = [s for action in get_args_parser()._actions for s in action.option_strings]
+    ours = {o for c in (certify, compress, verify) for p in c.params for o in p.opts}
+    assert sorted(o for o in ours if any(t.startswith(o) for t in theirs)) == ["--d"]
