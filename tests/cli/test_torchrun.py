@@ -128,6 +128,18 @@ def test_verify_under_torchrun(plain_report: Path) -> None:
     assert errors(done.stderr) == []
 
 
+def test_compress_under_torchrun_writes_the_plain_artifact(task: Path, tmp_path: Path) -> None:
+    args = ["compress", *model_and_data(task), *QUANTIZE, "--json"]
+    plain = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plain.pbc")])
+    assert plain.exit_code == 0, plain.output
+    done = run([*standalone(2), *args, "-o", str(tmp_path / "two.pbc")])
+    assert done.returncode == 0, done.stderr
+    two = json.loads(done.stdout)  # one document: rank 0 alone prints
+    assert two["results"] == json.loads(plain.stdout)["results"]
+    assert (tmp_path / "two.pbc").read_bytes() == (tmp_path / "plain.pbc").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plain.pbc", "two.pbc"]
+
+
 def _two_node_run(
     cwds: tuple[Path, Path], args: list[str], *conf: str
 ) -> list[subprocess.CompletedProcess[str]]:
