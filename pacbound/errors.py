@@ -15,9 +15,10 @@ code  meaning
 3     bad input (checkpoint, architecture, data, invalid option values)
 4     numerical failure (NaN, non-convergence)
 5     internal error (a bug: please report it, rerun with ``--debug``)
-6     distributed run: this rank stopped because another rank failed, was killed, never
-      joined or timed out (that rank's own line and exit code say why)
 130   interrupted (Ctrl-C)
+143   terminated: SIGTERM, or, in a distributed run, this rank stopped because another rank
+      failed, was killed, never joined or timed out (that rank's own line and exit code say
+      why; torchrun sends SIGTERM to the other ranks then anyway)
 ====  ============================================================================
 """
 
@@ -29,7 +30,6 @@ EXIT_USAGE = 2
 EXIT_BAD_INPUT = 3
 EXIT_NUMERICAL = 4
 EXIT_INTERNAL = 5
-EXIT_PEER_FAILED = 6
 EXIT_INTERRUPTED = 130
 EXIT_TERMINATED = 143
 

@@ -19,7 +19,6 @@ from pacbound.errors import (
     EXIT_INTERNAL,
     EXIT_INTERRUPTED,
     EXIT_OK,
-    EXIT_PEER_FAILED,
     EXIT_TERMINATED,
     EXIT_USAGE,
     PacboundError,
@@ -33,9 +32,8 @@ Exit codes:
   3    bad input (checkpoint, architecture, data, invalid values)
   4    numerical failure (NaN, non-convergence)
   5    internal error (a bug: rerun with --debug and report it)
-  6    under torchrun: this rank stopped because another rank failed
   130  interrupted
-  143  terminated (SIGTERM; torchrun sends it to every rank when one fails)
+  143  terminated (SIGTERM; under torchrun also a rank stopped because another failed)
 """
 
 
@@ -194,7 +192,7 @@ class PacboundGroup(click.Group):
             )
         except Exception as exc:
             if (peer := _peer_failure(exc)) is not None:
-                _fail(EXIT_PEER_FAILED, peer, debug=debug)
+                _fail(EXIT_TERMINATED, peer, debug=debug)
             _fail(
                 EXIT_INTERNAL,
                 f"internal error ({type(exc).__name__}: {_one_line(exc)}). This is a bug in "

@@ -2,7 +2,7 @@
 
 A collective that breaks because another rank is gone (its connection closed, the
 collective timeout passed) raises :class:`~pacbound.parallel.failures.PeerFailedError`
-(exit 6) instead of the backend's raw error.
+(exit 143) instead of the backend's raw error.
 """
 
 from __future__ import annotations

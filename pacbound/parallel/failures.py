@@ -8,12 +8,13 @@ Two kinds of failure in a run of several processes:
 * a failure of one rank alone (a NaN in its shard, out of memory, a signal, a crash): that rank
   exits with its own code; the others find out when their next collective breaks (the peer's
   connection closes, or the collective timeout passes) or when torchrun's agent sends them
-  SIGTERM, and end with :class:`PeerFailedError` (exit 6) or 143.
+  SIGTERM, and end with :class:`PeerFailedError` or SIGTERM: exit 143 either way (terminated
+  from outside this rank; no new exit code).
 """
 
 from __future__ import annotations
 
-from pacbound.errors import EXIT_PEER_FAILED, PacboundError
+from pacbound.errors import EXIT_TERMINATED, PacboundError
 
 #: Words of the messages torch.distributed's backends raise when a peer is gone or late.
 _PEER_SIGNS = (
@@ -28,9 +29,10 @@ _PEER_SIGNS = (
 
 class PeerFailedError(PacboundError):
     """This rank stopped because another rank failed, was killed, never joined or timed out
-    (exit 6); the other rank's own error line says why."""
+    (exit 143, as when torchrun's agent terminates it); the other rank's own error line says
+    why."""
 
-    exit_code = EXIT_PEER_FAILED
+    exit_code = EXIT_TERMINATED
 
 
 class SharedError(PacboundError):

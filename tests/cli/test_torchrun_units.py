@@ -15,7 +15,7 @@ import pacbound.io
 from pacbound.cli.main import PacboundGroup, cli
 from pacbound.cli.parallel_run import check_world_size, rank_device
 from pacbound.cli.terminal import Terminal
-from pacbound.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_PEER_FAILED, UsageError
+from pacbound.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_TERMINATED, UsageError
 from pacbound.parallel import SharedError
 
 
@@ -77,7 +77,7 @@ def test_a_shared_error_is_printed_by_rank_0_only() -> None:
 def test_a_lost_peer_is_exit_6_under_torchrun_only() -> None:
     runner = CliRunner()
     lost = runner.invoke(fake, ["peer"], env=torchrun_env(1, 2, 1))
-    assert lost.exit_code == EXIT_PEER_FAILED
+    assert lost.exit_code == EXIT_TERMINATED
     assert lost.stderr.startswith(
         "Error: rank 1 stopped during a collective: another rank failed, was killed or timed out"
     )

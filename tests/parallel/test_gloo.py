@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import torch
 
-from pacbound.errors import EXIT_BAD_INPUT, EXIT_NUMERICAL, EXIT_PEER_FAILED
+from pacbound.errors import EXIT_BAD_INPUT, EXIT_NUMERICAL, EXIT_TERMINATED
 
 WORKER_TIMEOUT_S = 60
 
@@ -189,7 +189,7 @@ def test_a_dead_peer_ends_the_collective_promptly() -> None:
     results = run_two("peer_dies")
     assert set(results) == {0}  # rank 1 died without a word
     (name, code, message), seconds = results[0]
-    assert (name, code) == ("PeerFailedError", EXIT_PEER_FAILED)
+    assert (name, code) == ("PeerFailedError", EXIT_TERMINATED)
     assert message.startswith("rank 0 stopped during a sum of counts: another rank failed")
     assert seconds < 30
 
@@ -198,7 +198,7 @@ def test_a_dead_peer_ends_the_collective_promptly() -> None:
 def test_a_stuck_peer_ends_at_the_timeout() -> None:
     results = run_two("peer_stuck", {"PACBOUND_DIST_TIMEOUT": "2"})
     (name, code, message), seconds = results[0]
-    assert (name, code) == ("PeerFailedError", EXIT_PEER_FAILED)
+    assert (name, code) == ("PeerFailedError", EXIT_TERMINATED)
     assert "another rank failed, was killed or timed out" in message
     assert 1.5 < seconds < 7  # the 2 s timeout, not rank 1's 8 s nap
     assert results[1] == "slept"

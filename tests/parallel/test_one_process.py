@@ -98,4 +98,4 @@ def test_peer_failure_is_recognised() -> None:
     assert is_peer_failure(RuntimeError("Timed out waiting 2000ms for recv operation"))
     assert not is_peer_failure(RuntimeError("mat1 and mat2 shapes cannot be multiplied"))
     assert not is_peer_failure(ValueError("gloo"))  # not a backend error type
-    assert PeerFailedError("x").exit_code == 6
+    assert PeerFailedError("x").exit_code == 143
