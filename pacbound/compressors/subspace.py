@@ -103,7 +103,8 @@ def train_subspace(
     (BatchNorm statistics) update in place. Raises NumericalError if the loss becomes NaN.
 
     Under torchrun every rank takes its share of each mini-batch (the one-process order),
-    the loss is the whole batch's mean (summed over ranks, so a NaN stops every rank) and
+    ``loss_fn`` (a mean over the examples it is given) is weighted by the share, so the loss
+    is the whole batch's mean (summed over ranks, so a NaN stops every rank) and
     the gradient of w is averaged before each step; the buffers are averaged over ranks at
     the end (:func:`pacbound.parallel.training.average_buffers`). One process is bit for
     bit the one-process run; at world size > 1 the trained w (and the buffers) differ from
