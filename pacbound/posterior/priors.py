@@ -20,13 +20,6 @@ from torch import Tensor, nn
 
 from pacbound.bounds.validation import check_count, check_positive
 from pacbound.errors import InvalidInputError
-from pacbound.parallel.training import (
-    average_buffers,
-    average_gradients,
-    batch_share,
-    rank_seed,
-    shared_loss,
-)
 
 
 class PriorMean(str, Enum):
@@ -201,22 +194,8 @@ def random_shift(x: Tensor, max_shift: int, generator: torch.Generator) -> Tenso
     """Each image of ``x`` (N×C×H×W) rolled by its own random (dy, dx) ∈ [−k, k]²."""
     if max_shift == 0:
         return x
-    return apply_shifts(x, draw_shifts(int(x.shape[0]), max_shift, generator), max_shift)
-
-
-def draw_shifts(count: int, max_shift: int, generator: torch.Generator) -> Tensor:
-    """``count`` random offsets (dy, dx) ∈ [−k, k]² (a count×2 tensor; none drawn for k = 0)."""
-    if max_shift == 0:
-        return torch.zeros((count, 2), dtype=torch.int64)
     k = max_shift
-    return torch.randint(-k, k + 1, (count, 2), generator=generator)
-
-
-def apply_shifts(x: Tensor, shifts: Tensor, max_shift: int) -> Tensor:
-    """Image i of ``x`` (N×C×H×W) rolled cyclically by ``shifts[i]`` = (dy, dx)."""
-    if max_shift == 0:
-        return x
-    k = max_shift
+    shifts = torch.randint(-k, k + 1, (x.shape[0], 2), generator=generator)
     codes = (shifts[:, 0] + k) * (2 * k + 1) + (shifts[:, 1] + k)
     out = torch.empty_like(x)
     for code in torch.unique(codes).tolist():
@@ -264,23 +243,18 @@ def train_prior_mean(
 ) -> nn.Module:
     """Train ``model`` in place on (x, y) = S_prior only and return it.
 
-    Under torchrun every rank takes its share of each mini-batch (the batch order and the
-    image shifts are the one-process ones: every rank draws them for the whole batch), the
-    gradients are averaged before each step and the floating-point buffers (BatchNorm
-    running statistics) averaged at the end, so every rank holds the same prior. In one
-    process this is bit for bit the one-process run; at world size > 1 the trained prior
-    differs from it by floating-point reduction order, BatchNorm's batch statistics (over
-    the rank's share) and dropout masks (rank r > 0 seeds the global generator with
-    :func:`pacbound.parallel.training.rank_seed`). ``verify`` re-trains a data-dependent
-    prior bit for bit only at the world size (and device, thread count) of the run.
-    """
+    Not sharded under torchrun: every rank trains the same prior on all of S_prior. The prior
+    mean is a function of S_prior that ``pacbound verify`` re-derives bit for bit, at any
+    world size; a data-parallel step would make it depend on the world size through the
+    floating-point reduction order (and BatchNorm's batch statistics over a rank's share).
+    This phase gets no speed-up from more ranks (docs/scaling.md)."""
     _check_recipe(recipe, x)
     cuda = []
     if device.type == "cuda":
         cuda = [device.index if device.index is not None else torch.cuda.current_device()]
     with torch.random.fork_rng(devices=cuda):
         # Dropout and other layers draw from the global generator: seed it too.
-        torch.manual_seed(rank_seed(recipe.seed))
+        torch.manual_seed(recipe.seed)
         return _train_prior_mean(model, x, y, recipe, device=device, progress=progress)
 
 
@@ -294,7 +268,6 @@ def _train_prior_mean(
     progress: object | None,
 ) -> nn.Module:
     model.to(device).train()
-    first = next(model.parameters())
     opt = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
     gen = torch.Generator().manual_seed(recipe.seed)
     n = x.shape[0]
@@ -307,21 +280,14 @@ def _train_prior_mean(
                 for group in opt.param_groups:
                     group["lr"] = 0.5 * recipe.lr * (1.0 + math.cos(math.pi * step / total_steps))
             idx = perm[start : start + recipe.batch_size]
-            shifts = draw_shifts(int(idx.numel()), recipe.augment_shift, gen)
-            share = batch_share(idx)
-            local = None
-            if not share.empty:
-                part = shifts[share.positions]
-                xb = apply_shifts(x[share.rows], part, recipe.augment_shift).to(device)
-                local = nn.functional.cross_entropy(model(xb), y[share.rows].to(device))
-            loss = shared_loss(local, share, like=first)
+            xb = random_shift(x[idx], recipe.augment_shift, gen).to(device)
+            yb = y[idx].to(device)
+            loss = nn.functional.cross_entropy(model(xb), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            average_gradients(model.parameters())
             opt.step()
             step += 1
             if callable(progress):
                 progress(int(idx.numel()))
-    average_buffers(model)
     model.eval()
     return model
