@@ -8,10 +8,11 @@ command; the work inside is sharded by the library, and only rank 0 writes or pr
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -87,20 +88,69 @@ def _file_digests(records: Mapping[str, Any]) -> dict[str, str]:
     return digests
 
 
+def _module_file(module: str) -> str | None:
+    """The source file ``import module`` reads (the current directory first, as --arch
+    imports it), without running it; ``None`` if there is none."""
+    cwd = os.getcwd()
+    added = cwd not in sys.path and "" not in sys.path
+    if added:
+        sys.path.insert(0, cwd)
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    finally:
+        if added:
+            sys.path.remove(cwd)
+    origin = None if spec is None else spec.origin
+    return origin if origin is not None and Path(origin).is_file() else None
+
+
+def _architecture_digests(architectures: Iterable[str | None]) -> dict[str, str]:
+    """sha256 of the module of every ``package.module:factory`` architecture (a built-in's
+    code is pacbound's, agreed with its version): the network is built from that file, so a
+    node with another copy would compute its shard with another network."""
+    from pacbound.io import parse_arch, sha256_file
+
+    digests: dict[str, str] = {}
+    for text in architectures:
+        if not text or ":" not in text:
+            continue
+        module = parse_arch(text).module
+        if module is None:
+            continue
+        path = _module_file(module)
+        digests[f"the architecture module {module} (sha256)"] = (
+            "(no source file)" if path is None else sha256_file(path)
+        )
+    return digests
+
+
+def _recorded_architecture(records: Mapping[str, Any]) -> str | None:
+    model = records.get("model")
+    return None if model is None else model.get("provenance", {}).get("architecture")
+
+
 def agree_on_inputs(
     records: Mapping[str, Any], files: Mapping[str, str | Path | None] | None = None
 ) -> None:
     """Refuse (exit 3 on every rank, naming the first rank that differs) unless every rank
     runs the same command line and versions on files with the same sha256: the recorded
-    inputs and ``files`` (option name ↦ path: ``--init``, a posterior, an artifact)."""
+    inputs, ``files`` (option name ↦ path: ``--init``, a posterior, an artifact) and the
+    module of a ``package.module:factory`` architecture (recorded, or the command's --arch)."""
     if not current().distributed:
         return
+    import click
+
     from pacbound.io import sha256_file
 
+    ctx = click.get_current_context(silent=True)
+    arch = None if ctx is None else ctx.params.get("arch")
     digests = {
         "the command line": json.dumps(sys.argv[1:]),
         "the pacbound and torch versions": f"pacbound {__version__}, torch {torch.__version__}",
         **_file_digests(records),
+        **_architecture_digests([_recorded_architecture(records), arch]),
     }
     for option, path in (files or {}).items():
         if path is not None:
@@ -145,7 +195,10 @@ def agree_on_report(document: Mapping[str, Any], report: Path, root: Path) -> No
         return
     from pacbound.verify.recorded import check_input_files
 
-    agree_on_inputs({}, {"REPORT": report})
+    agree_on_inputs(
+        {"model": document.get("inputs", {}).get("model")} if "inputs" in document else {},
+        {"REPORT": report},
+    )
     collectively(lambda: check_input_files(document, root))
     inputs = document["inputs"]
     check_world_size(
