@@ -9,7 +9,10 @@ same network, one ``Error:`` line and a documented exit code on every failure.
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +21,7 @@ from safetensors.torch import load_file, save_file
 
 from tests.cli.test_torchrun import (
     QUANTIZE,
+    _env,
     _two_node_run,
     errors,
     run,
@@ -202,3 +206,44 @@ def test_nan_scores_in_the_first_rows_are_a_numerical_failure(task: Path, tmp_pa
     done = run([sys.executable, "-m", "pacbound", "certify", *args], cwd=cwd)
     assert done.returncode in (3, 4), done.stderr
     assert "internal error" not in done.stderr
+
+
+def test_subspace_qat_artifact_of_two_processes_verifies_at_three(
+    task: Path, tmp_path: Path
+) -> None:
+    """Data-parallel subspace training and QAT (trained weights may differ from one process's),
+    n = 101, batches 15/16: the report of 2 processes is re-derived exactly by 3 and by 1."""
+    report = tmp_path / "r.json"
+    args = ["certify", *model_and_data(task), "--init", str(task / "init.safetensors")]
+    args[args.index(str(task / "train.npz"))] = str(task / "n101.npz")
+    args += ["--method", "subspace", "--d", "20", "--levels", "8", "--subspace-epochs", "2"]
+    args += ["--subspace-batch-size", "15", "--qat-steps", "3", "--batch-size", "16"]
+    args += ["--threads", "1", "--quiet", "-o", str(report), "--artifact", str(tmp_path / "a")]
+    done = run([*standalone(2), *args])
+    assert done.returncode == 0, done.stderr
+    assert json.loads(report.read_text())["environment"]["world_size"] == 2
+    for cmd in (standalone(3), [sys.executable, "-m", "pacbound"]):
+        verified = run([*cmd, "verify", str(report), "--threads", "1", "--json"])
+        assert verified.returncode == 0, verified.stderr
+        assert json.loads(verified.stdout)["agree"] is True
+
+
+def test_sigterm_to_torchrun_leaves_no_file(task: Path, tmp_path: Path) -> None:
+    """SIGTERM to the launcher mid-run: every rank ends 143, nothing is written."""
+    args = ["certify", *model_and_data(task), "--init", str(task / "init.safetensors")]
+    args += ["--mc-passes", "20000", "--threads", "1", "-o", "r.json"]
+    args += ["--save-posterior", "q.safetensors"]
+    with subprocess.Popen(
+        [*standalone(2), *args], env=_env(), stderr=subprocess.PIPE, text=True, cwd=tmp_path
+    ) as proc:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # both ranks are past their start checks
+            if line.startswith("certifying"):
+                break
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        rest = proc.stderr.read()
+        proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert all("terminated (SIGTERM" in line for line in errors(rest)), errors(rest)
+    assert list(tmp_path.iterdir()) == []  # no report, posterior or temporary file
