@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from pacbound.errors import PacboundError
 from pacbound.parallel.collectives import _collective, collectively, sum_ints
 from pacbound.parallel.shards import shard
-from pacbound.parallel.world import current
+from pacbound.parallel.world import World, current
 
 
 @dataclass(frozen=True)
@@ -46,9 +46,22 @@ def batch_share(indices: Tensor) -> Share:
     """This rank's contiguous share of the global mini-batch ``indices`` (the whole batch in
     one process)."""
     size = int(indices.numel())
-    part = shard(size)
+    part = _share_range(size, current())
     rows = indices if len(part) == size else indices[part.start : part.stop]
     return Share(rows, slice(part.start, part.stop), len(part) / size if size else 0.0)
+
+
+def _share_range(size: int, world: World) -> range:
+    """This rank's positions in a batch of ``size`` rows: :func:`shard` of the batch, except
+    that a batch of fewer than 2·W rows goes to its first ⌊size/2⌋ ranks only, so that no
+    share of a batch of two rows or more is a single row (BatchNorm in train mode refuses a
+    batch of one, which one process would never see). Rank 0 always has a share."""
+    if world.world_size == 1 or size >= 2 * world.world_size:
+        return shard(size, world)
+    parts = max(1, size // 2)
+    if world.rank >= parts:
+        return range(size, size)
+    return shard(size, World(rank=world.rank, world_size=parts))
 
 
 def _reduce_sum(t: Tensor) -> Tensor:

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from tests.cli.test_torchrun import (
     QUANTIZE,
@@ -59,8 +61,17 @@ class NaNRows(Body):
         return torch.where(bad, torch.full_like(out, float("nan")), out)
 
 
+class Normed(nn.Sequential):
+    def __init__(self):
+        super().__init__(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+
 def body():
     return Body()
+
+
+def normed():
+    return Normed()
 
 
 def nan_rows():
@@ -77,6 +88,9 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {f"{renamed[k.split('.')[0]]}.{k.split('.')[1]}": v for k, v in weights.items()},
         root / "body.safetensors",
     )
+    torch.manual_seed(0)
+    normed = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    save_file({k: v.contiguous() for k, v in normed.state_dict().items()}, root / "bn.safetensors")
     with np.load(root / "train.npz") as data:
         x, y = data["x"][:101].copy(), data["y"][:101]
     np.savez(root / "n101.npz", x=x, y=y)
@@ -247,3 +261,22 @@ def test_sigterm_to_torchrun_leaves_no_file(task: Path, tmp_path: Path) -> None:
     assert proc.returncode != 0
     assert all("terminated (SIGTERM" in line for line in errors(rest)), errors(rest)
     assert list(tmp_path.iterdir()) == []  # no report, posterior or temporary file
+
+
+def test_batchnorm_training_of_two_processes_where_one_process_trains(
+    task: Path, tmp_path: Path
+) -> None:
+    """Subspace training of a BatchNorm model, n = 101 in mini-batches of 33: the last one
+    has 2 rows, which one process trains on; split 1/1 between two ranks, BatchNorm in train
+    mode refused a batch of one row (exit 5, 'internal error', on both ranks). No rank's share
+    of a batch of two rows or more may be a single row."""
+    cwd = _arch_dir(tmp_path / "run")
+    args = [str(task / "bn.safetensors"), "--arch", "r14arch:normed", "--data"]
+    args += [str(task / "n101.npz"), "--method", "subspace", "--d", "20", "--levels", "8"]
+    args += ["--subspace-epochs", "1", "--subspace-batch-size", "33", "--batch-size", "16"]
+    args += ["--threads", "1", "--quiet", "-o", "r.json"]
+    plain = run([sys.executable, "-m", "pacbound", "certify", *args], cwd=cwd)
+    assert plain.returncode == 0, plain.stderr
+    done = run([*standalone(2), "certify", *args], cwd=cwd)
+    assert done.returncode == 0, errors(done.stderr)
+    assert json.loads((cwd / "r.json").read_text())["environment"]["world_size"] == 2
