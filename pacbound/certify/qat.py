@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from pacbound.certify.occam_options import SEED_OFFSETS, CompressionOptions
-from pacbound.compressors import Codebook, quantization_aware_finetune
+from pacbound.compressors import AnyCodebook, quantization_aware_finetune
 from pacbound.parallel.training import batch_share, gradient_mean, shared_loss
 
 
@@ -57,9 +57,14 @@ def qat_loss(
 
 
 def finetune(
-    v: Tensor, loss: Callable[[Tensor], Tensor], codebook: Codebook, options: CompressionOptions
+    v: Tensor,
+    loss: Callable[[Tensor], Tensor],
+    codebook: AnyCodebook,
+    options: CompressionOptions,
 ) -> Tensor:
-    """``v`` after ``options.qat_steps`` straight-through steps against ``codebook``."""
+    """``v`` after ``options.qat_steps`` straight-through steps against ``codebook`` (one
+    shared codebook, or per-tensor :class:`~pacbound.compressors.TensorCodebooks`); ``v``
+    itself when ``options.qat_steps`` is 0."""
     if options.qat_steps == 0:
         return v
     return quantization_aware_finetune(

@@ -28,13 +28,12 @@ from pacbound.certify.method import Certificate, RunInputs
 from pacbound.certify.occam import Choice, Search, certify_message, check_data
 from pacbound.certify.occam_method import OccamMethod
 from pacbound.certify.occam_options import SEED_OFFSETS, CompressionOptions
-from pacbound.certify.qat import qat_loss, unflatten
+from pacbound.certify.qat import finetune, qat_loss, unflatten
 from pacbound.compressors import (
     DirectQuantizeCompressor,
     ModelFactory,
     dequantize,
     parameter_vector,
-    quantization_aware_finetune,
     quantize,
 )
 from pacbound.compressors.base import buffer_vector, load_buffer_vector
@@ -96,12 +95,7 @@ def choose_quantized(
             with timer.phase("quantize"):
                 codebook = coder.fit_codebooks(model, theta)
                 tuned = factory(options.seed).to(dev)
-                if options.qat_steps > 0:
-                    theta_q = quantization_aware_finetune(
-                        theta, loss, codebook, steps=options.qat_steps, lr=options.qat_lr
-                    )
-                else:
-                    theta_q = theta
+                theta_q = finetune(theta, loss, codebook, options)
                 decoded = dequantize(quantize(theta_q, codebook), codebook)
                 _load_flat(tuned, torch.from_numpy(decoded).to(theta.dtype).to(dev))
                 load_buffer_vector(tuned, buffer_vector(model).to(dev))

@@ -7,8 +7,9 @@ length K(h) enters the Occam bound (``pacbound.bounds.occam``, with
 factory and the seed.
 
 One file per strategy: ``projectors`` (random P for θ = θ₀ + P w), ``subspace`` (training w),
-``codebooks`` (codebooks, QAT), ``coding`` (Elias codes, arithmetic coder), ``message`` (the
-container), ``quantized`` (the two compressors behind the ``Compressor`` interface of ``base``).
+``codebooks`` (one shared codebook or one per parameter tensor, QAT), ``coding`` (Elias codes,
+arithmetic coder), ``message`` (the container), ``quantized`` (the two compressors behind the
+``Compressor`` interface of ``base``).
 """
 
 from pacbound.compressors.base import (
@@ -19,9 +20,11 @@ from pacbound.compressors.base import (
     parameter_vector,
 )
 from pacbound.compressors.codebooks import (
+    AnyCodebook,
     Codebook,
     CodebookKind,
     CodebookPrecision,
+    TensorCodebooks,
     dequantize,
     kmeans_codebook,
     quantization_aware_finetune,
@@ -38,13 +41,19 @@ from pacbound.compressors.projectors import (
     SparseProjector,
     make_projector,
 )
-from pacbound.compressors.quantized import DirectQuantizeCompressor, SubspaceQuantizeCompressor
+from pacbound.compressors.quantized import (
+    CodebookScope,
+    DirectQuantizeCompressor,
+    SubspaceQuantizeCompressor,
+)
 from pacbound.compressors.subspace import SubspaceModel, init_from_checkpoint_lstsq, train_subspace
 
 __all__ = [
+    "AnyCodebook",
     "Codebook",
     "CodebookKind",
     "CodebookPrecision",
+    "CodebookScope",
     "CompressedMessage",
     "Compressor",
     "CompressorKind",
@@ -58,6 +67,7 @@ __all__ = [
     "SparseProjector",
     "SubspaceModel",
     "SubspaceQuantizeCompressor",
+    "TensorCodebooks",
     "architecture_fingerprint",
     "dequantize",
     "init_from_checkpoint_lstsq",
