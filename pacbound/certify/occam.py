@@ -65,18 +65,22 @@ Decoder = SubspaceQuantizeCompressor | DirectQuantizeCompressor
 
 @dataclass(frozen=True)
 class Candidate:
-    """One tried (d, L): its code length, the decoded model's errors and its bound."""
+    """One tried (d, L, G): its code length, the decoded model's errors and its bound. G is
+    the number of codebooks: 1 (shared by every coordinate), or one per parameter tensor
+    (a quantize candidate for each L has both)."""
 
     dimension: int
     levels: int
     code_length_bits: int
     errors: int
     bound: float
+    codebooks: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "dimension": self.dimension,
             "levels": self.levels,
+            "codebooks": self.codebooks,
             "code_length_bits": self.code_length_bits,
             "errors": self.errors,
             "bound": self.bound,
@@ -106,7 +110,12 @@ class Scored:
     def candidate(self) -> Candidate:
         m = self.message
         return Candidate(
-            m.dimension, m.codebook.levels, m.code_length_bits, self.errors, self.bound.value
+            m.dimension,
+            m.codebook.levels,
+            m.code_length_bits,
+            self.errors,
+            self.bound.value,
+            codebooks=len(m.codebooks),
         )
 
 
@@ -278,6 +287,7 @@ def _results(
             "num_parameters": m.num_parameters,
             "dimension": m.dimension,
             "levels": m.codebook.levels,
+            "codebooks": len(m.codebooks),
             "precision": m.codebook.precision.value,
             "projector": m.projector.value if m.projector is not None else None,
             "seed": m.seed,
