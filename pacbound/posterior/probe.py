@@ -32,7 +32,7 @@ import torch
 from torch import Tensor
 from torch.overrides import TorchFunctionMode
 
-from pacbound.errors import InvalidInputError
+from pacbound.errors import InvalidInputError, NumericalError
 from pacbound.posterior.layers import ForwardGuard, GaussianModule, SampleMode
 from pacbound.posterior.static_checks import MAX_PYTHON_NUMBERS, python_numbers
 
@@ -208,7 +208,15 @@ def _tolerance(out: Tensor) -> float:
 
 def outputs_agree(computed: Tensor, reference: Tensor) -> bool:
     """Whether two evaluations of the same outputs agree up to the rounding of their dtype
-    (relative, with an absolute floor scaled by the outputs' size)."""
+    (relative, with an absolute floor scaled by the outputs' size). NaN/Inf outputs raise
+    :class:`~pacbound.errors.NumericalError` (no tolerance makes them comparable)."""
+    for out in (computed, reference):
+        if out.is_floating_point() and not bool(torch.all(torch.isfinite(out))):
+            raise NumericalError(
+                "the network produced NaN/Inf outputs on the first examples of --data (while "
+                "checking that each example's prediction is its own); check the checkpoint "
+                "and the data"
+            )
     scale = float(reference.abs().max()) if reference.numel() else 1.0
     tol = _tolerance(reference)
     return computed.shape == reference.shape and torch.allclose(
