@@ -67,7 +67,9 @@ Decoder = SubspaceQuantizeCompressor | DirectQuantizeCompressor
 class Candidate:
     """One tried (d, L, G): its code length, the decoded model's errors and its bound. G is
     the number of codebooks: 1 (shared by every coordinate), or one per parameter tensor
-    (a quantize candidate for each L has both)."""
+    (a quantize candidate for each L has both). ``to_dict`` records G only when it is
+    greater than 1 (per-tensor codebooks), so reports of shared-codebook artifacts keep the
+    shape they had before per-tensor codebooks existed and still verify."""
 
     dimension: int
     levels: int
@@ -80,11 +82,17 @@ class Candidate:
         return {
             "dimension": self.dimension,
             "levels": self.levels,
-            "codebooks": self.codebooks,
+            **per_tensor_codebooks(self.codebooks),
             "code_length_bits": self.code_length_bits,
             "errors": self.errors,
             "bound": self.bound,
         }
+
+
+def per_tensor_codebooks(count: int) -> dict[str, int]:
+    """The report's ``codebooks`` field: G for per-tensor codebooks, absent for one shared
+    codebook (the only kind older reports know)."""
+    return {"codebooks": count} if count > 1 else {}
 
 
 @dataclass(frozen=True)
@@ -287,7 +295,7 @@ def _results(
             "num_parameters": m.num_parameters,
             "dimension": m.dimension,
             "levels": m.codebook.levels,
-            "codebooks": len(m.codebooks),
+            **per_tensor_codebooks(len(m.codebooks)),
             "precision": m.codebook.precision.value,
             "projector": m.projector.value if m.projector is not None else None,
             "seed": m.seed,

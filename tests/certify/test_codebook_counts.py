@@ -56,7 +56,7 @@ def test_batchnorm_search_records_both_scopes_with_their_codebook_counts(
     assert groups == 10  # conv, BatchNorm, conv, BatchNorm, linear: weight and bias each
     cert = bn_cert
     search = cert.results["search"]
-    assert [(c["levels"], c["codebooks"]) for c in search] == [
+    assert [(c["levels"], c.get("codebooks", 1)) for c in search] == [
         (4, 1),
         (4, groups),
         (8, 1),
@@ -66,13 +66,13 @@ def test_batchnorm_search_records_both_scopes_with_their_codebook_counts(
         assert per_tensor["code_length_bits"] > shared["code_length_bits"]  # G books, not 1
     message = CompressedMessage.from_bytes(cert.hypothesis)
     compression = cert.results["compression"]
-    assert compression["codebooks"] == len(message.codebooks)
+    assert compression.get("codebooks", 1) == len(message.codebooks)
     chosen = [c for c in search if c["code_length_bits"] == message.code_length_bits]
-    assert [c["codebooks"] for c in chosen] == [compression["codebooks"]]
+    assert [c.get("codebooks", 1) for c in chosen] == [compression.get("codebooks", 1)]
     assert chosen[0]["bound"] == cert.value
     # verify's certify phase re-derives G from the artifact alone
     again = certify_message(cert.hypothesis, scaled_bn_cnn, x, y, options=QUANTIZE, seed=None)
-    assert again.results["compression"]["codebooks"] == compression["codebooks"]
+    assert again.results["compression"].get("codebooks", 1) == compression.get("codebooks", 1)
     assert again.results["search"] == [chosen[0]]
     assert _compression_errors(cert.results) == []
 
@@ -81,7 +81,7 @@ def test_a_per_tensor_artifact_reports_its_codebook_count(bn_cert: Certificate) 
     """The per-tensor candidates keep the predictions; the certify phase on a per-tensor
     artifact (``verify ARTIFACT``) says G = the number of tensors."""
     model, x, y = _bn_task()
-    per_tensor = [c for c in bn_cert.results["search"] if c["codebooks"] > 1]
+    per_tensor = [c for c in bn_cert.results["search"] if c.get("codebooks", 1) > 1]
     assert len(per_tensor) == 2 and all(c["errors"] == 0 for c in per_tensor)
     coder = DirectQuantizeCompressor(scaled_bn_cnn, levels=4, scope="tensor")
     payload = coder.compress(model).to_bytes()
@@ -95,12 +95,15 @@ def test_shared_only_models_and_subspace_messages_have_one_codebook() -> None:
     x, y = _task()
     one_tensor = seeded_factory(lambda: nn.Linear(10, 2, bias=False))
     cert = certify_quantized(one_tensor(1), one_tensor, x, y, num_classes=2, options=QUANTIZE)
-    assert [(c["levels"], c["codebooks"]) for c in cert.results["search"]] == [(4, 1), (8, 1)]
-    assert cert.results["compression"]["codebooks"] == 1
+    assert [(c["levels"], c.get("codebooks", 1)) for c in cert.results["search"]] == [
+        (4, 1),
+        (8, 1),
+    ]
+    assert "codebooks" not in cert.results["compression"]  # shared: the pre-format-3 shape
     options = dataclasses.replace(FAST, d=(8,), levels=(3,))
     sub = certify_subspace(FACTORY, x, y, num_classes=2, options=options)
-    assert sub.results["compression"]["codebooks"] == 1
-    assert [c["codebooks"] for c in sub.results["search"]] == [1]
+    assert "codebooks" not in sub.results["compression"]
+    assert [c.get("codebooks", 1) for c in sub.results["search"]] == [1]
     assert _compression_errors(sub.results) == []
 
 
@@ -115,6 +118,7 @@ def test_candidate_dict_and_schema() -> None:
         "bound": 0.25,
     }
     assert Candidate(12, 4, 300, 2, 0.25).codebooks == 1
+    assert "codebooks" not in Candidate(12, 4, 300, 2, 0.25).to_dict()
     root = schema()
     rule = root["$defs"]["compression_results"]["properties"]
     bad = dict(candidate.to_dict(), codebooks=0)
