@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from pacbound.certify.common import ProgressFactory, Timer, no_progress
 from pacbound.certify.method import Certificate, RunInputs
-from pacbound.certify.occam import Choice, Search, certify_message, check_data
+from pacbound.certify.occam import Choice, Search, certify_message, check_data, decoder_for
 from pacbound.certify.occam_method import OccamMethod
 from pacbound.certify.occam_options import SEED_OFFSETS, CompressionOptions
 from pacbound.certify.qat import finetune, qat_loss, unflatten
@@ -77,7 +77,9 @@ def choose_quantized(
     theta = parameter_vector(model)
     loss = qat_loss(model, lambda v: v, x, y, options, dev)
     recalibration = _recalibration_inputs(x, options)
-    scopes = list(CodebookScope) if len(tensor_sizes(model)) > 1 else [CodebookScope.SHARED]
+    sizes = tensor_sizes(model)  # an empty tensor can have no codebook of its own
+    per_tensor = len(sizes) > 1 and min(sizes) > 0
+    scopes = list(CodebookScope) if per_tensor else [CodebookScope.SHARED]
     search = Search(x, y, options=options, device=dev)
     advance = progress("quantizing", len(options.levels_grid) * len(scopes))
     for levels in options.levels_grid:
@@ -102,7 +104,9 @@ def choose_quantized(
                 recalibrate_batchnorm(tuned, recalibration, batch_size=options.batch_size)
                 message = coder.compress(tuned, codebook=codebook)
             with timer.phase("evaluate"):
-                search.score(message, coder)
+                # certify's and verify's decoder (``coder`` builds at --seed): the search
+                # scores the network that is certified
+                search.score(message, decoder_for(message, factory, device=dev))
             advance(1)
     return search.chosen("checkpoint", timer)
 

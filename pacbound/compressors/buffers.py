@@ -279,8 +279,9 @@ def recalibrate_batchnorm(module: nn.Module, x: Tensor, *, batch_size: int) -> i
     Only the BatchNorm layers run in training mode (every other module stays in eval mode:
     no dropout); each layer's statistics are the equal-weight average over the batches of
     ``x`` (``momentum=None``) of the batch means and unbiased variances, with a last partial
-    batch dropped when there is a full one. Modes and momenta are restored. Returns the
-    number of layers re-estimated (0: nothing to do, ``module`` untouched).
+    batch dropped when there is a full one (batches have ≥ 2 rows: BatchNorm in train mode
+    refuses one). Modes and momenta are restored. Returns the number of layers re-estimated
+    (0: nothing to do, ``module`` untouched; so for a single row).
     """
     norms = [
         m
@@ -289,12 +290,12 @@ def recalibrate_batchnorm(module: nn.Module, x: Tensor, *, batch_size: int) -> i
         and m.track_running_stats
         and m.running_mean is not None
     ]
-    if not norms or x.shape[0] == 0:
+    if not norms or x.shape[0] < 2:
         return 0
     modes = [(m, m.training) for m in module.modules()]
     momenta = [(m, m.momentum) for m in norms]
     device = next(iter(module.buffers())).device
-    size = min(batch_size, int(x.shape[0]))
+    size = min(max(batch_size, 2), int(x.shape[0]))
     module.eval()
     try:
         for m in norms:
