@@ -37,7 +37,7 @@ from pacbound.compressors import (
     quantize,
 )
 from pacbound.compressors.base import buffer_vector, load_buffer_vector
-from pacbound.compressors.buffers import recalibrate_batchnorm
+from pacbound.compressors.buffers import integer_buffers, recalibrate_batchnorm
 from pacbound.compressors.quantized import CodebookScope, tensor_sizes
 
 #: At most this many examples (a seeded subset of S) re-estimate the BatchNorm statistics of
@@ -49,6 +49,16 @@ def _load_flat(module: nn.Module, flat: Tensor) -> None:
     with torch.no_grad():
         for p, value in zip(module.parameters(), unflatten(module, flat).values(), strict=True):
             p.copy_(value)
+
+
+def _load_integer_buffers(module: nn.Module, source: nn.Module) -> None:
+    """Copy ``source``'s integer buffers (BatchNorm's step counters excepted) into ``module``:
+    the checkpoint's, not the factory's, are the ones coded."""
+    with torch.no_grad():
+        for (_, buf), (_, value) in zip(
+            integer_buffers(module), integer_buffers(source), strict=True
+        ):
+            buf.copy_(value)
 
 
 def _recalibration_inputs(x: Tensor, options: CompressionOptions) -> Tensor:
@@ -101,6 +111,7 @@ def choose_quantized(
                 decoded = dequantize(quantize(theta_q, codebook), codebook)
                 _load_flat(tuned, torch.from_numpy(decoded).to(theta.dtype).to(dev))
                 load_buffer_vector(tuned, buffer_vector(model).to(dev))
+                _load_integer_buffers(tuned, model)
                 recalibrate_batchnorm(tuned, recalibration, batch_size=options.batch_size)
                 message = coder.compress(tuned, codebook=codebook)
             with timer.phase("evaluate"):
