@@ -5,18 +5,22 @@ the factory, and the Occam bound re-derivable from the bytes alone."""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from click.testing import CliRunner
 from torch import Tensor, nn
 
 from pacbound.bounds import bits_to_nats, occam_binomial
 from pacbound.certify.occam import certify_message
 from pacbound.certify.occam_options import CompressionMethod, CompressionOptions
 from pacbound.certify.quantize import certify_quantized
+from pacbound.cli.main import cli
 from pacbound.compressors import CompressedMessage, DirectQuantizeCompressor
 from pacbound.compressors.buffers import recalibrate_batchnorm
 from pacbound.compressors.coding import BitWriter, write_delta, write_gamma
@@ -372,3 +376,85 @@ def test_the_checkpoints_integer_buffers_are_the_ones_quantized_and_coded() -> N
     ]
     errors, bound = _rederive(certs[1].hypothesis, Permuted, x, y)
     assert (errors, bound) == (certs[1].results["errors"], certs[1].results["bound"])
+
+
+_CLI_MODULE = """
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Linear(6, 6), nn.BatchNorm1d(6, momentum=None)
+        self.b, self.head = nn.Linear(6, 6), nn.Linear(6, 2)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.head(torch.relu(self.b(torch.relu(self.bn(self.a(x))))))
+
+
+def build():
+    return Net()
+"""
+
+
+def test_cli_certify_then_verify_report_and_artifact_of_a_tied_batchnorm_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """certify --method quantize on a custom architecture with a tied weight and a BatchNorm
+    (momentum None); verify REPORT and verify ARTIFACT agree, and the report's errors and
+    bound are those of the model decoded from the artifact's bytes by the public decoder."""
+    (tmp_path / "revbn.py").write_text(_CLI_MODULE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+
+    build = importlib.import_module("revbn").build
+    torch.manual_seed(0)
+    gen = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 2, (300,), generator=gen)
+    x = torch.randn(300, 6, generator=gen) + 1.5 * (2 * y[:, None] - 1).float()
+    np.savez(tmp_path / "train.npz", x=x.numpy(), y=y.numpy())
+    model = build()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for _ in range(30):
+        loss = nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    torch.save(model.state_dict(), tmp_path / "final.pt")
+    common = ["--arch", "revbn:build", "--data", str(tmp_path / "train.npz"), "--threads", "1"]
+    art, report = tmp_path / "q.pbcm", tmp_path / "q.json"
+    args = ["certify", str(tmp_path / "final.pt"), "--method", "quantize", "--levels", "2,4"]
+    args += [*common, "--artifact", str(art), "--output", str(report), "--quiet"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.stderr
+    doc = json.loads(report.read_text())
+    res = doc["results"]
+    assert [c.get("codebooks", 1) for c in res["search"]] == [1, 7, 1, 7]
+    assert res["code_length_bits"] == 8 * art.stat().st_size
+    again = CliRunner().invoke(cli, ["verify", str(report), "--threads", "1"])
+    assert again.exit_code == 0, again.stderr
+    checked = CliRunner().invoke(
+        cli, ["verify", str(art), *common, "--report", str(report), "--json"]
+    )
+    assert checked.exit_code == 0, checked.stderr
+    assert json.loads(checked.stdout)["agree"] is True
+    errors, bound = _rederive(art.read_bytes(), lambda _: build(), x, y)
+    assert (errors, bound) == (res["errors"], res["bound"])
+    decoded = DirectQuantizeCompressor(lambda _: build(), levels=2).decompress(art.read_bytes())
+    assert decoded.get_submodule("a").weight is decoded.get_submodule("b").weight
+    # A report that lies about the number of codebooks does not verify.
+    chosen = res["compression"].get("codebooks", 1)
+    for lie in ({"codebooks": 3}, {"codebooks": 1 if chosen > 1 else 7}):
+        forged = json.loads(report.read_text())
+        forged["results"]["compression"].update(lie)
+        if lie["codebooks"] == 1:
+            del forged["results"]["compression"]["codebooks"]
+        (tmp_path / "forged.json").write_text(json.dumps(forged))
+        refused = CliRunner().invoke(
+            cli, ["verify", str(tmp_path / "forged.json"), "--threads", "1"]
+        )
+        assert refused.exit_code == 1, (lie, refused.stdout, refused.stderr)
+        assert "codebooks" in refused.stdout + refused.stderr
