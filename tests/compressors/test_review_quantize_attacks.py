@@ -458,3 +458,100 @@ def test_cli_certify_then_verify_report_and_artifact_of_a_tied_batchnorm_model(
         )
         assert refused.exit_code == 1, (lie, refused.stdout, refused.stderr)
         assert "codebooks" in refused.stdout + refused.stderr
+
+
+#: Format-2 messages written by pacbound at 66cc346^ (before per-tensor codebooks) for
+#: tests.compressors.models.trained(4): direct L = 4, and subspace d = 20, L = 8, seed 2;
+#: and the sums of their decoded models' logits on 16 seeded inputs, computed by that code.
+OLD_DIRECT = bytes.fromhex(
+    "5042434d484de975e8f1b15f73e73ddf0349539edec2d99f70a362575214c98462147826c35ac9d001498442"
+    "91308982402ae1205c131caa844d3a0258ca190684408f8b9e9314e0baa0cc2855e5a25149bdd618b7a512c0"
+)
+OLD_SUBSPACE = bytes.fromhex(
+    "5042434d5137a5d7a3c6e542057e75d9817dbd729d7cd9bc417c4a17cd7bdf2e687c1f192a7d0206b47df66f"
+    "155d485326118851e09b0d6b27400526110a44c2260900ab8481704c72aa38fd22ca1151c49e18c800676174"
+    "dd"
+)
+OLD_SUMS = (-7.829055830836296, -10.361013524234295)
+
+
+def test_format2_artifacts_from_before_format3_decode_and_encode_unchanged() -> None:
+    from pacbound.compressors import SubspaceQuantizeCompressor
+
+    x = torch.randn(16, 6, generator=torch.Generator().manual_seed(0))
+    direct = DirectQuantizeCompressor(tiny_mlp, levels=4)
+    subspace = SubspaceQuantizeCompressor(tiny_mlp, d=20, levels=8, seed=2)
+    assert direct.compress(trained(4)).to_bytes() == OLD_DIRECT
+    assert subspace.compress(trained(4)).to_bytes() == OLD_SUBSPACE
+    for data, decoder, total in zip(
+        (OLD_DIRECT, OLD_SUBSPACE), (direct, subspace), OLD_SUMS, strict=True
+    ):
+        message = CompressedMessage.from_bytes(data)
+        assert message.format_version == 2 and message.codebooks == (message.codebook,)
+        with torch.no_grad():
+            assert decoder.decompress(data)(x).double().sum().item() == total
+
+
+class RunningScale(nn.Module):
+    """Not a BatchNorm: tracks the mean absolute input in train mode, divides by it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("scale", torch.ones(()))
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            self.get_buffer("scale").mul_(0.5).add_(0.5 * x.detach().abs().mean())
+        return x / self.get_buffer("scale")
+
+
+class WithRunningScale(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.norm, self.a = RunningScale(), nn.Linear(6, 8)
+        self.bn, self.b = nn.BatchNorm1d(8), nn.Linear(8, 3)
+        _init(self, seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.b(torch.relu(self.bn(self.a(self.norm(x)))))
+
+
+def test_recalibration_leaves_buffers_that_are_not_batchnorms_alone() -> None:
+    model = WithRunningScale(2)
+    model.train()
+    with torch.no_grad():
+        for s in range(5):
+            model(3 * _inputs(64, 40 + s))
+    scale = model.get_submodule("norm").get_buffer("scale").clone()
+    assert recalibrate_batchnorm(model, _inputs(100), batch_size=32) == 1
+    assert torch.equal(model.get_submodule("norm").get_buffer("scale"), scale)
+    x = _inputs(120, 50)
+    y = _labels(model, x)
+    cert = certify_quantized(model, WithRunningScale, x, y, num_classes=3, options=OPTIONS)
+    decoded = DirectQuantizeCompressor(WithRunningScale, levels=2).decompress(cert.hypothesis)
+    # coded compactly (lossy: the decoded value is the one certified), not re-estimated
+    coded = decoded.get_submodule("norm").get_buffer("scale")
+    assert torch.allclose(coded, scale, rtol=1e-2)
+    errors, bound = _rederive(cert.hypothesis, WithRunningScale, x, y)
+    assert (errors, bound) == (cert.results["errors"], cert.results["bound"])
+
+
+class EvalCounter(nn.Module):
+    def __init__(self, seed: int) -> None:
+        super().__init__()
+        self.a, self.bn = nn.Linear(6, 3), nn.BatchNorm1d(3)
+        self.register_buffer("seen", torch.zeros(()))
+        _init(self, seed)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self.get_buffer("seen").add_(x.shape[0])  # a write in eval mode too
+        return self.bn(self.a(x)) + 1e-3 * self.get_buffer("seen")
+
+
+def test_a_forward_that_writes_buffers_in_eval_mode_is_refused() -> None:
+    """Recalibration runs the network forward; a buffer that any forward writes would make
+    the decoded model a different function after each batch: refused, not certified."""
+    model, x = EvalCounter(0), _inputs(50)
+    y = _labels(model, x)
+    with pytest.raises(InvalidInputError):
+        certify_quantized(model, EvalCounter, x, y, num_classes=3, options=OPTIONS)
