@@ -5,7 +5,10 @@ and a thin loop. The Monte-Carlo estimate of a stochastic network's empirical ri
 **independent draws actually made**: every example in every pass gets a fresh weight draw
 (per-example sampling), so the count is n·K; with per-batch draws (one draw of the whole
 parameter vector per batch of B examples, :func:`count_per_batch_errors`) it is K·n/B
-(MATH.md §10).
+(MATH.md §10). The draws are keyed by example (or batch) index
+(:mod:`~pacbound.posterior.streams`), so the stochastic counts are sharded over the
+processes of a run (:func:`pacbound.parallel.shard`) and summed, with the same integers at
+any batch size and world size.
 """
 
 from __future__ import annotations
@@ -19,8 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.parallel import shard, sum_ints
 from pacbound.posterior import layers
 from pacbound.posterior.network import StochasticNetwork
+from pacbound.posterior.streams import BLOCK_EXAMPLES, DrawKey, DrawStream
 
 ProgressHook = Callable[[int], None]
 
@@ -67,6 +72,12 @@ def count_errors(
     return ErrorCount(errors, total)
 
 
+def _batches(rows: range, batch_size: int) -> Iterator[slice]:
+    """Consecutive batches of at most ``batch_size`` examples covering ``rows``."""
+    for start in range(rows.start, rows.stop, batch_size):
+        yield slice(start, min(start + batch_size, rows.stop))
+
+
 @torch.no_grad()
 def count_stochastic_errors(
     network: StochasticNetwork,
@@ -74,38 +85,47 @@ def count_stochastic_errors(
     y: Tensor,
     *,
     passes: int,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int = 1024,
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
 ) -> ErrorCount:
-    """Errors of n·K independent per-example draws from the posterior (K = ``passes``)."""
-    network.set_mode("per_example", generator)
+    """Errors of n·K independent per-example draws from the posterior (K = ``passes``, each
+    the next pass of ``stream``). Example i's draw in a pass is keyed by i
+    (:mod:`~pacbound.posterior.streams`): this process counts its shard of the examples
+    (:func:`pacbound.parallel.shard`, whole noise blocks) and the counts are summed over
+    the processes, so the result is the same for any batch size, memory budget and
+    number of processes."""
     network.eval()
     errors = total = 0
     dev = device or x.device
+    rows = shard(int(x.shape[0]), align=BLOCK_EXAMPLES)
     for _ in range(passes):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(dev, non_blocking=True)
-            yb = y[start : start + batch_size].to(dev, non_blocking=True)
+        key = stream.next_pass()
+        for batch in _batches(rows, batch_size):
+            xb = x[batch].to(dev, non_blocking=True)
+            yb = y[batch].to(dev, non_blocking=True)
+            network.set_mode("per_example", key.at(batch.start))
             e, m = batch_errors(network(xb), yb)
             errors, total = errors + e, total + m
             if progress is not None:
                 progress(m)
+    errors, total = sum_ints((errors, total))
     return ErrorCount(errors, total)
 
 
 @contextmanager
-def one_draw(network: StochasticNetwork, generator: torch.Generator) -> Iterator[None]:
+def one_draw(network: StochasticNetwork, key: DrawKey, batch: int) -> Iterator[None]:
     """Within: every posterior mean μ replaced in place by one draw θ = μ + σ ⊙ ε of the
-    whole parameter vector (ε from ``generator``, parameters in slot order), restored bit
-    for bit on exit. Evaluated in ``"mean"`` mode, every use of every weight sees θ."""
+    whole parameter vector (ε keyed by the pass ``key``, the batch index and each
+    parameter's name), restored bit for bit on exit. Evaluated in ``"mean"`` mode, every
+    use of every weight sees θ."""
     means = list({id(slot.mu): slot for slot in network.slots}.values())  # ties: one draw
     saved = [slot.mu.detach().clone() for slot in means]
     try:
         for slot in means:
             mu = slot.mu
-            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            noise = key.batch_noise(batch, slot.name, mu.shape, mu)
             mu.add_(torch.exp(slot.log_sigma) * noise)
         yield
     finally:
@@ -133,13 +153,15 @@ def count_per_batch_errors(
     y: Tensor,
     *,
     passes: int,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch: int,
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
 ) -> ErrorCount:
     """Errors of K·n/B per-batch draws (K = ``passes``): one θ ~ Q per batch of exactly
-    ``batch`` = B examples (B must divide n), fresh for every batch of every pass.
+    ``batch`` = B examples (B must divide n; batch j holds examples [j·B, (j+1)·B)), fresh
+    for every batch of every pass, keyed by the pass and j. Each process counts its shard
+    of whole batches; the counts are summed over the processes.
 
     ``evaluations`` is K·n (the examples evaluated, so ``rate`` is the mean of the batch
     error rates); the number of independent draws is K·n/B (MATH.md §10).
@@ -152,15 +174,18 @@ def count_per_batch_errors(
     network.eval()
     errors = total = 0
     dev = device or x.device
+    rows = shard(n, align=batch)
     for _ in range(passes):
-        for start in range(0, n, batch):
-            xb = x[start : start + batch].to(dev, non_blocking=True)
-            yb = y[start : start + batch].to(dev, non_blocking=True)
-            with one_draw(network, generator):
+        key = stream.next_pass()
+        for part in _batches(rows, batch):
+            xb = x[part].to(dev, non_blocking=True)
+            yb = y[part].to(dev, non_blocking=True)
+            with one_draw(network, key, part.start // batch):
                 e, m = batch_errors(network(xb), yb)
             errors, total = errors + e, total + m
             if progress is not None:
                 progress(m)
+    errors, total = sum_ints((errors, total))
     return ErrorCount(errors, total)
 
 
@@ -198,25 +223,29 @@ def count_disagreements(
     x: Tensor,
     *,
     passes: int,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int = 1024,
     device: torch.device | None = None,
 ) -> ErrorCount:
     """How often n·K independent per-example draws from the posterior predict another class
-    than the deterministic ``reference`` (the checkpoint); labels are not needed."""
-    network.set_mode("per_example", generator)
+    than the deterministic ``reference`` (the checkpoint); labels are not needed. Keyed,
+    sharded and summed as :func:`count_stochastic_errors`."""
     network.eval()
     reference.eval()
     disagreements = total = 0
     dev = device or x.device
+    rows = shard(int(x.shape[0]), align=BLOCK_EXAMPLES)
     for _ in range(passes):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(dev, non_blocking=True)
+        key = stream.next_pass()
+        for batch in _batches(rows, batch_size):
+            xb = x[batch].to(dev, non_blocking=True)
             target = reference(xb)
             if not torch.all(torch.isfinite(target)):
                 raise NumericalError("the checkpoint produced NaN/Inf outputs")
+            network.set_mode("per_example", key.at(batch.start))
             d, m = batch_errors(network(xb), target.argmax(dim=1))
             disagreements, total = disagreements + d, total + m
+    disagreements, total = sum_ints((disagreements, total))
     return ErrorCount(disagreements, total)
 
 
@@ -241,9 +270,10 @@ def stochastic_error(
     batch_size: int = 1024,
     device: torch.device | None = None,
 ) -> float:
-    """The posterior's error on (x, y) with per-example draws (e.g. on a test set)."""
+    """The posterior's error on (x, y) with per-example draws (e.g. on a test set), from
+    the stream (``seed``, ``"heldout"``)."""
     dev = device or torch.device("cpu")
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    stream = DrawStream(seed, "heldout")
     return count_stochastic_errors(
-        network, x, y, passes=passes, generator=gen, batch_size=batch_size, device=dev
+        network, x, y, passes=passes, stream=stream, batch_size=batch_size, device=dev
     ).rate
