@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from pacbound.errors import InvalidInputError
-from pacbound.posterior.layers import GaussianModule
+from pacbound.posterior.layers import GaussianModule, scaled_noise
 
 
 class FunctionalGaussian(GaussianModule):
@@ -109,7 +109,7 @@ class FunctionalGaussian(GaussianModule):
             shapes = [mus[i].shape for i in members]
             noise = self._example_noise(label, shapes, rows, first, mus[members[0]])
             for i, eps in zip(members, noise, strict=True):
-                drawn[i] = mus[i] + sigmas[i] * eps
+                drawn[i] = scaled_noise(mus[i], sigmas[i], eps)
         return [d for d in drawn if d is not None]
 
     def _per_example(self, x: Tensor, mus: list[Tensor], sigmas: list[Tensor]) -> Tensor:

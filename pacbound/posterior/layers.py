@@ -108,6 +108,14 @@ def chunk_plan(rows: int, elements: int, itemsize: int, budget: int, layer: str)
     return min(rows, fit // block * block if fit >= block else fit)
 
 
+def scaled_noise(mu: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+    """μ + σ ⊙ ε (ε broadcast over leading example dimensions), in ε's own memory when no
+    gradient is recorded (the same rounding: σ ⊙ ε, then + μ)."""
+    if torch.is_grad_enabled() and (mu.requires_grad or sigma.requires_grad):
+        return mu + sigma * eps
+    return eps.mul_(sigma).add_(mu)
+
+
 class ForwardGuard:
     """The state of one forward pass of a stochastic network, shared by its layers."""
 
@@ -304,7 +312,7 @@ class GaussianModule(nn.Module):
             self._group(tuple(present)), [m.shape for m in mus], rows, first_row, mus[0]
         )
         drawn = {
-            a: mu + torch.exp(getattr(self, f"{a}_log_sigma")) * eps
+            a: scaled_noise(mu, torch.exp(getattr(self, f"{a}_log_sigma")), eps)
             for a, mu, eps in zip(present, mus, noise, strict=True)
         }
         return [drawn.get(a) for a in attrs]
@@ -314,7 +322,7 @@ class GaussianModule(nn.Module):
         layer's ``*_mu`` parameters) for the batch's examples ``first_row …``."""
         attr = next(n[: -len("_mu")] for n, p in self._own_parameters() if p is mu)
         noise = self._example_noise(self.slot_name(attr), [mu.shape], rows, first_row, mu)
-        return mu + torch.exp(log_sigma) * noise[0]
+        return scaled_noise(mu, torch.exp(log_sigma), noise[0])
 
     def _shared_draw(self, mu: Tensor, log_sigma: Tensor) -> Tensor:
         """One draw μ + σ ⊙ ε from the sequential generator (``"shared"`` training mode)."""
