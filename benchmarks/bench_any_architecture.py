@@ -30,7 +30,8 @@ MNIST, 28 tokens of 28 pixels, positional Embedding, MultiheadAttention, LayerNo
    (``--method quantize``). For each: the bound and its terms, the sampler used, the wall
    time of the process (start to exit), its phase timings and its peak RSS. A certificate
    that fails is recorded with its exit code and the tail of its log, and the others still
-   run.
+   run. A certificate whose exact command line already ran to completion in ``--workdir`` is
+   reused (so ``--only`` runs add up) unless ``--rerun``.
 3. **The Monte-Carlo cost of exact per-example draws**, measured side by side in this one
    process on the same ``--cost-examples`` training images and batch size: seconds per
    example of the certificate's stochastic forward (the library's stochastic network, with
@@ -77,6 +78,8 @@ from pacbound.models import BUILTINS  # noqa: E402
 DATA = ROOT / "examples" / "data" / "mnist"
 RESULTS = ROOT / "benchmarks" / "results"
 PRIOR_NETWORK = "prior_network.safetensors"
+#: ``--rerun``: run every certificate even when a finished run of its command line exists.
+RERUN = False
 
 
 def _training_defaults(model: str) -> dict[str, Any]:
@@ -211,6 +214,12 @@ def prior_network(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
 def run_certify(name: str, argv: list[str], workdir: Path) -> dict[str, Any]:
     """One ``pacbound certify`` process: its report's numbers, wall time and peak RSS."""
     report, log = workdir / f"{name}.report.json", workdir / f"{name}.log"
+    record = workdir / f"{name}.run.json"
+    if report.exists() and record.exists() and not reuse_refused(record, argv):
+        # the same command line ran to completion before (``--only`` runs add up)
+        run = json.loads(record.read_text())
+        return {**run, **summarize(json.loads(report.read_text())), "reused": True}
+    report.unlink(missing_ok=True)
     cmd = [sys.executable, "-m", "pacbound", "certify", *argv, "-o", str(report)]
     start = time.perf_counter()
     with log.open("w") as fh:
@@ -227,7 +236,14 @@ def run_certify(name: str, argv: list[str], workdir: Path) -> dict[str, Any]:
     if code != 0 or not report.exists():
         run["error"] = log.read_text()[-2000:]
         return run
-    return {**run, **summarize(json.loads(report.read_text())), "report": str(report)}
+    run["report"] = str(report)
+    record.write_text(json.dumps(run, allow_nan=False))
+    return {**run, **summarize(json.loads(report.read_text()))}
+
+
+def reuse_refused(record: Path, argv: list[str]) -> bool:
+    """True unless ``record`` is a finished run of exactly ``argv`` (``--rerun`` refuses all)."""
+    return RERUN or json.loads(record.read_text()).get("argv") != ["pacbound", "certify", *argv]
 
 
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
@@ -367,6 +383,7 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--retrain", action="store_true", help="train even if --workdir has one")
     p.add_argument("--workdir", default=None, help="default runs/bench-any-<model>[-n<N>]")
     p.add_argument("--only", default=None, help="comma-separated certificates to run")
+    p.add_argument("--rerun", action="store_true", help="rerun certificates already run")
     p.add_argument("--posterior-epochs", type=int, default=10)
     p.add_argument("--prior-epochs", type=int, default=10)
     p.add_argument("--prior-lr", type=float, default=0.05)
@@ -410,6 +427,8 @@ def cost_only(args: argparse.Namespace, workdir: Path) -> None:
 
 def main() -> None:
     args = arguments().parse_args()
+    global RERUN
+    RERUN = args.rerun
     if args.threads:
         torch.set_num_threads(args.threads)
     suffix = f"-n{args.n}" if args.n is not None and args.n < 60000 else ""

@@ -16,6 +16,9 @@ code  meaning
 4     numerical failure (NaN, non-convergence)
 5     internal error (a bug: please report it, rerun with ``--debug``)
 130   interrupted (Ctrl-C)
+143   terminated: SIGTERM, or, in a distributed run, this rank stopped because another rank
+      failed, was killed, never joined or timed out (that rank's own line and exit code say
+      why; torchrun sends SIGTERM to the other ranks then anyway)
 ====  ============================================================================
 """
 

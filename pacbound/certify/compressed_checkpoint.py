@@ -30,7 +30,9 @@ from pacbound.bounds.checkpoint import disagreement_bound
 from pacbound.bounds.validation import check_count
 from pacbound.certify.common import check_deterministic, checkpoint_block
 from pacbound.certify.occam_options import CompressionOptions
-from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.errors import InvalidInputError, NumericalError, PacboundError
+from pacbound.parallel.training import summed_counts
+from pacbound.posterior.risk import shard_batches
 
 HELDOUT_CLASSIFIER = "the checkpoint's deterministic point weights"
 TRAINING_NOTE = (
@@ -59,20 +61,27 @@ def compare_predictions(
     device: torch.device | None = None,
 ) -> Agreement:
     """One pass over ``x``: how often the two models' argmax predictions differ, and (with
-    labels ``y``) how many errors the checkpoint makes."""
+    labels ``y``) how many errors the checkpoint makes. Each rank compares its shard
+    (:func:`pacbound.posterior.risk.shard_batches`) and the integer counts are summed over
+    ranks: the same counts at any world size."""
     dev = device or torch.device("cpu")
     check_count(batch_size, "--batch-size")
     errors = disagreements = total = 0
-    for start in range(0, int(x.shape[0]), batch_size):
-        xb = x[start : start + batch_size].to(dev)
-        h, h_prime = checkpoint(xb), decoded(xb)
-        if not (torch.all(torch.isfinite(h)) and torch.all(torch.isfinite(h_prime))):
-            raise NumericalError("the network produced NaN/Inf outputs during the comparison")
-        pred = h.argmax(dim=1)
-        disagreements += int((pred != h_prime.argmax(dim=1)).sum())
-        if y is not None:
-            errors += int((pred != y[start : start + batch_size].to(dev)).sum())
-        total += int(xb.shape[0])
+    failure: PacboundError | None = None
+    try:
+        for rows in shard_batches(int(x.shape[0]), batch_size):
+            xb = x[rows].to(dev)
+            h, h_prime = checkpoint(xb), decoded(xb)
+            if not (torch.all(torch.isfinite(h)) and torch.all(torch.isfinite(h_prime))):
+                raise NumericalError("the network produced NaN/Inf outputs during the comparison")
+            pred = h.argmax(dim=1)
+            disagreements += int((pred != h_prime.argmax(dim=1)).sum())
+            if y is not None:
+                errors += int((pred != y[rows].to(dev)).sum())
+            total += int(xb.shape[0])
+    except PacboundError as exc:
+        failure = exc
+    total, disagreements, errors = summed_counts((total, disagreements, errors), failure)
     return Agreement(total, disagreements, None if y is None else errors)
 
 

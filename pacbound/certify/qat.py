@@ -12,6 +12,7 @@ from torch.func import functional_call
 
 from pacbound.certify.occam_options import SEED_OFFSETS, CompressionOptions
 from pacbound.compressors import Codebook, quantization_aware_finetune
+from pacbound.parallel.training import batch_share, gradient_mean, shared_loss
 
 
 def unflatten(module: nn.Module, theta: Tensor) -> dict[str, Tensor]:
@@ -32,14 +33,25 @@ def qat_loss(
     device: torch.device,
 ) -> Callable[[Tensor], Tensor]:
     """Full-batch cross-entropy on the seeded QAT subset of (x, y), as a function of the
-    coded vector v (θ = ``to_theta(v)``)."""
+    coded vector v (θ = ``to_theta(v)``).
+
+    Under torchrun each rank holds (and reads) only its share of the subset: the loss is the
+    whole subset's mean (summed over ranks, the same value on every rank) and the gradient
+    of v is averaged over ranks on the way back, so every rank takes the same fine-tuning
+    steps. One process is bit for bit the one-process loss; at world size > 1 the tuned
+    vector may differ from it by floating-point reduction order.
+    """
     gen = torch.Generator().manual_seed(options.seed + SEED_OFFSETS["qat_subset"])
     idx = torch.randperm(x.shape[0], generator=gen)[: options.qat_examples]
-    qx, qy = x[idx].to(device), y[idx].to(device)
+    share = batch_share(idx)
+    qx, qy = x[share.rows].to(device), y[share.rows].to(device)
 
     def loss(v: Tensor) -> Tensor:
+        v = gradient_mean(v)
+        if share.empty:  # no rows here, but v stays in the graph: its backward collective runs
+            return shared_loss(v.sum() * 0.0, share, like=v)
         out: Tensor = functional_call(module, unflatten(module, to_theta(v)), (qx,))
-        return F.cross_entropy(out, qy)
+        return shared_loss(F.cross_entropy(out, qy), share, like=v)
 
     return loss
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from pacbound.certify.method import Method
+from pacbound.certify.method import Method, RunInputs
 from pacbound.certify.registry import METHODS
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.compression_options import compression_options
@@ -20,6 +20,13 @@ from pacbound.cli.model_options import (
 )
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
 from pacbound.cli.pac_bayes_options import pac_bayes_options
+from pacbound.cli.parallel_run import (
+    agree_on_inputs,
+    check_world_size,
+    input_sizes,
+    join_world,
+    run_environment,
+)
 from pacbound.cli.preflight import check_option_values
 from pacbound.cli.run_inputs import load_run_inputs
 from pacbound.cli.terminal import Terminal, dumps_json, emit_json, render_certificate
@@ -29,6 +36,7 @@ from pacbound.io.files import (
     check_writable,
     write_atomic,
 )
+from pacbound.parallel import collectively, current, on_writer
 from pacbound.report.document import build_report
 from pacbound.report.summary import append_step_summary
 
@@ -143,26 +151,19 @@ of guessing, 1 − 1/K.
 @threads_option
 def certify(**kw: Any) -> None:
     start = time.perf_counter()
-    term = Terminal(quiet=kw["quiet"] or kw["as_json"])
+    world = join_world(kw)  # under torchrun: this rank's device, the process group
+    term = Terminal(quiet=kw["quiet"] or kw["as_json"], mute=not world.is_writer)
     method = METHODS[kw["method"]]
-    # Cheap checks first: a typo fails in milliseconds, before anything is loaded.
     ctx = click.get_current_context()
-    reject_inapplicable(ctx)
-    check_option_values(kw)
+    options, inputs, records = collectively(lambda: _prepare(ctx, kw, method, term))
+    environment = run_environment(inputs.device)
+    agree_on_inputs(records, {"--init": kw["init"]})
+    check_world_size(input_sizes(inputs))
     hypothesis_path = kw[hypothesis_param(method)]
-    for option in ("output", hypothesis_param(method)):
-        if kw.get(option) is not None:
-            check_writable(kw[option], "--" + option.replace("_", "-"))
-    options = method.options(ctx.params)
-    inputs, records = load_run_inputs(kw, term)
-    if hypothesis_path is not None:
-        # the hypothesis (μ, σ and the prior mean; or a message) at the parameters' precision
-        params = inputs.loaded.module.parameters()
-        needed = 3 * sum(p.numel() * p.element_size() for p in params) + MIN_FREE_BYTES
-        check_free_space(hypothesis_path, needed, method.hypothesis.option)
     term.info(
         f"certifying ({method.name}) {inputs.loaded.num_parameters} parameters on "
         f"n = {inputs.data.n} examples ({inputs.data.num_classes} classes) on {inputs.device}"
+        + (f", {world.world_size} processes" if world.distributed else "")
     )
     with term.progress_callbacks() as progress:
         run = method.run(replace(inputs, progress=progress), options)
@@ -189,12 +190,11 @@ def certify(**kw: Any) -> None:
         timings={**cert.timings, "total": time.perf_counter() - start},
         warnings=list(run.warnings),
         device=str(inputs.device),
+        world=environment,
     )
-    if hypothesis_path is not None:
-        write_atomic(hypothesis_path, cert.hypothesis, method.hypothesis.option)
-    if kw["output"] is not None:
-        write_atomic(kw["output"], dumps_json(report).encode(), "--output")
-    append_step_summary(report)
+    on_writer(lambda: _write(kw, method, hypothesis_path, cert.hypothesis, report))
+    if not world.is_writer:
+        ctx.exit(gate.exit_code)
     if kw["as_json"]:
         emit_json(report)
     else:
@@ -202,6 +202,44 @@ def certify(**kw: Any) -> None:
     for reason in gate.reasons:
         click.echo(f"Gate failed: {reason}", err=True)
     ctx.exit(gate.exit_code)
+
+
+def _prepare(
+    ctx: click.Context, kw: dict[str, Any], method: Method, term: Terminal
+) -> tuple[Any, RunInputs, dict[str, Any]]:
+    """The options checked (cheap checks first: a typo fails in milliseconds, before
+    anything is loaded), the outputs checked writable (by rank 0, which writes them), the
+    inputs loaded."""
+    reject_inapplicable(ctx)
+    check_option_values(kw)
+    hypothesis_path = kw[hypothesis_param(method)]
+    writer = current().is_writer
+    for option in ("output", hypothesis_param(method)):
+        if kw.get(option) is not None and writer:
+            check_writable(kw[option], "--" + option.replace("_", "-"))
+    options = method.options(ctx.params)
+    inputs, records = load_run_inputs(kw, term)
+    if hypothesis_path is not None and writer:
+        # the hypothesis (μ, σ and the prior mean; or a message) at the parameters' precision
+        params = inputs.loaded.module.parameters()
+        needed = 3 * sum(p.numel() * p.element_size() for p in params) + MIN_FREE_BYTES
+        check_free_space(hypothesis_path, needed, method.hypothesis.option)
+    return options, inputs, records
+
+
+def _write(
+    kw: dict[str, Any],
+    method: Method,
+    hypothesis_path: Path | None,
+    hypothesis: bytes,
+    report: dict[str, Any],
+) -> None:
+    """Rank 0's files, each atomically: the hypothesis, the report, the job summary."""
+    if hypothesis_path is not None:
+        write_atomic(hypothesis_path, hypothesis, method.hypothesis.option)
+    if kw["output"] is not None:
+        write_atomic(kw["output"], dumps_json(report).encode(), "--output")
+    append_step_summary(report)
 
 
 def hypothesis_param(method: Method) -> str:

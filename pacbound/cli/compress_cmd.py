@@ -13,15 +13,18 @@ from typing import Any
 
 import click
 
+from pacbound.certify.method import Method, RunInputs
 from pacbound.certify.registry import METHODS, with_hypothesis
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.compression_options import compression_tuning_options
 from pacbound.cli.model_options import data_options, model_options
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
+from pacbound.cli.parallel_run import agree_on_inputs, check_world_size, input_sizes, join_world
 from pacbound.cli.preflight import check_option_values
 from pacbound.cli.run_inputs import load_run_inputs
 from pacbound.cli.terminal import Terminal, emit_json, render_certificate
 from pacbound.io.files import check_writable, write_atomic
+from pacbound.parallel import collectively, current, on_writer
 
 EXAMPLES = """\b
 Examples:
@@ -85,23 +88,24 @@ least 1 − δ, the true 0-1 error of the DECODED model is at most the printed b
 @json_option
 @threads_option
 def compress(**kw: Any) -> None:
-    term = Terminal(quiet=kw["quiet"] or kw["as_json"])
+    world = join_world(kw)  # under torchrun: this rank's device, the process group
+    term = Terminal(quiet=kw["quiet"] or kw["as_json"], mute=not world.is_writer)
     method = METHODS[kw["method"]]
-    # Cheap checks first: a typo fails in milliseconds, before anything is loaded.
     ctx = click.get_current_context()
-    reject_inapplicable(ctx)
-    check_option_values(kw)
-    check_writable(kw["output"], "--output")
-    options = method.options({**ctx.params, "artifact": kw["output"]})
-    inputs, records = load_run_inputs(kw, term)
+    options, inputs, records = collectively(lambda: _prepare(ctx, kw, method, term))
+    agree_on_inputs(records, {"--init": kw["init"]})
+    check_world_size(input_sizes(inputs))
     term.info(
         f"compressing ({method.name}) {inputs.loaded.num_parameters} parameters, scored on "
         f"n = {inputs.data.n} examples on {inputs.device}"
+        + (f", {world.world_size} processes" if world.distributed else "")
     )
     with term.progress_callbacks() as progress:
         run = method.run(replace(inputs, progress=progress), options)
     payload = run.certificate.hypothesis
-    write_atomic(kw["output"], payload, "--output")
+    on_writer(lambda: write_atomic(kw["output"], payload, "--output"))
+    if not world.is_writer:
+        return
     record = method.hypothesis.record(kw["output"], payload)
     res = run.certificate.results
     if kw["as_json"]:
@@ -120,3 +124,17 @@ def compress(**kw: Any) -> None:
         f"artifact {kw['output']}: {record['bytes']} bytes (= {8 * record['bytes']} bits), "
         f"sha256 {record['sha256']}"
     )
+
+
+def _prepare(
+    ctx: click.Context, kw: dict[str, Any], method: Method, term: Terminal
+) -> tuple[Any, RunInputs, dict[str, Any]]:
+    """Cheap checks first (a typo fails in milliseconds, before anything is loaded), the
+    artifact's path checked by rank 0 (which writes it), then the inputs loaded."""
+    reject_inapplicable(ctx)
+    check_option_values(kw)
+    if current().is_writer:
+        check_writable(kw["output"], "--output")
+    options = method.options({**ctx.params, "artifact": kw["output"]})
+    inputs, records = load_run_inputs(kw, term)
+    return options, inputs, records

@@ -31,16 +31,19 @@ class Terminal:
     """Writes results to stdout and diagnostics/progress to stderr.
 
     ``quiet`` silences diagnostics and progress; progress is also off when stderr is not a
-    terminal (rich's own detection), so logs in CI stay clean.
+    terminal (rich's own detection), so logs in CI stay clean. ``mute`` silences everything,
+    warnings and results included: the ranks other than 0 of a distributed run (errors still
+    reach stderr through the CLI's error handler).
     """
 
-    def __init__(self, *, quiet: bool = False, progress: bool = True) -> None:
-        self.quiet = quiet
+    def __init__(self, *, quiet: bool = False, progress: bool = True, mute: bool = False) -> None:
+        self.quiet = quiet or mute
+        self.mute = mute
         # No file= given: rich looks sys.stdout/sys.stderr up at each write, so click's
         # CliRunner (which swaps them) captures the output.
         self.out = Console(highlight=False, soft_wrap=True)
         self.err = Console(stderr=True, highlight=False, soft_wrap=True)
-        self.show_progress = progress and not quiet and self.err.is_terminal
+        self.show_progress = progress and not self.quiet and self.err.is_terminal
 
     def info(self, message: str) -> None:
         if not self.quiet:
@@ -48,13 +51,16 @@ class Terminal:
 
     def warn(self, message: str) -> None:
         # Warnings are shown even with --quiet: they concern validity.
-        self.err.print(f"[yellow]Warning:[/yellow] {message}")
+        if not self.mute:
+            self.err.print(f"[yellow]Warning:[/yellow] {message}")
 
     def table(self, table: Table) -> None:
-        self.out.print(table)
+        if not self.mute:
+            self.out.print(table)
 
     def line(self, text: str = "") -> None:
-        self.out.print(text)
+        if not self.mute:
+            self.out.print(text)
 
     @contextmanager
     def progress(self) -> Iterator[Progress | None]:

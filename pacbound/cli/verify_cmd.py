@@ -26,9 +26,16 @@ from pacbound.cli.model_options import (
     resolve_dataset,
 )
 from pacbound.cli.options import FLOAT, INT, json_option, threads_option
+from pacbound.cli.parallel_run import (
+    agree_on_inputs,
+    agree_on_report,
+    check_world_size,
+    join_world,
+)
 from pacbound.cli.terminal import Terminal, emit_json, render_certificate
 from pacbound.cli.verify_argv import argv_checks
 from pacbound.errors import EXIT_GATE_FAILED, EXIT_OK, InvalidInputError
+from pacbound.parallel import collectively, current
 from pacbound.report.validate import load_report
 from pacbound.verify.fields import FieldCheck, Verification
 
@@ -149,8 +156,9 @@ def _optional_data_options(func: Any) -> Any:
 @threads_option
 def verify(**kw: Any) -> None:
     ctx = click.get_current_context()
+    world = join_world(kw)  # under torchrun: this rank's device, the process group
     if kw["unsafe_allow_pickle"]:
-        Terminal().warn(
+        Terminal(mute=not world.is_writer).warn(
             "--unsafe-allow-pickle: checkpoint and init files may be fully unpickled, which "
             "can run arbitrary code; use it only for files you trust"
         )
@@ -204,7 +212,8 @@ def _is_artifact(path: Path, *, expected: bool) -> bool:
 
 
 def _verify_report(report: Path, kw: dict[str, Any]) -> int:
-    document = load_report(report, upgrade=False)
+    document = collectively(lambda: load_report(report, upgrade=False))
+    agree_on_report(document, report, kw["root"])
     from pacbound.io import resolve_device
     from pacbound.verify.engine import verify_report
 
@@ -215,10 +224,10 @@ def _verify_report(report: Path, kw: dict[str, Any]) -> int:
         unsafe_allow_pickle=kw["unsafe_allow_pickle"],
     )
     outcome, gate = _with_gate(document, outcome)
-    if kw["as_json"]:
+    if kw["as_json"] and current().is_writer:
         emit_json({"report": str(report), **outcome.to_dict(), "gate": gate.to_dict()})
-    else:
-        _render(Terminal(), outcome.checks)
+    elif not kw["as_json"]:
+        _render(Terminal(mute=not current().is_writer), outcome.checks)
     return _exit_code(outcome, gate)
 
 
@@ -242,8 +251,14 @@ def _exit_code(outcome: Verification, gate: GateOutcome) -> int:
     if not outcome.agree:
         return EXIT_GATE_FAILED
     for reason in gate.reasons:
-        click.echo(f"Gate failed: {reason}", err=True)
+        _say(f"Gate failed: {reason}")
     return int(gate.exit_code)
+
+
+def _say(line: str) -> None:
+    """A line on stderr, from rank 0 only in a distributed run."""
+    if current().is_writer:
+        click.echo(line, err=True)
 
 
 def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
@@ -272,7 +287,12 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
         init=kw["init"],
         unsafe_allow_pickle=kw["unsafe_allow_pickle"],
     )
-    data = resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw))
+    data = collectively(lambda: resolve_dataset(kw["data"], split=kw["split"], **data_kwargs(kw)))
+    agree_on_inputs(
+        {"data": data.provenance.to_dict()},
+        {"ARTIFACT": kw["target"], "--init": kw["init"], "--report": kw["against"]},
+    )
+    check_world_size({"--data": data.n})
     check_model_data(factory(message.seed or 0), data)
     cert = verify_artifact(
         payload,
@@ -298,14 +318,14 @@ def _verify_artifact(ctx: click.Context, kw: dict[str, Any]) -> int:
                 theta0_sha256=getattr(factory, "init_sha256", None),
             ),
         )
-    if kw["as_json"]:
+    if kw["as_json"] and current().is_writer:
         checked = {}
         if outcome is not None and gate is not None:
             checked = {**outcome.to_dict(), "gate": gate.to_dict()}
         report_path = None if kw["against"] is None else str(kw["against"])
         emit_json({"artifact": record, "report": report_path, **checked, "results": cert.results})
-    else:
-        term = Terminal()
+    elif not kw["as_json"]:
+        term = Terminal(mute=not current().is_writer)
         render_certificate(term, METHODS[cert.method], cert.results)
         if outcome is not None:
             _render(term, outcome.checks)
@@ -342,11 +362,10 @@ def _explain(outcome: Verification) -> None:
     if not outcome.agree:
         names = outcome.disagreeing
         more = f" and {len(names) - NAMED_FIELDS} more" if len(names) > NAMED_FIELDS else ""
-        click.echo(
+        _say(
             f"Verification failed: {len(names)} field(s) disagree: "
             + ", ".join(names[:NAMED_FIELDS])
-            + more,
-            err=True,
+            + more
         )
 
 

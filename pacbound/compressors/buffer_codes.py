@@ -1,7 +1,8 @@
 """The bits of the buffers part of a compressed message (see :mod:`pacbound.compressors.buffers`
 for what is coded and why).
 
-Format 1: δ(number of floating values + 1), each as float32. Format 2: δ(number of integer
+Format 1: δ(number of floating values + 1), each as float32. Format 2 (and 3, whose buffers
+part is format 2's): δ(number of integer
 buffers + 1), per integer buffer a bit (1 = coded) and, when coded, δ(count + 1) and
 δ(zigzag(v) + 1) per value; δ(number of floating buffers + 1) and a bit each (1 = coded);
 δ(number of groups + 1) and per group δ(count + 1), γ(scheme + 1) and
@@ -108,8 +109,13 @@ class BufferCode:
         empty = not any(self.coded) and not self.floats and all(v is None for v in self.integers)
         return 1 if self.legacy is not None or empty else 2
 
-    def write(self, w: BitWriter) -> None:
-        if self.format_version == 1:
+    def write(self, w: BitWriter, layout: int | None = None) -> None:
+        """Write the buffers part in ``layout`` 1 or 2 (default: :attr:`format_version`; a
+        format-3 message writes its buffers in layout 2 even when they are empty)."""
+        layout = self.format_version if layout is None else layout
+        if layout == 2 and self.legacy is not None:
+            raise InvalidInputError("format-1 (legacy) buffers cannot be written in layout 2")
+        if layout == 1:
             legacy = np.zeros(0, np.float32) if self.legacy is None else self.legacy
             write_delta(w, legacy.size + 1)
             w.write_bits(np.unpackbits(legacy.astype(">f4").view(np.uint8)).tolist())

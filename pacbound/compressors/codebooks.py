@@ -3,7 +3,10 @@
 A codebook is stored at an explicit precision (float16, float32 or float64), and that stored
 value *is* the level: :func:`dequantize` returns exactly the stored numbers, so the decoded model
 is the one the message describes and the codebook costs ``L × precision bits`` in the code
-length (MATH.md §6).
+length (MATH.md §6). :class:`TensorCodebooks` gives each parameter tensor its own codebook
+(tensors of very different scales, e.g. a stem convolution, 3×3 convolutions and BatchNorm's
+γ ≈ 1, share no levels); :func:`quantize`, :func:`dequantize` and the straight-through
+functions take either.
 
 >>> book = uniform_codebook(np.array([-1.0, 0.2, 1.0]), 3)
 >>> book.values, quantize(np.array([-0.9, 0.4, 0.6]), book).tolist()
@@ -130,6 +133,63 @@ class Codebook:
         return cls(tuple(stored.tolist()), precision)
 
 
+@dataclass(frozen=True)
+class TensorCodebooks:
+    """One codebook per consecutive segment of a flat vector: ``books[i]`` quantizes the
+    ``sizes[i]`` values of parameter tensor i. The sizes come from the architecture (the
+    message holds only the books); every book has the same L and precision.
+
+    >>> one, two = Codebook((0.0, 1.0)), Codebook((-10.0, 10.0))
+    >>> quantize([0.2, 0.9, -3.0], TensorCodebooks((one, two), (2, 1))).tolist()
+    [0, 1, 0]
+    """
+
+    books: tuple[Codebook, ...]
+    sizes: tuple[int, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "books", tuple(self.books))
+        object.__setattr__(self, "sizes", tuple(int(s) for s in self.sizes))
+        if not self.books or len(self.books) != len(self.sizes) or min(self.sizes) < 1:
+            raise InvalidInputError(
+                f"need one codebook per tensor of ≥ 1 values; got {len(self.books)} codebooks "
+                f"for sizes {self.sizes}"
+            )
+        if len({(b.levels, b.precision) for b in self.books}) != 1:
+            raise InvalidInputError("per-tensor codebooks must share L and the precision")
+
+    @property
+    def levels(self) -> int:
+        return self.books[0].levels
+
+    @property
+    def precision(self) -> CodebookPrecision:
+        return self.books[0].precision
+
+    @property
+    def bits(self) -> int:
+        """The stored size: G × L × precision bits."""
+        return sum(b.bits for b in self.books)
+
+
+AnyCodebook = Codebook | TensorCodebooks
+
+
+def _pieces(codebook: AnyCodebook, size: int) -> list[tuple[Codebook, slice]]:
+    """(codebook, slice of the flat vector) pairs covering ``size`` values."""
+    if isinstance(codebook, Codebook):
+        return [(codebook, slice(0, size))]
+    if sum(codebook.sizes) != size:
+        raise InvalidInputError(
+            f"the per-tensor codebooks cover {sum(codebook.sizes)} values, not {size}"
+        )
+    stops = np.cumsum(codebook.sizes).tolist()
+    return [
+        (book, slice(stop - n, stop))
+        for book, n, stop in zip(codebook.books, codebook.sizes, stops, strict=True)
+    ]
+
+
 def _as_float64(values: ArrayLike | Tensor) -> NDArray[np.float64]:
     if isinstance(values, Tensor):
         values = values.detach().to("cpu", torch.float64).numpy()
@@ -188,32 +248,43 @@ def kmeans_codebook(
     return Codebook.from_floats(centers, prec)
 
 
-def quantize(values: ArrayLike | Tensor, codebook: Codebook) -> NDArray[np.int64]:
+def quantize(values: ArrayLike | Tensor, codebook: AnyCodebook) -> NDArray[np.int64]:
     """The index of the nearest level for each value (ties go to the lower level)."""
     array = _as_float64(values)
-    stored = codebook.to_array()
-    return np.searchsorted((stored[1:] + stored[:-1]) / 2, array, side="left").astype(np.int64)
+    out = np.empty(array.size, dtype=np.int64)
+    for book, part in _pieces(codebook, array.size):
+        stored = book.to_array()
+        out[part] = np.searchsorted((stored[1:] + stored[:-1]) / 2, array[part], side="left")
+    return out
 
 
-def dequantize(symbols: ArrayLike, codebook: Codebook) -> NDArray[np.float64]:
+def dequantize(symbols: ArrayLike, codebook: AnyCodebook) -> NDArray[np.float64]:
     """The stored level of each symbol (exact: the values the message holds)."""
     index = np.asarray(symbols, dtype=np.int64)
     if index.size and (index.min() < 0 or index.max() >= codebook.levels):
         raise InvalidInputError(f"symbols must lie in [0, {codebook.levels - 1}]")
-    return codebook.to_array()[index]
+    flat, out = index.ravel(), np.empty(index.size, dtype=np.float64)
+    for book, part in _pieces(codebook, flat.size):
+        out[part] = book.to_array()[flat[part]]
+    return out.reshape(index.shape)
 
 
-def straight_through(w: Tensor, codebook: Codebook) -> Tensor:
+def straight_through(w: Tensor, codebook: AnyCodebook) -> Tensor:
     """Nearest-level rounding whose gradient is the identity (the straight-through estimator)."""
-    levels = torch.as_tensor(codebook.to_array(), dtype=w.dtype, device=w.device)
-    index = torch.bucketize(w.detach(), (levels[1:] + levels[:-1]) / 2, right=False)
-    return w + (levels[index] - w).detach()
+    parts = []
+    for book, part in _pieces(codebook, w.numel()):
+        levels = torch.as_tensor(book.to_array(), dtype=w.dtype, device=w.device)
+        piece = w.reshape(-1)[part]
+        index = torch.bucketize(piece.detach(), (levels[1:] + levels[:-1]) / 2, right=False)
+        parts.append(levels[index])
+    rounded = torch.cat(parts).view_as(w)
+    return w + (rounded - w).detach()
 
 
 def quantization_aware_finetune(
     w: Tensor,
     loss: Callable[[Tensor], Tensor],
-    codebook: Codebook,
+    codebook: AnyCodebook,
     *,
     steps: int = 200,
     lr: float = 1e-3,

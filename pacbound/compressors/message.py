@@ -5,8 +5,9 @@ Layout (MSB first; γ, δ are Elias codes, see :mod:`pacbound.compressors.coding
     header           magic "PBCM" (32 bits), γ(version), γ(compressor kind index + 1)
     architecture     32-bit fingerprint of parameter/buffer names and shapes, δ(D)
     hyperparameters  [subspace only: γ(seed + 1), γ(projector kind index + 1), δ(d)],
-                     δ(L), γ(codebook precision index + 1)
-    codebook         L levels at the stored precision (big-endian IEEE)
+                     δ(L), γ(codebook precision index + 1) [format 3: δ(G), G ≥ 2]
+    codebook         L levels at the stored precision (big-endian IEEE); format 3: G such
+                     codebooks, the i-th for the i-th parameter tensor (direct only)
     symbol_model     0 bits: the adaptive KT model is part of the decoder
     buffers          format 1: δ(number of floating buffer values + 1), each as float32;
                      format 2: integer buffers (factory's or coded exactly) and float
@@ -23,7 +24,11 @@ precision indices follow the order of their enums.
 in format 1 when it has nothing there (no floating buffers, every integer buffer the
 factory's), so a model without float buffers keeps its format-1 message and code length bit
 for bit; format-1 artifacts with float32 buffers (pacbound before issue #13) are still read
-and decode as they did.
+and decode as they did. Format 3 is format 2 (buffers always in the format-2 layout) with
+one codebook per parameter tensor (``tensor_codebooks``, direct messages only); a message
+with one shared codebook is written in format 1 or 2 as before, so its bytes do not change.
+The version is part of the prefix-free code, so the formats' codewords together still
+satisfy Kraft.
 
 **What is counted**: everything. ``code_length_bits`` is 8 × the byte length of the message,
 including the magic, the padding and the CRC (which a decoder does not strictly need, but
@@ -64,7 +69,7 @@ from pacbound.errors import InvalidInputError
 
 MAGIC = b"PBCM"
 #: Format versions this code reads; it writes the lowest that holds the message.
-FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSIONS = (1, 2, 3)
 #: Refuse headers announcing more parameters than this (a corrupted length, not a model).
 MAX_PARAMETERS = 1 << 36
 _CRC_BYTES = 4
@@ -92,7 +97,12 @@ def _member(enum: type[E], index: int, what: str) -> E:
 
 @dataclass(frozen=True, eq=False)
 class CompressedMessage:
-    """A decodable description of one model. ``symbols`` has length d (subspace) or D (direct)."""
+    """A decodable description of one model. ``symbols`` has length d (subspace) or D (direct).
+
+    ``tensor_codebooks`` (format 3, direct only): one codebook per parameter tensor, G ≥ 2,
+    all with ``codebook``'s L and precision, ``codebook`` being the first; empty: ``codebook``
+    is shared by every coordinate.
+    """
 
     kind: CompressorKind
     architecture: int
@@ -102,8 +112,11 @@ class CompressedMessage:
     buffers: BufferCode = field(default_factory=BufferCode)
     seed: int | None = None
     projector: ProjectorKind | None = None
+    tensor_codebooks: tuple[Codebook, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "tensor_codebooks", tuple(self.tensor_codebooks))
+        self._check_tensor_codebooks()
         symbols = np.ascontiguousarray(self.symbols, dtype=np.int64).ravel()
         object.__setattr__(self, "symbols", symbols)
         if not 1 <= self.num_parameters <= MAX_PARAMETERS or not 0 <= self.architecture < 2**32:
@@ -125,6 +138,29 @@ class CompressedMessage:
         ):
             raise InvalidInputError("a direct message has D symbols and no seed or projector")
 
+    def _check_tensor_codebooks(self) -> None:
+        books = self.tensor_codebooks
+        if not books:
+            return
+        if self.kind is not CompressorKind.DIRECT or len(books) < 2:
+            raise InvalidInputError("per-tensor codebooks: a direct message with ≥ 2 tensors")
+        if books[0] != self.codebook or any(
+            (b.levels, b.precision) != (self.codebook.levels, self.codebook.precision)
+            for b in books
+        ):
+            raise InvalidInputError("per-tensor codebooks must share L and the precision")
+        if self.buffers.legacy is not None:
+            raise InvalidInputError("format-1 buffers cannot go with per-tensor codebooks")
+
+    @property
+    def codebooks(self) -> tuple[Codebook, ...]:
+        """Every codebook the message holds: the per-tensor ones, or the shared one."""
+        return self.tensor_codebooks or (self.codebook,)
+
+    @property
+    def format_version(self) -> int:
+        return 3 if self.tensor_codebooks else self.buffers.format_version
+
     @property
     def dimension(self) -> int:
         """d for a subspace message, D for a direct one."""
@@ -139,7 +175,7 @@ class CompressedMessage:
 
         start = len(w)
         w.write_bits(np.unpackbits(np.frombuffer(MAGIC, dtype=np.uint8)).tolist())
-        write_gamma(w, self.buffers.format_version)
+        write_gamma(w, self.format_version)
         write_gamma(w, _index(self.kind) + 1)
         mark("header", start)
         start = len(w)
@@ -154,13 +190,16 @@ class CompressedMessage:
             write_delta(w, self.dimension)
         write_delta(w, self.codebook.levels)
         write_gamma(w, _index(self.codebook.precision) + 1)
+        if self.tensor_codebooks:
+            write_delta(w, len(self.tensor_codebooks))
         mark("hyperparameters", start)
         start = len(w)
-        w.write_bits(np.unpackbits(np.frombuffer(self.codebook.to_bytes(), np.uint8)).tolist())
+        for book in self.codebooks:
+            w.write_bits(np.unpackbits(np.frombuffer(book.to_bytes(), np.uint8)).tolist())
         mark("codebook", start)
         parts["symbol_model"] = 0
         start = len(w)
-        self.buffers.write(w)
+        self.buffers.write(w, layout=min(self.format_version, 2))
         mark("buffers", start)
         payload = arithmetic_encode(self.symbols, self.codebook.levels)
         start = len(w)
@@ -239,7 +278,11 @@ def _parse_body(r: BitReader) -> CompressedMessage:
             raise InvalidInputError(f"corrupted message: d={dimension} > D={num_parameters}")
     levels = read_delta(r)
     precision = _member(CodebookPrecision, read_gamma(r) - 1, "codebook precision")
-    codebook = Codebook.from_bytes(r.read_bytes(levels * precision.bits), precision)
+    count = read_delta(r) if version == 3 else 1
+    r.require(count * levels * precision.bits)
+    books = tuple(
+        Codebook.from_bytes(r.read_bytes(levels * precision.bits), precision) for _ in range(count)
+    )
     buffers = BufferCode.read(r, version)
     payload_bits = read_delta(r)
     r.require(payload_bits)
@@ -250,9 +293,10 @@ def _parse_body(r: BitReader) -> CompressedMessage:
         kind,
         architecture,
         num_parameters,
-        codebook,
+        books[0],
         symbols,
         buffers,
         seed,
         projector,
+        books if version == 3 else (),
     )

@@ -3,7 +3,8 @@
 * :class:`SubspaceQuantizeCompressor`: θ = θ₀ + P·dequant(symbols), with θ₀ and P regenerated
   from the architecture factory and the seed (Lotfi et al. 2022).
 * :class:`DirectQuantizeCompressor`: every parameter tensor quantized post hoc with one shared
-  codebook, optionally with an exact zero level for pruned weights (Zhou et al. 2019).
+  codebook or one codebook per tensor (``scope``), optionally with an exact zero level for
+  pruned weights (Zhou et al. 2019).
 
 Both code the symbols with the adaptive arithmetic coder and the buffers with
 :mod:`pacbound.compressors.buffers` (BatchNorm statistics coded compactly, integer buffers the
@@ -12,6 +13,8 @@ code length counts.
 """
 
 from __future__ import annotations
+
+from enum import Enum
 
 import numpy as np
 import torch
@@ -27,9 +30,11 @@ from pacbound.compressors.base import (
 )
 from pacbound.compressors.buffers import decode_buffers, encode_buffers
 from pacbound.compressors.codebooks import (
+    AnyCodebook,
     Codebook,
     CodebookKind,
     CodebookPrecision,
+    TensorCodebooks,
     check_levels,
     dequantize,
     kmeans_codebook,
@@ -46,6 +51,14 @@ from pacbound.compressors.projectors import (
 )
 from pacbound.compressors.subspace import SubspaceModel, init_from_checkpoint_lstsq
 from pacbound.errors import InvalidInputError
+
+
+class CodebookScope(str, Enum):
+    """Which coordinates share a codebook in a direct message: all of them (format 1/2), or
+    those of one parameter tensor (format 3: G codebooks, G × L × precision bits)."""
+
+    SHARED = "shared"
+    TENSOR = "tensor"
 
 
 class _QuantizingCompressor(Compressor):
@@ -170,11 +183,14 @@ class SubspaceQuantizeCompressor(_QuantizingCompressor):
 
 
 class DirectQuantizeCompressor(_QuantizingCompressor):
-    """Post-hoc quantization of every weight with one shared L-level codebook.
+    """Post-hoc quantization of every weight with L-level codebooks: one shared by all
+    coordinates (``scope="shared"``) or one per parameter tensor (``scope="tensor"``, each
+    fitted to its tensor alone; a model with one tensor gets the shared form).
 
-    With ``zero_level=True`` the level nearest 0 is replaced by an exact 0, so that pruned
-    (zero) weights stay zero. The seed only chooses the k-means subsample; decoding does not
-    depend on it, so it is not part of the message.
+    With ``zero_level=True`` the level nearest 0 of every codebook is replaced by an exact 0,
+    so that pruned (zero) weights stay zero. The seed only chooses the k-means subsample;
+    decoding does not depend on it, so it is not part of the message. The decoder reads
+    whether the codebooks are per tensor from the message.
     """
 
     kind = CompressorKind.DIRECT
@@ -188,6 +204,7 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
         codebook: CodebookKind | str = CodebookKind.KMEANS,
         precision: CodebookPrecision | str = CodebookPrecision.FLOAT32,
         zero_level: bool = False,
+        scope: CodebookScope | str = CodebookScope.SHARED,
         seed: int = 0,
         device: torch.device | str | None = None,
     ) -> None:
@@ -195,6 +212,7 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
             factory, levels=levels, codebook=codebook, precision=precision, seed=seed, device=device
         )
         self.zero_level = zero_level
+        self.scope = parse_enum(CodebookScope, scope, "scope")
 
     def fit_codebook(self, values: Tensor) -> Codebook:
         book = super().fit_codebook(values)
@@ -204,30 +222,61 @@ class DirectQuantizeCompressor(_QuantizingCompressor):
         levels[np.argmin(np.abs(levels))] = 0.0
         return Codebook.from_floats(levels, book.precision)
 
-    def compress(self, model: nn.Module, *, codebook: Codebook | None = None) -> CompressedMessage:
-        """``codebook`` (default: fitted to the weights) as for the subspace compressor."""
+    def fit_codebooks(self, model: nn.Module, theta: Tensor | None = None) -> AnyCodebook:
+        """The codebook(s) of the compressor's scope for ``theta`` (default: ``model``'s
+        parameter vector), cut into ``model``'s parameter tensors."""
+        theta = parameter_vector(model) if theta is None else theta
+        sizes = tensor_sizes(model)
+        if self.scope is CodebookScope.SHARED or len(sizes) < 2:
+            return self.fit_codebook(theta)
+        stops = np.cumsum(sizes).tolist()
+        books = [
+            self.fit_codebook(theta[stop - n : stop]) for n, stop in zip(sizes, stops, strict=True)
+        ]
+        return TensorCodebooks(tuple(books), sizes)
+
+    def compress(
+        self, model: nn.Module, *, codebook: AnyCodebook | None = None
+    ) -> CompressedMessage:
+        """``codebook`` (default: :meth:`fit_codebooks`) as for the subspace compressor."""
         reference = self._check_model(model)
         theta = parameter_vector(model)
-        codebook = codebook or self.fit_codebook(theta)
+        codebook = codebook or self.fit_codebooks(model, theta)
+        books = codebook.books if isinstance(codebook, TensorCodebooks) else (codebook,)
         return CompressedMessage(
             self.kind,
             self.fingerprint(reference),
             theta.numel(),
-            codebook,
+            books[0],
             quantize(theta, codebook),
             encode_buffers(model, reference),
+            tensor_codebooks=books if len(books) > 1 else (),
         )
 
     def decompress(self, message: CompressedMessage | bytes) -> nn.Module:
         parsed = self._parse(message)
         module = self.build()
         self._check_architecture(parsed, module)
+        codebook: AnyCodebook = parsed.codebook
+        if parsed.tensor_codebooks:
+            sizes = tensor_sizes(module)
+            if len(sizes) != len(parsed.tensor_codebooks):
+                raise InvalidInputError(
+                    f"this artifact has {len(parsed.tensor_codebooks)} per-tensor codebooks "
+                    f"but the architecture {len(sizes)} parameter tensors"
+                )
+            codebook = TensorCodebooks(parsed.tensor_codebooks, sizes)
         dtype = next(module.parameters()).dtype
         load_parameter_vector(
-            module, _as_tensor(dequantize(parsed.symbols, parsed.codebook), dtype, self.device)
+            module, _as_tensor(dequantize(parsed.symbols, codebook), dtype, self.device)
         )
         decode_buffers(module, parsed.buffers)
         return module.eval()
+
+
+def tensor_sizes(module: nn.Module) -> tuple[int, ...]:
+    """The sizes of the parameter tensors, in :func:`parameter_vector`'s order."""
+    return tuple(p.numel() for p in module.parameters())
 
 
 def _as_tensor(values: NDArray[np.float64], dtype: torch.dtype, device: torch.device) -> Tensor:

@@ -20,6 +20,12 @@ from pacbound.compressors.base import parameter_vector
 from pacbound.compressors.codebooks import parse_enum
 from pacbound.compressors.projectors import Projector
 from pacbound.errors import InvalidInputError, NumericalError
+from pacbound.parallel.training import (
+    average_buffers,
+    average_gradients,
+    batch_share,
+    shared_loss,
+)
 
 
 class Optimizer(str, Enum):
@@ -95,6 +101,15 @@ def train_subspace(
     The defaults (Adam, lr 1e-2, 20 epochs, batch 128) follow Lotfi et al. (2022) for small
     MLPs on MNIST-sized data. Computation runs on the projector's device; ``model``'s buffers
     (BatchNorm statistics) update in place. Raises NumericalError if the loss becomes NaN.
+
+    Under torchrun every rank takes its share of each mini-batch (the one-process order),
+    ``loss_fn`` (a mean over the examples it is given) is weighted by the share, so the loss
+    is the whole batch's mean (summed over ranks, so a NaN stops every rank) and
+    the gradient of w is averaged before each step; the buffers are averaged over ranks at
+    the end (:func:`pacbound.parallel.training.average_buffers`). One process is bit for
+    bit the one-process run; at world size > 1 the trained w (and the buffers) differ from
+    it by floating-point reduction order and BatchNorm's batch statistics over the rank's
+    share. The certificate is computed from the message as coded, whatever w it holds.
     """
     if len(x) != len(y) or len(x) == 0:
         raise InvalidInputError(f"need as many labels as inputs (>0), got {len(x)} and {len(y)}")
@@ -127,11 +142,18 @@ def train_subspace(
                     group["lr"] = 0.5 * lr * (1.0 + math.cos(math.pi * step / total_steps))
             step += 1
             opt.zero_grad()
-            loss = loss_fn(subspace(x[idx].to(device)), y[idx].to(device))
+            share = batch_share(idx)
+            local = None
+            if not share.empty:
+                rows = share.rows
+                local = loss_fn(subspace(x[rows].to(device)), y[rows].to(device))
+            loss = shared_loss(local, share, like=subspace.w)
             if not torch.isfinite(loss):
                 raise NumericalError(f"subspace training diverged (loss {loss.item()}); lower lr")
             loss.backward()
+            average_gradients([subspace.w])
             opt.step()
+    average_buffers(model)
     return subspace.w.detach().clone()
 
 

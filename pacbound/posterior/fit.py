@@ -18,6 +18,12 @@ from torch import Tensor, nn
 
 from pacbound.bounds import kl_inv_upper
 from pacbound.errors import NumericalError
+from pacbound.parallel.training import (
+    average_gradients,
+    batch_share,
+    rank_seed,
+    shared_loss,
+)
 from pacbound.posterior.kl import gaussian_kl_differentiable
 from pacbound.posterior.network import StochasticNetwork
 from pacbound.posterior.objectives import Objective, bound_objective
@@ -247,12 +253,20 @@ def train_diagonal_posterior(
     the network ends in the state (before training or after some epoch) with the smallest
     estimated bound. Raises :class:`NumericalError` naming the epoch and step if the
     objective or the KL becomes NaN/Inf.
+
+    Under torchrun every rank takes its share of each mini-batch (the one-process order),
+    the surrogate risk is the whole batch's (summed over ranks) and the gradients are
+    averaged before each step, so every rank keeps the same posterior; rank r > 0 draws its
+    training noise from its own stream (:func:`pacbound.parallel.training.rank_seed`). One
+    process is bit for bit the one-process run; at world size > 1 the trained posterior
+    differs from it (the other ranks' noise, floating-point reduction order), which the
+    certificate, computed from the posterior as saved, does not depend on.
     """
     # Eval mode throughout: the Gaussian layers draw in either mode, and a train-mode pass
     # would let normalization layers refit their running statistics to the data (buffers
     # the KL does not pay for) and dropout change the model being certified.
     network.to(device).eval()
-    gen = torch.Generator(device=device).manual_seed(recipe.seed)
+    gen = torch.Generator(device=device).manual_seed(rank_seed(recipe.seed))
     log_prior_scale = torch.tensor(math.log(initial_prior_scale), device=device, requires_grad=True)
     mean_opt = _mean_optimizer(network.mean_parameters(), recipe)
     sigma_opt = torch.optim.Adam(
@@ -320,8 +334,12 @@ def _train_epoch(
     total, batches = 0.0, 0
     for step, start in enumerate(range(0, int(x.shape[0]), recipe.batch_size)):
         idx = perm[start : start + recipe.batch_size]
-        xb, yb = x[idx].to(device), y[idx].to(device)
-        surrogate = bounded_cross_entropy(network(xb), yb, recipe.p_min)
+        share = batch_share(idx)
+        local = None
+        if not share.empty:
+            xb, yb = x[share.rows].to(device), y[share.rows].to(device)
+            local = bounded_cross_entropy(network(xb), yb, recipe.p_min)
+        surrogate = shared_loss(local, share, like=network.slots[0].mu)
         sigma_p = torch.exp(log_prior_scale)
         kl = sum(
             (
@@ -340,6 +358,9 @@ def _train_epoch(
         mean_opt.zero_grad(set_to_none=True)
         sigma_opt.zero_grad(set_to_none=True)
         objective.backward()
+        average_gradients(
+            [*network.mean_parameters(), *network.log_sigma_parameters(), log_prior_scale]
+        )
         mean_opt.step()
         sigma_opt.step()
         total += float(objective.detach())

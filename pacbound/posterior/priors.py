@@ -241,7 +241,13 @@ def train_prior_mean(
     device: torch.device,
     progress: object | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place on (x, y) = S_prior only and return it."""
+    """Train ``model`` in place on (x, y) = S_prior only and return it.
+
+    Not sharded under torchrun: every rank trains the same prior on all of S_prior. The prior
+    mean is a function of S_prior that ``pacbound verify`` re-derives bit for bit, at any
+    world size; a data-parallel step would make it depend on the world size through the
+    floating-point reduction order (and BatchNorm's batch statistics over a rank's share).
+    This phase gets no speed-up from more ranks (docs/scaling.md)."""
     _check_recipe(recipe, x)
     cuda = []
     if device.type == "cuda":

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pacbound.errors import InvalidInputError, NumericalError
-from pacbound.parallel import shard, sum_ints
+from pacbound.errors import InvalidInputError, NumericalError, PacboundError
+from pacbound.parallel import shard
+from pacbound.parallel.training import summed_counts
 from pacbound.posterior import layers
 from pacbound.posterior.network import StochasticNetwork
 from pacbound.posterior.streams import BLOCK_EXAMPLES, DrawKey, DrawStream
@@ -49,6 +50,15 @@ class ErrorCount:
         return self.errors / self.evaluations
 
 
+def shard_batches(n: int, batch_size: int) -> Iterator[slice]:
+    """This rank's batches of ``range(n)``: the one-process batches ``[j·B, (j+1)·B)`` that
+    fall in its shard (whole batches, :func:`pacbound.parallel.shard` aligned to B), so every
+    example is evaluated in the batch it has in one process; all of them in one process."""
+    rows = shard(n, align=batch_size)
+    for start in range(rows.start, rows.stop, batch_size):
+        yield slice(start, min(start + batch_size, rows.stop))
+
+
 @torch.no_grad()
 def count_errors(
     model: nn.Module,
@@ -59,23 +69,49 @@ def count_errors(
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
 ) -> ErrorCount:
-    """0-1 errors of a deterministic model on (x, y)."""
+    """0-1 errors of a deterministic model on (x, y).
+
+    Each rank counts its shard (:func:`shard_batches`; a streamed data set reads only those
+    rows) and the integer counts are summed over ranks, so the count is the same at any
+    world size. NaN/Inf outputs on any rank stop every rank (:class:`NumericalError`; under torchrun
+    a :class:`~pacbound.parallel.SharedError` with its message and exit code).
+    ``progress`` advances by this rank's examples, then by the other ranks' at the end.
+    """
     errors = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size].to(dev, non_blocking=True)
-        yb = y[start : start + batch_size].to(dev, non_blocking=True)
-        e, m = batch_errors(model(xb), yb)
-        errors, total = errors + e, total + m
-        if progress is not None:
-            progress(m)
-    return ErrorCount(errors, total)
+    try:
+        for rows in shard_batches(int(x.shape[0]), batch_size):
+            xb = x[rows].to(dev, non_blocking=True)
+            yb = y[rows].to(dev, non_blocking=True)
+            e, m = batch_errors(model(xb), yb)
+            errors, total = errors + e, total + m
+            if progress is not None:
+                progress(m)
+    except PacboundError as exc:
+        failure = exc
+    all_errors, all_total = summed_counts((errors, total), failure)
+    if progress is not None and all_total > total:
+        progress(all_total - total)
+    return ErrorCount(all_errors, all_total)
 
 
 def _batches(rows: range, batch_size: int) -> Iterator[slice]:
     """Consecutive batches of at most ``batch_size`` examples covering ``rows``."""
     for start in range(rows.start, rows.stop, batch_size):
         yield slice(start, min(start + batch_size, rows.stop))
+
+
+def _summed(
+    errors: int, total: int, failure: PacboundError | None, progress: ProgressHook | None
+) -> ErrorCount:
+    """This rank's counts summed over ranks (a failure on any rank stops every rank,
+    :func:`~pacbound.parallel.training.summed_counts`); ``progress`` then advances by the
+    other ranks' examples."""
+    all_errors, all_total = summed_counts((errors, total), failure)
+    if progress is not None and all_total > total:
+        progress(all_total - total)
+    return ErrorCount(all_errors, all_total)
 
 
 @torch.no_grad()
@@ -98,20 +134,23 @@ def count_stochastic_errors(
     number of processes."""
     network.eval()
     errors = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
     rows = shard(int(x.shape[0]), align=BLOCK_EXAMPLES)
-    for _ in range(passes):
-        key = stream.next_pass()
-        for batch in _batches(rows, batch_size):
-            xb = x[batch].to(dev, non_blocking=True)
-            yb = y[batch].to(dev, non_blocking=True)
-            network.set_mode("per_example", key.at(batch.start))
-            e, m = batch_errors(network(xb), yb)
-            errors, total = errors + e, total + m
-            if progress is not None:
-                progress(m)
-    errors, total = sum_ints((errors, total))
-    return ErrorCount(errors, total)
+    try:
+        for _ in range(passes):
+            key = stream.next_pass()
+            for batch in _batches(rows, batch_size):
+                xb = x[batch].to(dev, non_blocking=True)
+                yb = y[batch].to(dev, non_blocking=True)
+                network.set_mode("per_example", key.at(batch.start))
+                e, m = batch_errors(network(xb), yb)
+                errors, total = errors + e, total + m
+                if progress is not None:
+                    progress(m)
+    except PacboundError as exc:
+        failure = exc
+    return _summed(errors, total, failure, progress)
 
 
 @contextmanager
@@ -173,20 +212,23 @@ def count_per_batch_errors(
     network.set_mode("mean")
     network.eval()
     errors = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
     rows = shard(n, align=batch)
-    for _ in range(passes):
-        key = stream.next_pass()
-        for part in _batches(rows, batch):
-            xb = x[part].to(dev, non_blocking=True)
-            yb = y[part].to(dev, non_blocking=True)
-            with one_draw(network, key, part.start // batch):
-                e, m = batch_errors(network(xb), yb)
-            errors, total = errors + e, total + m
-            if progress is not None:
-                progress(m)
-    errors, total = sum_ints((errors, total))
-    return ErrorCount(errors, total)
+    try:
+        for _ in range(passes):
+            key = stream.next_pass()
+            for part in _batches(rows, batch):
+                xb = x[part].to(dev, non_blocking=True)
+                yb = y[part].to(dev, non_blocking=True)
+                with one_draw(network, key, part.start // batch):
+                    e, m = batch_errors(network(xb), yb)
+                errors, total = errors + e, total + m
+                if progress is not None:
+                    progress(m)
+    except PacboundError as exc:
+        failure = exc
+    return _summed(errors, total, failure, progress)
 
 
 def per_example_bytes(network: StochasticNetwork, batch: int) -> int:
@@ -233,20 +275,23 @@ def count_disagreements(
     network.eval()
     reference.eval()
     disagreements = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
     rows = shard(int(x.shape[0]), align=BLOCK_EXAMPLES)
-    for _ in range(passes):
-        key = stream.next_pass()
-        for batch in _batches(rows, batch_size):
-            xb = x[batch].to(dev, non_blocking=True)
-            target = reference(xb)
-            if not torch.all(torch.isfinite(target)):
-                raise NumericalError("the checkpoint produced NaN/Inf outputs")
-            network.set_mode("per_example", key.at(batch.start))
-            d, m = batch_errors(network(xb), target.argmax(dim=1))
-            disagreements, total = disagreements + d, total + m
-    disagreements, total = sum_ints((disagreements, total))
-    return ErrorCount(disagreements, total)
+    try:
+        for _ in range(passes):
+            key = stream.next_pass()
+            for batch in _batches(rows, batch_size):
+                xb = x[batch].to(dev, non_blocking=True)
+                target = reference(xb)
+                if not torch.all(torch.isfinite(target)):
+                    raise NumericalError("the checkpoint produced NaN/Inf outputs")
+                network.set_mode("per_example", key.at(batch.start))
+                d, m = batch_errors(network(xb), target.argmax(dim=1))
+                disagreements, total = disagreements + d, total + m
+    except PacboundError as exc:
+        failure = exc
+    return _summed(disagreements, total, failure, None)
 
 
 def bounded_cross_entropy(logits: Tensor, y: Tensor, p_min: float) -> Tensor:

@@ -37,8 +37,9 @@ def _git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def environment(device: str) -> dict[str, Any]:
-    """Tool and library versions, platform and device."""
+def environment(device: str, world: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Tool and library versions, platform and device; ``world``: the run's processes
+    (``world_size``, ``backend``, ``launcher``, ``rank_devices``), when recorded."""
     import numpy
     import scipy
     import torch
@@ -52,6 +53,7 @@ def environment(device: str) -> dict[str, Any]:
         "scipy": scipy.__version__,
         "platform": platform.platform(),
         "device": device,
+        **(world or {}),
     }
 
 
@@ -72,13 +74,15 @@ def build_report(
     timings: dict[str, float],
     warnings: list[str],
     device: str,
+    world: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the report; ``results`` is the certificate block that ``results_sha256`` covers."""
+    """Assemble the report; ``results`` is the certificate block that ``results_sha256`` covers.
+    ``world`` describes the run's processes (``environment``; never compared by verify)."""
     return {
         "schema_version": SCHEMA_VERSION,
         "command": command,
         "argv": ["pacbound", *sys.argv[1:]],
-        "environment": environment(device),
+        "environment": environment(device, world),
         "inputs": inputs,
         "options": options,
         "seeds": seeds,

@@ -249,7 +249,7 @@ def test_post_hoc_quantization_certificate() -> None:
     assert 0.0 in _message(cert).codebook.values
     expected = occam_binomial(res["errors"] / N, kl=bits_to_nats(8 * len(data)), n=N, delta=0.05)
     assert cert.value == expected.value
-    assert [c["levels"] for c in res["search"]] == [4, 16]
+    assert [c["levels"] for c in res["search"]] == [4, 4, 16, 16]  # shared, per-tensor
     assert res["compression"]["start"] == "checkpoint" and res["method"] == "quantize"
     again = certify_message(data, FACTORY, x, y, options=options, seed=None)
     assert _without(again.results, CHOICE) == _without(res, CHOICE)

@@ -141,7 +141,8 @@ def test_facts_show_the_decoded_models_rows(task: Path) -> None:
         "δ term ln(1/δ)": math.log(1.0 / per_choice),
     }
     assert facts.search is not None and facts.search.chosen == results["code_length_bits"]
-    assert sorted(facts.search.x) == list(facts.search.x) and len(facts.search.x) == 2
+    # two L, each with a shared and a per-tensor codebook candidate
+    assert sorted(facts.search.x) == list(facts.search.x) and len(facts.search.x) == 4
     rows = dict(facts.rows)
     assert rows["n (training examples)"] == "400"
     assert rows["errors of the decoded model"] == f"{emp['errors']} ({emp['estimate']:.6f})"

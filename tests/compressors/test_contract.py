@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from pacbound.compressors import (
+    Codebook,
     CompressedMessage,
     Compressor,
     DirectQuantizeCompressor,
@@ -19,6 +20,7 @@ from pacbound.compressors import (
     parameter_vector,
 )
 from pacbound.compressors.buffers import PRECISION_BITS
+from pacbound.compressors.codebooks import TensorCodebooks
 from pacbound.compressors.coding import arithmetic_encode, delta_length, gamma_length
 from pacbound.errors import InvalidInputError
 from tests.compressors.models import other_mlp, tiny_mlp, trained
@@ -45,7 +47,20 @@ MAKERS: dict[str, Callable[..., Compressor]] = {
     "direct-uniform-zero": lambda factory=tiny_mlp, seed=3: DirectQuantizeCompressor(
         factory, levels=5, codebook="uniform", zero_level=True, seed=seed
     ),
+    "direct-per-tensor": lambda factory=tiny_mlp, seed=3: DirectQuantizeCompressor(
+        factory, levels=6, scope="tensor", seed=seed
+    ),
+    "direct-per-tensor-f16-zero": lambda factory=tiny_mlp, seed=3: DirectQuantizeCompressor(
+        factory, levels=3, scope="tensor", precision="float16", zero_level=True, seed=seed
+    ),
 }
+
+
+def _codebook(message: CompressedMessage, model: nn.Module) -> Codebook | TensorCodebooks:
+    """What the decoder dequantizes with: the shared codebook, or one per parameter tensor."""
+    if not message.tensor_codebooks:
+        return message.codebook
+    return TensorCodebooks(message.tensor_codebooks, tuple(p.numel() for p in model.parameters()))
 
 
 @pytest.fixture(params=sorted(MAKERS))
@@ -71,7 +86,7 @@ def test_round_trip_is_exact(name: str) -> None:
     parsed = CompressedMessage.from_bytes(data)
     assert parsed == message
     np.testing.assert_array_equal(parsed.symbols, message.symbols)
-    assert parsed.codebook == message.codebook
+    assert parsed.codebooks == message.codebooks
     decoded = compressor.decompress(data)
     _assert_same_state(decoded, compressor.decompress(message))
     bn, out = trained(3)[1], decoded[1]  # type: ignore[index]
@@ -84,7 +99,7 @@ def test_round_trip_is_exact(name: str) -> None:
     ratio = out.running_var / bn.running_var
     assert float(ratio.log2().abs().max()) <= 2.0**-PRECISION_BITS
     if isinstance(compressor, DirectQuantizeCompressor):
-        expected = dequantize(message.symbols, message.codebook)
+        expected = dequantize(message.symbols, _codebook(message, decoded))
         np.testing.assert_array_equal(parameter_vector(decoded).double().numpy(), expected)
 
 
@@ -92,17 +107,17 @@ def test_code_length_counts_every_part(name: str) -> None:
     message = MAKERS[name]().compress(trained(3))
     parts = message.breakdown()
     assert message.code_length_bits == 8 * len(message.to_bytes()) == sum(parts.values())
-    book = message.codebook
+    book, count = message.codebook, len(message.codebooks)
     symbol_bits = len(arithmetic_encode(message.symbols, book.levels))
-    assert parts["codebook"] == book.levels * book.precision.bits
+    assert parts["codebook"] == count * book.levels * book.precision.bits
     assert parts["symbols"] == symbol_bits
     assert 0 < parts["buffers"] < 16 * 16  # 16 float values (mean, var): < 16 bits each
-    hyper = delta_length(book.levels)
+    hyper = delta_length(book.levels) + (delta_length(count) if count > 1 else 0)
     if message.seed is not None:
         hyper += gamma_length(message.seed + 1) + delta_length(message.dimension)
     assert parts["hyperparameters"] >= hyper
     magic_fingerprint_crc = 3 * 32
-    floor = book.bits + symbol_bits + hyper + delta_length(message.num_parameters)
+    floor = count * book.bits + symbol_bits + hyper + delta_length(message.num_parameters)
     floor += magic_fingerprint_crc
     assert message.code_length_bits >= floor + delta_length(symbol_bits)
 
