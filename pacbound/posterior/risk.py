@@ -7,8 +7,8 @@ and a thin loop. The Monte-Carlo estimate of a stochastic network's empirical ri
 parameter vector per batch of B examples, :func:`count_per_batch_errors`) it is K·n/B
 (MATH.md §10). The draws are keyed by example (or batch) index
 (:mod:`~pacbound.posterior.streams`), so the stochastic counts are sharded over the
-processes of a run (:func:`pacbound.parallel.shard`) and summed, with the same integers at
-any batch size and world size.
+processes of a run like the deterministic ones (:func:`shard_batches`) and summed, with the
+same integers at any batch size, memory budget and world size.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pacbound.parallel import shard
 from pacbound.parallel.training import summed_counts
 from pacbound.posterior import layers
 from pacbound.posterior.network import StochasticNetwork
-from pacbound.posterior.streams import BLOCK_EXAMPLES, DrawKey, DrawStream
+from pacbound.posterior.streams import DrawKey, DrawStream
 
 ProgressHook = Callable[[int], None]
 
@@ -96,12 +96,6 @@ def count_errors(
     return ErrorCount(all_errors, all_total)
 
 
-def _batches(rows: range, batch_size: int) -> Iterator[slice]:
-    """Consecutive batches of at most ``batch_size`` examples covering ``rows``."""
-    for start in range(rows.start, rows.stop, batch_size):
-        yield slice(start, min(start + batch_size, rows.stop))
-
-
 def _summed(
     errors: int, total: int, failure: PacboundError | None, progress: ProgressHook | None
 ) -> ErrorCount:
@@ -128,19 +122,18 @@ def count_stochastic_errors(
 ) -> ErrorCount:
     """Errors of n·K independent per-example draws from the posterior (K = ``passes``, each
     the next pass of ``stream``). Example i's draw in a pass is keyed by i
-    (:mod:`~pacbound.posterior.streams`): this process counts its shard of the examples
-    (:func:`pacbound.parallel.shard`, whole noise blocks) and the counts are summed over
-    the processes, so the result is the same for any batch size, memory budget and
-    number of processes."""
+    (:mod:`~pacbound.posterior.streams`): this process counts its shard of the one-process
+    batches (:func:`shard_batches`) and the counts are summed over the processes, so the
+    result is the same for any batch size, memory budget and number of processes (and
+    every logit is computed exactly as in one process at the same batch size)."""
     network.eval()
     errors = total = 0
     failure: PacboundError | None = None
     dev = device or x.device
-    rows = shard(int(x.shape[0]), align=BLOCK_EXAMPLES)
     try:
         for _ in range(passes):
             key = stream.next_pass()
-            for batch in _batches(rows, batch_size):
+            for batch in shard_batches(int(x.shape[0]), batch_size):
                 xb = x[batch].to(dev, non_blocking=True)
                 yb = y[batch].to(dev, non_blocking=True)
                 network.set_mode("per_example", key.at(batch.start))
@@ -214,11 +207,10 @@ def count_per_batch_errors(
     errors = total = 0
     failure: PacboundError | None = None
     dev = device or x.device
-    rows = shard(n, align=batch)
     try:
         for _ in range(passes):
             key = stream.next_pass()
-            for part in _batches(rows, batch):
+            for part in shard_batches(n, batch):
                 xb = x[part].to(dev, non_blocking=True)
                 yb = y[part].to(dev, non_blocking=True)
                 with one_draw(network, key, part.start // batch):
@@ -277,11 +269,10 @@ def count_disagreements(
     disagreements = total = 0
     failure: PacboundError | None = None
     dev = device or x.device
-    rows = shard(int(x.shape[0]), align=BLOCK_EXAMPLES)
     try:
         for _ in range(passes):
             key = stream.next_pass()
-            for batch in _batches(rows, batch_size):
+            for batch in shard_batches(int(x.shape[0]), batch_size):
                 xb = x[batch].to(dev, non_blocking=True)
                 target = reference(xb)
                 if not torch.all(torch.isfinite(target)):

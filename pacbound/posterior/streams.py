@@ -12,10 +12,10 @@ group's order, from a generator whose whole state is derived from a hash of
 ``(seed, purpose, pass, "block", b, group)``; an evaluation that needs some rows of a block
 draws the whole block and keeps its rows (a block split between two batches is drawn twice,
 identically). ``a`` is the largest power of two ≤ :data:`BLOCK_EXAMPLES` whose block holds
-at most :data:`NOISE_BLOCK_ELEMENTS` elements, a constant of the group; shards aligned to
-:data:`BLOCK_EXAMPLES` (``pacbound.parallel.shard(n, align=BLOCK_EXAMPLES)``) hold whole
-blocks. Per-batch draws (one θ per batch of B examples) are keyed by the batch index
-(:meth:`DrawKey.batch_noise`).
+at most :data:`NOISE_BLOCK_ELEMENTS` elements, a constant of the group; batches (and the
+processes' shards of whole batches) whose size is a multiple of :data:`BLOCK_EXAMPLES` hold
+whole blocks, so no block is drawn twice. Per-batch draws (one θ per batch of B examples)
+are keyed by the batch index (:meth:`DrawKey.batch_noise`).
 
 Distinct keys give independent standard normal streams: on CUDA the 64-bit Philox seed is
 the key's hash; on the CPU the whole 19968-bit state of the Mersenne Twister is derived from
@@ -35,7 +35,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-#: Examples per noise block (a power of two); shards aligned to it hold whole blocks.
+#: Examples per noise block (a power of two); batches of a multiple of it hold whole blocks.
 BLOCK_EXAMPLES = 64
 
 #: A noise block holds at most this many elements (fewer examples per block for a group

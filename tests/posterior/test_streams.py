@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 import pacbound.parallel.world as world_module
 import pacbound.posterior.streams as streams
-from pacbound.parallel import World, shard
+from pacbound.parallel import World
 from pacbound.posterior.network import Sampler, StochasticNetwork, build_stochastic_network
 from pacbound.posterior.normalization import ChannelAffine
 from pacbound.posterior.risk import (
@@ -24,7 +24,7 @@ from pacbound.posterior.risk import (
     count_per_batch_errors,
     count_stochastic_errors,
 )
-from pacbound.posterior.streams import BLOCK_EXAMPLES, DrawKey, DrawStream
+from pacbound.posterior.streams import DrawKey, DrawStream
 
 LIKE = torch.zeros(())
 
@@ -223,11 +223,6 @@ def test_monte_carlo_count_is_the_same_for_any_batch_size_budget_and_shards(
     small = _network(model, sampler, max_memory=3 * 4 * 3 * _elements(net))
     assert _count(small, x, y, 100) == reference
     for world_size in (1, 2, 3):
-        ranks = [
-            shard(300, World(rank=r, world_size=world_size), align=BLOCK_EXAMPLES)
-            for r in range(world_size)
-        ]
-        assert all(r.start % BLOCK_EXAMPLES == 0 for r in ranks)
         assert _sharded(monkeypatch, world_size, lambda: _count(net, x, y, 50)) == reference
     assert _count(net, x, y, 64) == reference  # the world is one process again
 
