@@ -315,16 +315,17 @@ def monte_carlo_cost(
     model: nn.Module, x: torch.Tensor, y: torch.Tensor, args: argparse.Namespace
 ) -> dict[str, Any]:
     """Seconds per example of one per-example stochastic pass vs one deterministic pass."""
-    from pacbound.posterior import layers, risk
+    from pacbound.posterior import layers, risk, streams
 
     device = resolve_device(args.device)
     model = model.to(device).eval()
     net, stochastic, sampler = _certified_network(model)
     stochastic.to(device)
-    bs, gen = args.batch_size, torch.Generator(device=device).manual_seed(args.seed)
+    bs = args.batch_size
+    gen = streams.DrawStream(args.seed, "monte_carlo")
     with torch.no_grad():  # warm-up
         net(x[:8].to(device))
-    risk.count_stochastic_errors(stochastic, x[:8], y[:8], passes=1, generator=gen, device=device)
+    risk.count_stochastic_errors(stochastic, x[:8], y[:8], passes=1, stream=gen, device=device)
     det = [_timed(lambda: risk.count_errors(model, x, y, batch_size=bs, device=device))]
     rss_before = _reset_peak_rss()  # the growth during the stochastic passes is measured
     if device.type == "cuda":
@@ -336,7 +337,7 @@ def monte_carlo_cost(
         sto.append(
             _timed(
                 lambda: risk.count_stochastic_errors(
-                    stochastic, x, y, passes=1, generator=gen, batch_size=bs, device=device
+                    stochastic, x, y, passes=1, stream=gen, batch_size=bs, device=device
                 )
             )
         )

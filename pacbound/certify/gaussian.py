@@ -196,8 +196,8 @@ def choose_hypothesis(
         delta_per_choice=pac_bayes.per_choice,
         batch_size=options.batch_size,
         training=options.training,
-        search_generator=random_stream(options.seed, "search", device),
-        selection_generator=random_stream(options.seed, "selection", device),
+        search_stream=random_stream(options.seed, "search"),
+        selection_stream=random_stream(options.seed, "selection"),
         device=device,
         progress=progress,
     )

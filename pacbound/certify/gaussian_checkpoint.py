@@ -29,6 +29,7 @@ from pacbound.certify.common import checkpoint_block
 from pacbound.certify.gaussian_options import GaussianOptions, random_stream
 from pacbound.posterior.network import StochasticNetwork
 from pacbound.posterior.risk import count_disagreements, count_errors
+from pacbound.posterior.streams import DrawStream
 
 
 @dataclass(frozen=True)
@@ -46,13 +47,13 @@ def agreement_on_bound_data(
     x: Tensor,
     y: Tensor,
     *,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int,
     device: torch.device,
 ) -> dict[str, Any]:
     """How far the certified Q is from the checkpoint on S_bound (information only)."""
     dis = count_disagreements(
-        network, model, x, passes=1, generator=generator, batch_size=batch_size, device=device
+        network, model, x, passes=1, stream=stream, batch_size=batch_size, device=device
     )
     err = count_errors(model, x, y, batch_size=batch_size, device=device)
     return {
@@ -74,7 +75,7 @@ def checkpoint_certificate(
     *,
     delta_certified: float,
     delta_disagreement: float,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int,
     device: torch.device,
 ) -> dict[str, Any]:
@@ -84,7 +85,7 @@ def checkpoint_certificate(
         model,
         inputs.x,
         passes=1,
-        generator=generator,
+        stream=stream,
         batch_size=batch_size,
         device=device,
     )
@@ -119,7 +120,7 @@ def checkpoint_statements(
         model,
         x_bound,
         y_bound,
-        generator=random_stream(options.seed, "agreement", device),
+        stream=random_stream(options.seed, "agreement"),
         batch_size=options.certificate_batch_size,
         device=device,
     )
@@ -132,7 +133,7 @@ def checkpoint_statements(
         inputs,
         delta_certified=budget.total,
         delta_disagreement=options.resolved_disagreement_delta,
-        generator=random_stream(options.seed, "disagreement", device),
+        stream=random_stream(options.seed, "disagreement"),
         batch_size=options.certificate_batch_size,
         device=device,
     )

@@ -50,7 +50,7 @@ def monte_carlo_risk(
     mc_draws = resolve_mc_draws(network, options)
     delta_mc = budget.part("monte-carlo").delta
     hook = progress("Monte-Carlo risk (fresh draws)", options.mc_passes * n_bound)
-    generator = random_stream(options.seed, "monte_carlo", device)
+    stream = random_stream(options.seed, "monte_carlo")
     if mc_draws == "per-batch":
         batch = per_batch_size(n_bound, options.certificate_batch_size)
         count = count_per_batch_errors(
@@ -58,7 +58,7 @@ def monte_carlo_risk(
             x_bound,
             y_bound,
             passes=options.mc_passes,
-            generator=generator,
+            stream=stream,
             batch=batch,
             device=device,
             progress=hook,
@@ -72,7 +72,7 @@ def monte_carlo_risk(
         x_bound,
         y_bound,
         passes=options.mc_passes,
-        generator=generator,
+        stream=stream,
         batch_size=options.certificate_batch_size,
         device=device,
         progress=hook,

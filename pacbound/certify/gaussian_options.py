@@ -11,8 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
 from pacbound.bounds import DeltaBudget, DeltaPart
 from pacbound.bounds.budget import remaining_delta
 from pacbound.bounds.validation import check_delta
@@ -21,6 +19,7 @@ from pacbound.posterior.families import FAMILIES, family
 from pacbound.posterior.fit import TrainingRecipe
 from pacbound.posterior.network import Sampler
 from pacbound.posterior.priors import PriorMean, PriorTrainingRecipe, ScaleGrid
+from pacbound.posterior.streams import DrawStream
 
 #: Offsets that give each random stream of a run its own seed.
 SEED_OFFSETS = {
@@ -207,8 +206,13 @@ def _part(name: str, delta: float, grid: int, description: str) -> DeltaPart:
     return DeltaPart(name, delta, grid, description)
 
 
-def random_stream(seed: int, purpose: str, device: torch.device) -> torch.Generator:
-    return torch.Generator(device=device).manual_seed(seed + SEED_OFFSETS[purpose])
+def random_stream(seed: int, purpose: str) -> DrawStream:
+    """The run's draw stream for ``purpose`` (``"search"``, ``"selection"``,
+    ``"monte_carlo"``, ``"agreement"``, ``"disagreement"``): draws keyed by (seed, purpose,
+    pass, example), independent across purposes (:mod:`pacbound.posterior.streams`)."""
+    if purpose not in SEED_OFFSETS:
+        raise ValueError(f"unknown random stream {purpose!r}")
+    return DrawStream(seed, purpose)
 
 
 def options_from_params(params: Mapping[str, Any]) -> GaussianOptions:

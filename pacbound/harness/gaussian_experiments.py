@@ -27,6 +27,7 @@ from pacbound.posterior.priors import (
     train_prior_mean,
 )
 from pacbound.posterior.risk import count_stochastic_errors
+from pacbound.posterior.streams import DrawStream
 
 
 @dataclass
@@ -71,7 +72,8 @@ class MonteCarloExperiment:
         gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "data"))
         x, y = self.task.sample(self.n, gen)
         draws = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "draws"))
-        rate = count_stochastic_errors(q, x, y, passes=1, generator=draws).rate
+        stream = DrawStream.from_generator(draws, "monte_carlo")
+        rate = count_stochastic_errors(q, x, y, passes=1, stream=stream).rate
         shared = controls.count_shared_draw_errors(q, x, y, passes=1, generator=draws).rate
         bounds = {
             CORRECT: mc_upper_per_example(rate, n=self.n, passes=1, delta=self.delta).value,

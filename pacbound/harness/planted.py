@@ -40,6 +40,7 @@ from pacbound.harness.synthetic import TRUE_RISK_EXAMPLES, TeacherTask
 from pacbound.posterior.network import StochasticNetwork, build_stochastic_network
 from pacbound.posterior.priors import PriorMean, ScaleGrid
 from pacbound.posterior.risk import count_stochastic_errors
+from pacbound.posterior.streams import DrawStream
 
 
 class TiedStudent(nn.Module):
@@ -201,7 +202,8 @@ class SequenceMonteCarloExperiment:
         gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "data"))
         x, y = self.task.sample(self.n, gen)
         draws = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "mc"))
-        rate = count_stochastic_errors(q, x, y, passes=1, generator=draws).rate
+        stream = DrawStream.from_generator(draws, "monte_carlo")
+        rate = count_stochastic_errors(q, x, y, passes=1, stream=stream).rate
         old = controls.count_per_position_errors(q, x, y, generator=draws).rate
         bounds = {
             CORRECT: mc_upper_per_example(rate, n=self.n, passes=1, delta=self.delta).value,

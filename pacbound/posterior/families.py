@@ -37,7 +37,7 @@ def _search(
         data.y_search,
         n_bound=data.n_bound,
         delta_pac_bayes=data.delta_pac_bayes,
-        generator=data.search_generator,
+        stream=data.search_stream,
         batch_size=data.batch_size,
         device=data.device,
         progress=hook,
@@ -94,7 +94,7 @@ class Diagonal(ElementwiseGaussian):
                 data.y_search,
                 n_bound=data.n_bound,
                 log_term=log_term,
-                generator=data.selection_generator,
+                stream=data.selection_stream,
                 batch_size=data.batch_size,
                 device=data.device,
             )[1]

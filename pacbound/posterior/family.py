@@ -30,6 +30,7 @@ from pacbound.posterior.fit import TrainingRecipe, kl_sufficient_stats
 from pacbound.posterior.kl import gaussian_kl
 from pacbound.posterior.network import StochasticNetwork
 from pacbound.posterior.priors import ScaleGrid
+from pacbound.posterior.streams import DrawStream
 
 #: ``factory(description, total)`` returns a hook called with the number of items done.
 Progress = Callable[[str, int], Callable[[int], None]]
@@ -45,7 +46,8 @@ class FitData:
     ``x_search``/``y_search``: a seeded subset of S_bound for estimated bounds (search,
     epoch selection); ``x_train``/``y_train``: all of S, for training. ``delta_pac_bayes``
     is the PAC-Bayes part of δ over the whole grid, ``delta_per_choice`` its share per
-    grid value. The generators are the run's search and selection streams."""
+    grid value. The streams are the run's search and selection draw streams
+    (:class:`~pacbound.posterior.streams.DrawStream`)."""
 
     x_search: Tensor
     y_search: Tensor
@@ -57,8 +59,8 @@ class FitData:
     delta_per_choice: float
     batch_size: int
     training: TrainingRecipe
-    search_generator: torch.Generator
-    selection_generator: torch.Generator
+    search_stream: DrawStream
+    selection_stream: DrawStream
     device: torch.device
     progress: Progress
 

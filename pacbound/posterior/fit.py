@@ -29,6 +29,7 @@ from pacbound.posterior.network import StochasticNetwork
 from pacbound.posterior.objectives import Objective, bound_objective
 from pacbound.posterior.priors import ScaleGrid
 from pacbound.posterior.risk import bounded_cross_entropy, count_stochastic_errors
+from pacbound.posterior.streams import DrawStream
 
 ProgressHook = Callable[[int], None]
 
@@ -69,7 +70,7 @@ def estimate_bound(
     *,
     n_bound: int,
     log_term: float,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int = 1024,
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
@@ -78,14 +79,14 @@ def estimate_bound(
 
     The risk is a one-pass per-example estimate on (x, y); the bound is kl⁻¹(risk, (KL + log
     term)/n) at the grid's best prior scale. For *choosing* a posterior only: the draws made
-    here are never reused by a certificate.
+    here are never reused by a certificate (the next pass of ``stream``, keyed by example).
     """
     risk = count_stochastic_errors(
         network,
         x,
         y,
         passes=1,
-        generator=generator,
+        stream=stream,
         batch_size=batch_size,
         device=device,
         progress=progress,
@@ -119,7 +120,7 @@ def search_isotropic_sigma(
     *,
     n_bound: int,
     delta_pac_bayes: float,
-    generator: torch.Generator,
+    stream: DrawStream,
     sigma_candidates: tuple[float, ...] = SIGMA_CANDIDATES,
     batch_size: int = 1024,
     device: torch.device | None = None,
@@ -129,7 +130,7 @@ def search_isotropic_sigma(
 
     The risk for each candidate is a one-pass per-example estimate on (x, y) (a subset of
     the data is enough); these draws steer the choice only and are never reused by the
-    certificate.
+    certificate (candidate k takes pass k of ``stream``).
     """
     log_term = math.log(2.0 * math.sqrt(n_bound) * grid.size / delta_pac_bayes)
     rows = []
@@ -144,7 +145,7 @@ def search_isotropic_sigma(
             y,
             n_bound=n_bound,
             log_term=log_term,
-            generator=generator,
+            stream=stream,
             batch_size=batch_size,
             device=device,
             progress=progress,

@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from pacbound.errors import InvalidInputError
-from pacbound.posterior.layers import GaussianModule
+from pacbound.posterior.layers import GaussianModule, scaled_noise
 
 
 class FunctionalGaussian(GaussianModule):
@@ -91,11 +91,31 @@ class FunctionalGaussian(GaussianModule):
         out: Tensor = functional_call(self.base, params, (x,))
         return out
 
+    def groups(self) -> list[list[int]]:
+        """The parameters drawn together, by owning module (``"0.weight"`` and ``"0.bias"``):
+        their noise is keyed by their names joined, as the layer samplers key a layer's."""
+        owners: dict[str, list[int]] = {}
+        for i, name in enumerate(self.slot_names):
+            owners.setdefault(name.rpartition(".")[0], []).append(i)
+        return list(owners.values())
+
+    def _draw_chunk(
+        self, mus: list[Tensor], sigmas: list[Tensor], rows: int, first: int
+    ) -> list[Tensor]:
+        """Every parameter's per-example draws for the batch's examples ``first …``."""
+        drawn: list[Tensor | None] = [None] * len(mus)
+        for members in self.groups():
+            label = "|".join(self.slot_names[i] for i in members)
+            shapes = [mus[i].shape for i in members]
+            noise = self._example_noise(label, shapes, rows, first, mus[members[0]])
+            for i, eps in zip(members, noise, strict=True):
+                drawn[i] = scaled_noise(mus[i], sigmas[i], eps)
+        return [d for d in drawn if d is not None]
+
     def _per_example(self, x: Tensor, mus: list[Tensor], sigmas: list[Tensor]) -> Tensor:
         b = int(x.shape[0])
-        # Chunks of examples within the memory budget; the noise of each block of examples
-        # is drawn parameter by parameter (the stream of draws).
-        step, block = self._plan(b)
+        # Chunks of examples within the memory budget (the draws do not depend on them).
+        step = self._plan(b)
 
         def one(params: dict[str, Tensor], xi: Tensor) -> Tensor:
             return self._call(params, xi.unsqueeze(0)).squeeze(0)
@@ -103,17 +123,7 @@ class FunctionalGaussian(GaussianModule):
         chunks = []
         for start in range(0, b, step):
             rows = min(step, b - start)
-            blocks = [
-                [
-                    m + s * self._noise((min(block, start + rows - first), *m.shape), m, first)
-                    for m, s in zip(mus, sigmas, strict=True)
-                ]
-                for first in range(start, start + rows, block)
-            ]
-            drawn = (
-                blocks[0] if len(blocks) == 1 else [torch.cat(t) for t in zip(*blocks, strict=True)]
-            )
-            del blocks
+            drawn = self._draw_chunk(mus, sigmas, rows, start)
             params = self._tensors(drawn)
             del drawn
             guard = self.guard

@@ -15,12 +15,15 @@ Two sampling modes:
     example) and elementwise affine maps (:mod:`~.layers_affine`, LayerNorm, GroupNorm,
     ChannelAffine: one vector per example).
 
-Per-example weight tensors stay within a memory budget (``--max-memory``): examples are
-evaluated in chunks (:func:`chunk_plan`), and the noise is drawn in blocks whose size does not
-depend on the budget, so every budget that holds a block gives the same draws.
+The noise of every per-example draw is keyed by (seed, purpose, pass, example index,
+tensors) (:mod:`~pacbound.posterior.streams`): it does not depend on the batch size, on the
+memory budget or on the rank that evaluates the example. Per-example weight tensors stay
+within the memory budget (``--max-memory``): examples are evaluated in chunks
+(:func:`chunk_plan`), which change nothing in the draws.
 
 ``"shared"`` (training only): one weight draw per mini-batch for convolutions (cheaper);
-Linear layers still use the local reparameterization. Never used for certificates.
+Linear layers still use the local reparameterization. Draws come from the network's
+sequential generator. Never used for certificates.
 
 ``"mean"``: deterministic forward with the posterior mean.
 
@@ -45,13 +48,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError
+from pacbound.posterior.streams import NOISE_BLOCK_ELEMENTS, DrawKey, DrawStream, block_rows
 
 SampleMode = Literal["per_example", "shared", "mean"]
-
-#: The noise of per-example weights is drawn in blocks of examples holding at most this many
-#: weight elements (the stream of draws, hence every certificate value, does not depend on the
-#: memory budget as long as the budget holds one block).
-NOISE_BLOCK_ELEMENTS = 1 << 24
 
 #: Per-example weight tensors alive at once per drawn element: the noise ε, σ ⊙ ε and
 #: the drawn weights μ + σ ⊙ ε (:meth:`GaussianModule.plan`).
@@ -90,15 +89,12 @@ def format_bytes(size: int) -> str:
     return f"{value:.4g} {unit}" if unit != "B" else f"{size} B"
 
 
-def chunk_plan(
-    rows: int, elements: int, itemsize: int, budget: int, layer: str, block: int | None = None
-) -> tuple[int, int]:
-    """``(chunk, block)``: examples evaluated together and examples whose noise is drawn in
-    one call, for per-example weights of ``elements`` elements each. A chunk keeps its
-    :data:`WEIGHT_COPIES` copies within ``budget`` bytes; it is a whole number of blocks, and
-    a block is at most :data:`NOISE_BLOCK_ELEMENTS` elements (fewer when the budget is
-    smaller; ``block`` overrides that size), so the noise stream is the same for every budget
-    that holds one block."""
+def chunk_plan(rows: int, elements: int, itemsize: int, budget: int, layer: str) -> int:
+    """Examples evaluated together when each draws ``elements`` weight elements: a chunk
+    keeps its :data:`WEIGHT_COPIES` copies within ``budget`` bytes, in whole noise blocks
+    (:func:`~pacbound.posterior.streams.block_rows`) when one fits. The draws themselves
+    do not depend on the chunks (:mod:`~pacbound.posterior.streams`); below one block, a
+    block is drawn once per chunk that needs rows of it."""
     need = WEIGHT_COPIES * elements * itemsize
     if need > budget:
         raise InvalidInputError(
@@ -108,11 +104,16 @@ def chunk_plan(
             param="--max-memory",
         )
     fit = max(1, budget // max(need, 1))
-    if block is None:
-        block = max(1, NOISE_BLOCK_ELEMENTS // max(elements, 1))
-    if fit >= block:
-        return min(rows, fit // block * block), min(rows, block)
-    return min(rows, fit), min(rows, fit)
+    block = block_rows(elements)
+    return min(rows, fit // block * block if fit >= block else fit)
+
+
+def scaled_noise(mu: Tensor, sigma: Tensor, eps: Tensor) -> Tensor:
+    """μ + σ ⊙ ε (ε broadcast over leading example dimensions), in ε's own memory when no
+    gradient is recorded (the same rounding: σ ⊙ ε, then + μ)."""
+    if torch.is_grad_enabled() and (mu.requires_grad or sigma.requires_grad):
+        return mu + sigma * eps
+    return eps.mul_(sigma).add_(mu)
 
 
 class ForwardGuard:
@@ -164,8 +165,12 @@ class ForwardGuard:
 class GaussianModule(nn.Module):
     """Mean and log-σ parameters for a module's ``weight`` (and optional ``bias``).
 
-    ``mode`` and ``generator`` are set by the network (``set_mode``) between passes; the
-    model's own forward code cannot change them while a pass runs.
+    ``mode``, ``draw_key`` (per-example draws, :mod:`~pacbound.posterior.streams`) and
+    ``generator`` (the sequential generator of ``"shared"`` training draws) are set by the
+    network (``set_mode``) between passes; the model's own forward code cannot change them
+    while a pass runs. Per-example noise is keyed by the drawn tensors' slot names (the
+    original parameter names, :meth:`slot_name`), so the layers and the generic functional
+    path draw the same noise for the same key.
     """
 
     layer_name: str = "<layer>"
@@ -179,6 +184,9 @@ class GaussianModule(nn.Module):
     drawn: tuple[str, ...] = ("weight", "bias")
     _mode: SampleMode = "per_example"
     _generator: torch.Generator | None = None
+    _draw_key: DrawKey | None = None
+    #: the key of the running pass when none is set (derived from ``generator``)
+    _call_key: DrawKey | None = None
 
     def _settable(self, what: str) -> None:
         if self.guard is not None and self.guard.running:
@@ -205,6 +213,15 @@ class GaussianModule(nn.Module):
         self._settable("random generator")
         self._generator = value
 
+    @property
+    def draw_key(self) -> DrawKey | None:
+        return self._draw_key
+
+    @draw_key.setter
+    def draw_key(self, value: DrawKey | None) -> None:
+        self._settable("random stream")
+        self._draw_key = value
+
     def __init__(self, weight: Tensor, bias: Tensor | None, log_sigma_init: float) -> None:
         super().__init__()
         self.weight_mu = nn.Parameter(weight.detach().clone())
@@ -222,8 +239,12 @@ class GaussianModule(nn.Module):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         """The layer's own forward, without module hooks: no user code may replace or
-        rewrite a draw of the posterior. The guard records which layer is running."""
+        rewrite a draw of the posterior. The guard records which layer is running. A
+        per-example call without a key draws one from the generator for the call."""
         guard = self.guard
+        derived = self._mode == "per_example" and self._draw_key is None and self._call_key is None
+        if derived:
+            self._call_key = DrawStream.from_generator(self._generator, "generator").next_pass()
         if guard is not None:
             guard.active.append(self.layer_name)
         try:
@@ -231,6 +252,8 @@ class GaussianModule(nn.Module):
         finally:
             if guard is not None:
                 guard.active.pop()
+            if derived:
+                self._call_key = None
 
     def __getattr__(self, name: str) -> Any:
         if name in type(self).drawn:
@@ -248,39 +271,66 @@ class GaussianModule(nn.Module):
         if self.guard is not None:
             self.guard.enter(self.layer_name, x)
 
-    def _noise(
-        self,
-        shape: torch.Size | tuple[int, ...],
-        like: Tensor,
-        first_row: int = 0,
-        examples: Tensor | None = None,
-    ) -> Tensor:
-        """Standard normal noise whose leading dimension is the examples ``first_row``…
-        (or, with ``examples``, whose row ``r`` belongs to example ``examples[r]``)."""
-        noise = torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
+    def slot_name(self, attr: str) -> str:
+        """The original parameter name of the drawn tensor ``attr`` (``"0.weight"``), which
+        keys its noise; ``{layer_name}.{attr}`` for a layer built outside a network."""
+        return self.__dict__.get("_slot_names", {}).get(attr, f"{self.layer_name}.{attr}")
+
+    def set_slot_name(self, attr: str, name: str) -> None:
+        self.__dict__.setdefault("_slot_names", {})[attr] = name
+
+    def _group(self, attrs: tuple[str, ...]) -> str:
+        """The key of tensors drawn together (a layer's weight and bias)."""
+        return "|".join(self.slot_name(a) for a in attrs)
+
+    def _example_noise(
+        self, group: str, shapes: list[torch.Size], rows: int, first_row: int, like: Tensor
+    ) -> list[Tensor]:
+        """Standard normal noise ``(rows, *shape)`` per shape for the batch's examples
+        ``first_row …``, keyed by the pass's :class:`~pacbound.posterior.streams.DrawKey`
+        (the examples' indices in the data set) and ``group``."""
+        key = self._draw_key or self._call_key
+        if key is None:
+            raise RuntimeError(f"layer {self.layer_name!r} draws per example without a key")
+        noise = key.example_noise(group, shapes, key.first_example + first_row, rows, like)
         guard = self.guard
-        if guard is not None and guard.perturb_rows is not None and noise.dim() > 0:
-            if examples is not None:
-                noise[guard.perturb_rows.to(noise.device)[examples]] += 1.0
-                return noise
-            rows = guard.perturb_rows[first_row : first_row + noise.shape[0]]
-            if rows.shape[0] == noise.shape[0]:
-                noise[rows.to(noise.device)] += 1.0
+        if guard is not None and guard.perturb_rows is not None:
+            perturbed = guard.perturb_rows[first_row : first_row + rows]
+            if perturbed.shape[0] == rows:
+                for n in noise:
+                    n[perturbed.to(n.device)] += 1.0
         return noise
 
-    def _draws(
-        self, mu: Tensor, log_sigma: Tensor, rows: int, block: int, first_row: int = 0
-    ) -> Tensor:
-        """``rows`` per-example draws μ + σ ⊙ ε (examples ``first_row``…), the noise drawn
-        ``block`` examples at a time."""
-        sigma = torch.exp(log_sigma)
-        if block >= rows:
-            return mu + sigma * self._noise((rows, *mu.shape), mu, first_row)
-        out = torch.empty((rows, *mu.shape), device=mu.device, dtype=mu.dtype)
-        for start in range(0, rows, block):
-            n = min(block, rows - start)
-            out[start : start + n] = mu + sigma * self._noise((n, *mu.shape), mu, first_row + start)
-        return out
+    def _draw_group(
+        self, attrs: tuple[str, ...], rows: int, first_row: int = 0
+    ) -> list[Tensor | None]:
+        """Per-example draws μ + σ ⊙ ε of the tensors ``attrs`` (``None`` for an absent
+        bias) for the batch's examples ``first_row …``, their noise keyed together."""
+        present = [a for a in attrs if getattr(self, f"{a}_mu") is not None]
+        mus = [getattr(self, f"{a}_mu") for a in present]
+        noise = self._example_noise(
+            self._group(tuple(present)), [m.shape for m in mus], rows, first_row, mus[0]
+        )
+        drawn = {
+            a: scaled_noise(mu, torch.exp(getattr(self, f"{a}_log_sigma")), eps)
+            for a, mu, eps in zip(present, mus, noise, strict=True)
+        }
+        return [drawn.get(a) for a in attrs]
+
+    def _draws(self, mu: Tensor, log_sigma: Tensor, rows: int, *, first_row: int = 0) -> Tensor:
+        """``rows`` per-example draws μ + σ ⊙ ε of one drawn tensor (``mu`` one of this
+        layer's ``*_mu`` parameters) for the batch's examples ``first_row …``."""
+        attr = next(n[: -len("_mu")] for n, p in self._own_parameters() if p is mu)
+        noise = self._example_noise(self.slot_name(attr), [mu.shape], rows, first_row, mu)
+        return scaled_noise(mu, torch.exp(log_sigma), noise[0])
+
+    def _shared_draw(self, mu: Tensor, log_sigma: Tensor) -> Tensor:
+        """One draw μ + σ ⊙ ε from the sequential generator (``"shared"`` training mode)."""
+        return mu + torch.exp(log_sigma) * self._noise(mu.shape, mu)
+
+    def _noise(self, shape: torch.Size | tuple[int, ...], like: Tensor) -> Tensor:
+        """Standard normal noise from the sequential generator (training draws only)."""
+        return torch.randn(shape, generator=self.generator, device=like.device, dtype=like.dtype)
 
     def per_example_elements(self) -> int:
         """Elements of one example's drawn weights (what :func:`chunk_plan` budgets)."""
@@ -289,15 +339,11 @@ class GaussianModule(nn.Module):
     def _own_parameters(self) -> list[tuple[str, Tensor]]:
         return list(self.named_parameters(recurse=False))
 
-    def _plan(self, rows: int, block: int | None = None) -> tuple[int, int]:
+    def _plan(self, rows: int) -> int:
+        """Examples evaluated together within the memory budget (:func:`chunk_plan`)."""
         mu = next(p for name, p in self._own_parameters() if name.endswith("_mu"))
         return chunk_plan(
-            rows,
-            self.per_example_elements(),
-            mu.element_size(),
-            self.max_memory,
-            self.layer_name,
-            block,
+            rows, self.per_example_elements(), mu.element_size(), self.max_memory, self.layer_name
         )
 
 
@@ -320,7 +366,13 @@ class GaussianLinear(GaussianModule):
         var = F.linear(x * x, torch.exp(self.weight_log_sigma) ** 2)
         if self.bias_log_sigma is not None:
             var = var + torch.exp(self.bias_log_sigma) ** 2
-        return mean + torch.sqrt(var) * self._noise(mean.shape, mean)
+        if self.mode == "shared":
+            return mean + torch.sqrt(var) * self._noise(mean.shape, mean)
+        # the pre-activation noise of every example (its own key: not a weight's noise)
+        group = self._group(("weight", "bias") if self.bias_mu is not None else ("weight",))
+        rows = int(mean.shape[0])
+        noise = self._example_noise(f"{group}#pre-activation", [mean.shape[1:]], rows, 0, mean)
+        return mean + torch.sqrt(var) * noise[0]
 
     def _per_example_nd(self, x: Tensor) -> Tensor:
         """One weight matrix (and bias) per example, shared by all positions of it."""
@@ -331,21 +383,15 @@ class GaussianLinear(GaussianModule):
             )
         b = x.shape[0]
         flat = x.reshape(b, -1, x.shape[-1])
-        # Examples in chunks, so that the per-example weights stay within the memory budget;
-        # weight then bias noise per block of examples (the stream of draws).
-        step, block = self._plan(b, max(1, NOISE_BLOCK_ELEMENTS // self.weight_mu.numel()))
+        # Examples in chunks, so that the per-example weights stay within the memory budget.
+        step = self._plan(b)
         chunks = []
         for start in range(0, b, step):
             rows = min(step, b - start)
-            weights, biases = [], []
-            for first in range(start, start + rows, block):
-                n = min(block, start + rows - first)
-                weights.append(self._draws(self.weight_mu, self.weight_log_sigma, n, n, first))
-                if self.bias_mu is not None and self.bias_log_sigma is not None:
-                    biases.append(self._draws(self.bias_mu, self.bias_log_sigma, n, n, first))
-            weight = weights[0] if len(weights) == 1 else torch.cat(weights)
+            weight, bias = self._draw_group(("weight", "bias"), rows, start)
+            assert weight is not None
             out = torch.bmm(flat[start : start + rows], weight.transpose(1, 2))
-            if biases:
-                out = out + torch.cat(biases).unsqueeze(1)
+            if bias is not None:
+                out = out + bias.unsqueeze(1)
             chunks.append(out)
         return torch.cat(chunks).reshape(*x.shape[:-1], self.weight_mu.shape[0])

@@ -53,7 +53,7 @@ class GaussianAffine(GaussianModule):
                 x, None if scale is None else scale[0], None if shift is None else shift[0]
             )
         if self.mode == "shared":
-            one = [None if v is None else self._draws(v[0], v[1], 1, 1)[0] for v in (scale, shift)]
+            one = [None if v is None else self._shared_draw(v[0], v[1]) for v in (scale, shift)]
             return self.at(x, one[0], one[1])
         dim = self.vector_dim(x)
         if dim < 1:
@@ -64,11 +64,11 @@ class GaussianAffine(GaussianModule):
             )
         b = int(x.shape[0])
         out = self.normalize(x)
-        for i, vector in enumerate((scale, shift)):
-            if vector is None:
+        draws = self._draw_group(type(self).drawn, b)  # both vectors' noise keyed together
+        for i, (vector, drawn) in enumerate(zip((scale, shift), draws, strict=True)):
+            if vector is None or drawn is None:
                 continue
-            mu, log_sigma = vector
-            drawn = self._draws(mu, log_sigma, b, b)
+            mu = vector[0]
             # (batch, 1 … 1, *vector shape, 1 … 1): example i's vector at every position of it
             view = (b, *[1] * (dim - 1), *mu.shape, *[1] * (x.dim() - dim - mu.dim()))
             out = out * drawn.view(view) if i == 0 else out + drawn.view(view)

@@ -11,8 +11,8 @@ In ``"per_example"`` mode example i gets **one** draw of all four tensors, used 
 query, key and value position of it (MATH.md §10): the projections are batched matmuls with
 per-example weights, the attention is the module's scaled dot-product softmax per example
 and head, and the output projection is a batched matmul again. The noise is drawn per block
-of examples, parameter by parameter in the module's ``named_parameters`` order (the order of
-the generic functional path), and examples are evaluated in chunks within ``--max-memory``.
+of examples, keyed like the generic functional path's (the input projection's pair, then the
+child ``out_proj``'s pair), and examples are evaluated in chunks within ``--max-memory``.
 
 Only the exact subset of the module is implemented (the registry refuses the rest):
 ``batch_first=True``, one embedding size for query, key and value, no ``bias_k``/``bias_v``,
@@ -130,7 +130,7 @@ class GaussianMultiheadAttention(GaussianModule):
             params = [mu for mu, _ in self._mu_sigma()]
             return self._module_at(query, key, value, params, need_weights, average_attn_weights)
         if self.mode == "shared":
-            params = [self._draws(mu, ls, 1, 1)[0] for mu, ls in self._mu_sigma()]
+            params = [self._shared_draw(mu, ls) for mu, ls in self._mu_sigma()]
             return self._module_at(query, key, value, params, need_weights, average_attn_weights)
         if query.dim() != 3 or key.dim() != 3 or value.dim() != 3:
             raise InvalidInputError(
@@ -172,22 +172,18 @@ class GaussianMultiheadAttention(GaussianModule):
         self, query: Tensor, key: Tensor, value: Tensor, need_weights: bool, average: bool
     ) -> tuple[Tensor, Tensor | None]:
         b = int(query.shape[0])
-        # Examples in chunks within the memory budget; the noise per block of examples,
-        # parameter by parameter (the stream of draws of the functional path).
-        step, block = self._plan(b)
+        # Examples in chunks within the memory budget; the input projection's and the output
+        # projection's tensors are keyed as the generic functional path keys them (by their
+        # owning module), so both paths draw the same noise.
+        step = self._plan(b)
         outs: list[Tensor] = []
         weights: list[Tensor] = []
         for start in range(0, b, step):
             rows = min(step, b - start)
-            blocks = [
-                [self._draws(mu, ls, n, n, first) for mu, ls in self._mu_sigma()]
-                for first in range(start, start + rows, block)
-                for n in [min(block, start + rows - first)]
+            drawn = [
+                *self._draw_group(_DRAWN[:2], rows, start),
+                *self._draw_group(_DRAWN[2:], rows, start),
             ]
-            drawn = (
-                blocks[0] if len(blocks) == 1 else [torch.cat(t) for t in zip(*blocks, strict=True)]
-            )
-            del blocks
             sl = slice(start, start + rows)
             out, w = self._attend(query[sl], key[sl], value[sl], drawn, need_weights, average)
             outs.append(out)
@@ -203,12 +199,13 @@ class GaussianMultiheadAttention(GaussianModule):
         query: Tensor,
         key: Tensor,
         value: Tensor,
-        drawn: list[Tensor],
+        drawn: list[Tensor | None],
         need_weights: bool,
         average: bool,
     ) -> tuple[Tensor, Tensor | None]:
         """Each example with its own drawn tensors (``drawn[k][i]`` for example ``i``)."""
         w_in, b_in, w_out, b_out = drawn
+        assert w_in is not None and b_in is not None and w_out is not None and b_out is not None
         b, e, h, d = int(query.shape[0]), self.embed_dim, self.num_heads, self.head_dim
 
         def project(x: Tensor, part: int) -> Tensor:  # (B, L, E) → (B, H, L, d)

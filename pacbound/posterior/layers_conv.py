@@ -51,10 +51,10 @@ class GaussianConv(GaussianModule):
         if self.mode == "mean":
             return self._conv(x, self.weight_mu, self.bias_mu, self.groups)
         if self.mode == "shared":
-            weight = self._draws(self.weight_mu, self.weight_log_sigma, 1, 1)[0]
+            weight = self._shared_draw(self.weight_mu, self.weight_log_sigma)
             bias = None
             if self.bias_mu is not None and self.bias_log_sigma is not None:
-                bias = self._draws(self.bias_mu, self.bias_log_sigma, 1, 1)[0]
+                bias = self._shared_draw(self.bias_mu, self.bias_log_sigma)
             return self._conv(x, weight, bias, self.groups)
         if x.dim() != self.dims + 2:
             raise InvalidInputError(
@@ -62,21 +62,19 @@ class GaussianConv(GaussianModule):
                 f"per-example kernels need a batched (B, C, {self.dims} spatial) input"
             )
         b = int(x.shape[0])
-        # The whole batch's kernels at once when the budget holds them (one noise draw for
-        # the weights, then one for the biases), else chunks of examples.
-        step, _ = self._plan(b, block=b)
+        # The whole batch's kernels at once when the budget holds them, else chunks of
+        # examples (the draws are the same either way).
+        step = self._plan(b)
         outs = [self._chunk(x[start : start + step], start) for start in range(0, b, step)]
         return outs[0] if len(outs) == 1 else torch.cat(outs)
 
     def _chunk(self, x: Tensor, first: int) -> Tensor:
         """Examples ``first``… of the batch (``x``), each with its own kernels."""
         b, out_ch = int(x.shape[0]), self.weight_mu.shape[0]
-        weights = self._draws(self.weight_mu, self.weight_log_sigma, b, b, first)
+        weights, biases = self._draw_group(("weight", "bias"), b, first)
+        assert weights is not None
         stacked = weights.reshape(b * out_ch, *self.weight_mu.shape[1:])
-        bias_stacked = None
-        if self.bias_mu is not None and self.bias_log_sigma is not None:
-            biases = self._draws(self.bias_mu, self.bias_log_sigma, b, b, first)
-            bias_stacked = biases.reshape(b * out_ch)
+        bias_stacked = None if biases is None else biases.reshape(b * out_ch)
         grouped = x.reshape(1, b * x.shape[1], *x.shape[2:])
         out = self._conv(grouped, stacked, bias_stacked, self.groups * b)
         return out.reshape(b, out_ch, *out.shape[2:])

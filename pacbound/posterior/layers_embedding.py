@@ -4,8 +4,9 @@ An example's output depends only on the rows it looks up, so a per-example draw 
 table restricted to those rows is a draw of exactly those rows (the rows are independent
 coordinates of θ). :class:`GaussianEmbedding` therefore draws, for every example, **one**
 row per distinct index it uses (a token used twice in one example sees the same draw twice),
-independently across examples (MATH.md §10). Memory ∝ the distinct (example, row) pairs,
-at most the size of the output.
+independently across examples (MATH.md §10). Example i's k-th distinct row (in increasing
+order) takes the k-th of i's noise vectors, one per index position, keyed by i's place in the
+data set (:mod:`~pacbound.posterior.streams`): memory ∝ the output's size.
 
 The forward of ``nn.Embedding`` is a plain lookup for every ``padding_idx``,
 ``scale_grad_by_freq`` and ``sparse`` (they change gradients only), so these are reproduced
@@ -37,7 +38,7 @@ class GaussianEmbedding(GaussianModule):
         if self.mode == "mean":
             return F.embedding(x, self.weight_mu, self.padding_idx)
         if self.mode == "shared":
-            table = self._draws(self.weight_mu, self.weight_log_sigma, 1, 1)[0]
+            table = self._shared_draw(self.weight_mu, self.weight_log_sigma)
             return F.embedding(x, table, self.padding_idx)
         if x.dim() == 0:
             raise InvalidInputError(
@@ -62,8 +63,19 @@ class GaussianEmbedding(GaussianModule):
         rows = pairs % self.num_embeddings
         owner = pairs // self.num_embeddings
         mu, sigma = self.weight_mu[rows], torch.exp(self.weight_log_sigma[rows])
-        drawn = mu + sigma * self._noise(mu.shape, mu, examples=owner)
+        drawn = mu + sigma * self._row_noise(owner, b, int(index.shape[1]), mu)
         return drawn[where].reshape(*x.shape, self.embedding_dim)
+
+    def _row_noise(self, owner: Tensor, b: int, positions: int, like: Tensor) -> Tensor:
+        """The noise of every distinct (example, row) pair (sorted by example, then row):
+        example i (of ``b``) takes for its k-th distinct row the k-th of its ``positions``
+        noise vectors, so each example's draws depend on its own key and indices only."""
+        counts = torch.bincount(owner, minlength=b)
+        starts = torch.cumsum(counts, 0) - counts
+        slot = torch.arange(owner.shape[0], device=owner.device) - starts[owner]
+        shape = torch.Size((positions, self.embedding_dim))
+        (noise,) = self._example_noise(f"{self.slot_name('weight')}#rows", [shape], b, 0, like)
+        return noise[owner, slot]
 
     def per_example_elements(self) -> int:
         return 0  # rows are drawn per use, within the output's own size

@@ -56,6 +56,7 @@ from pacbound.posterior.static_checks import (
     same_value,
     short_list,
 )
+from pacbound.posterior.streams import DrawKey, DrawStream
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,8 @@ class StochasticNetwork(nn.Module):
         self._guard = ForwardGuard()
         for module in self.gaussian_modules():
             module.guard = self._guard
+        for slot in slots:  # the names that key each tensor's noise
+            slot.module.set_slot_name(slot.attr, slot.name)
         self._buffers_at_build = {n: b.detach().clone() for n, b in net.named_buffers()}
 
     @property
@@ -93,17 +96,26 @@ class StochasticNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._guard.start(int(x.shape[0]))
-        sampling = [(m, m.mode, m.generator) for m in self.gaussian_modules()]
+        modules = list(self.gaussian_modules())
+        sampling = [(m, m.mode, m.generator, m.draw_key) for m in modules]
+        # per-example draws without a key: one key for the whole pass, from the generator
+        keyless = [m for m in modules if m.mode == "per_example" and m.draw_key is None]
+        if keyless:
+            fresh = DrawStream.from_generator(keyless[0].generator, "generator").next_pass()
+            for module in keyless:
+                module._call_key = fresh
         self._guard.running = True
         try:
             out = self.net(x)
         finally:
             self._guard.running = False
-        for module, mode, generator in sampling:
-            if module.mode != mode or module.generator is not generator:
+            for module in keyless:
+                module._call_key = None
+        for module, mode, generator, key in sampling:
+            if module.mode != mode or module.generator is not generator or module.draw_key != key:
                 raise InvalidInputError(
                     f"the model's forward changed how layer {module.layer_name!r} draws its "
-                    "weights (its sampling mode or random generator): the certificate's draws "
+                    "weights (its sampling mode or random stream): the certificate's draws "
                     "must be the ones pacbound makes"
                 )
         return out
@@ -154,10 +166,17 @@ class StochasticNetwork(nn.Module):
             counts[type(m).__name__] = counts.get(type(m).__name__, 0) + 1
         return {"path": "layers", "layers": dict(sorted(counts.items()))}
 
-    def set_mode(self, mode: SampleMode, generator: torch.Generator | None = None) -> None:
+    def set_mode(self, mode: SampleMode, source: DrawKey | torch.Generator | None = None) -> None:
+        """The sampling mode of every layer, and where its draws come from: a
+        :class:`~pacbound.posterior.streams.DrawKey` (per-example draws of one pass, for a
+        batch starting at ``key.first_example``), or a sequential generator (``"shared"``
+        training draws; per-example draws then take one fresh key per forward pass)."""
+        key = source if isinstance(source, DrawKey) else None
+        generator = source if isinstance(source, torch.Generator) else None
         for module in self.gaussian_modules():
             module.mode = mode
             module.generator = generator
+            module.draw_key = key
 
     def num_parameters(self) -> int:
         return sum(slot.mu.numel() for slot in self._slots)

@@ -35,6 +35,7 @@ from torch.overrides import TorchFunctionMode
 from pacbound.errors import InvalidInputError, NumericalError
 from pacbound.posterior.layers import ForwardGuard, GaussianModule, SampleMode
 from pacbound.posterior.static_checks import MAX_PYTHON_NUMBERS, python_numbers
+from pacbound.posterior.streams import DrawKey
 
 
 class StochasticForward(Protocol):
@@ -53,7 +54,9 @@ class StochasticForward(Protocol):
 
     def gaussian_modules(self) -> Iterator[GaussianModule]: ...
 
-    def set_mode(self, mode: SampleMode, generator: torch.Generator | None = None) -> None: ...
+    def set_mode(
+        self, mode: SampleMode, source: DrawKey | torch.Generator | None = None
+    ) -> None: ...
 
     def eval(self) -> Any: ...
 
@@ -158,7 +161,7 @@ class DataFlowProbe(TorchFunctionMode):
 
 
 def _run(network: StochasticForward, x: Tensor, seed: int, perturb: Tensor | None) -> Tensor:
-    network.set_mode("per_example", torch.Generator(device=x.device).manual_seed(seed))
+    network.set_mode("per_example", DrawKey(seed, "probe"))
     network.guard.perturb_rows = perturb
     try:
         return network(x)

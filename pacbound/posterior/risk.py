@@ -5,7 +5,10 @@ and a thin loop. The Monte-Carlo estimate of a stochastic network's empirical ri
 **independent draws actually made**: every example in every pass gets a fresh weight draw
 (per-example sampling), so the count is n·K; with per-batch draws (one draw of the whole
 parameter vector per batch of B examples, :func:`count_per_batch_errors`) it is K·n/B
-(MATH.md §10).
+(MATH.md §10). The draws are keyed by example (or batch) index
+(:mod:`~pacbound.posterior.streams`), so the stochastic counts are sharded over the
+processes of a run like the deterministic ones (:func:`shard_batches`) and summed, with the
+same integers at any batch size, memory budget and world size.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from pacbound.parallel import shard
 from pacbound.parallel.training import summed_counts
 from pacbound.posterior import layers
 from pacbound.posterior.network import StochasticNetwork
+from pacbound.posterior.streams import DrawKey, DrawStream
 
 ProgressHook = Callable[[int], None]
 
@@ -92,6 +96,18 @@ def count_errors(
     return ErrorCount(all_errors, all_total)
 
 
+def _summed(
+    errors: int, total: int, failure: PacboundError | None, progress: ProgressHook | None
+) -> ErrorCount:
+    """This rank's counts summed over ranks (a failure on any rank stops every rank,
+    :func:`~pacbound.parallel.training.summed_counts`); ``progress`` then advances by the
+    other ranks' examples."""
+    all_errors, all_total = summed_counts((errors, total), failure)
+    if progress is not None and all_total > total:
+        progress(all_total - total)
+    return ErrorCount(all_errors, all_total)
+
+
 @torch.no_grad()
 def count_stochastic_errors(
     network: StochasticNetwork,
@@ -99,38 +115,49 @@ def count_stochastic_errors(
     y: Tensor,
     *,
     passes: int,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int = 1024,
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
 ) -> ErrorCount:
-    """Errors of n·K independent per-example draws from the posterior (K = ``passes``)."""
-    network.set_mode("per_example", generator)
+    """Errors of n·K independent per-example draws from the posterior (K = ``passes``, each
+    the next pass of ``stream``). Example i's draw in a pass is keyed by i
+    (:mod:`~pacbound.posterior.streams`): this process counts its shard of the one-process
+    batches (:func:`shard_batches`) and the counts are summed over the processes, so the
+    result is the same for any batch size, memory budget and number of processes (and
+    every logit is computed exactly as in one process at the same batch size)."""
     network.eval()
     errors = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
-    for _ in range(passes):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(dev, non_blocking=True)
-            yb = y[start : start + batch_size].to(dev, non_blocking=True)
-            e, m = batch_errors(network(xb), yb)
-            errors, total = errors + e, total + m
-            if progress is not None:
-                progress(m)
-    return ErrorCount(errors, total)
+    try:
+        for _ in range(passes):
+            key = stream.next_pass()
+            for batch in shard_batches(int(x.shape[0]), batch_size):
+                xb = x[batch].to(dev, non_blocking=True)
+                yb = y[batch].to(dev, non_blocking=True)
+                network.set_mode("per_example", key.at(batch.start))
+                e, m = batch_errors(network(xb), yb)
+                errors, total = errors + e, total + m
+                if progress is not None:
+                    progress(m)
+    except PacboundError as exc:
+        failure = exc
+    return _summed(errors, total, failure, progress)
 
 
 @contextmanager
-def one_draw(network: StochasticNetwork, generator: torch.Generator) -> Iterator[None]:
+def one_draw(network: StochasticNetwork, key: DrawKey, batch: int) -> Iterator[None]:
     """Within: every posterior mean μ replaced in place by one draw θ = μ + σ ⊙ ε of the
-    whole parameter vector (ε from ``generator``, parameters in slot order), restored bit
-    for bit on exit. Evaluated in ``"mean"`` mode, every use of every weight sees θ."""
+    whole parameter vector (ε keyed by the pass ``key``, the batch index and each
+    parameter's name), restored bit for bit on exit. Evaluated in ``"mean"`` mode, every
+    use of every weight sees θ."""
     means = list({id(slot.mu): slot for slot in network.slots}.values())  # ties: one draw
     saved = [slot.mu.detach().clone() for slot in means]
     try:
         for slot in means:
             mu = slot.mu
-            noise = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            noise = key.batch_noise(batch, slot.name, mu.shape, mu)
             mu.add_(torch.exp(slot.log_sigma) * noise)
         yield
     finally:
@@ -158,13 +185,15 @@ def count_per_batch_errors(
     y: Tensor,
     *,
     passes: int,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch: int,
     device: torch.device | None = None,
     progress: ProgressHook | None = None,
 ) -> ErrorCount:
     """Errors of K·n/B per-batch draws (K = ``passes``): one θ ~ Q per batch of exactly
-    ``batch`` = B examples (B must divide n), fresh for every batch of every pass.
+    ``batch`` = B examples (B must divide n; batch j holds examples [j·B, (j+1)·B)), fresh
+    for every batch of every pass, keyed by the pass and j. Each process counts its shard
+    of whole batches; the counts are summed over the processes.
 
     ``evaluations`` is K·n (the examples evaluated, so ``rate`` is the mean of the batch
     error rates); the number of independent draws is K·n/B (MATH.md §10).
@@ -176,17 +205,22 @@ def count_per_batch_errors(
     network.set_mode("mean")
     network.eval()
     errors = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
-    for _ in range(passes):
-        for start in range(0, n, batch):
-            xb = x[start : start + batch].to(dev, non_blocking=True)
-            yb = y[start : start + batch].to(dev, non_blocking=True)
-            with one_draw(network, generator):
-                e, m = batch_errors(network(xb), yb)
-            errors, total = errors + e, total + m
-            if progress is not None:
-                progress(m)
-    return ErrorCount(errors, total)
+    try:
+        for _ in range(passes):
+            key = stream.next_pass()
+            for part in shard_batches(n, batch):
+                xb = x[part].to(dev, non_blocking=True)
+                yb = y[part].to(dev, non_blocking=True)
+                with one_draw(network, key, part.start // batch):
+                    e, m = batch_errors(network(xb), yb)
+                errors, total = errors + e, total + m
+                if progress is not None:
+                    progress(m)
+    except PacboundError as exc:
+        failure = exc
+    return _summed(errors, total, failure, progress)
 
 
 def per_example_bytes(network: StochasticNetwork, batch: int) -> int:
@@ -223,26 +257,32 @@ def count_disagreements(
     x: Tensor,
     *,
     passes: int,
-    generator: torch.Generator,
+    stream: DrawStream,
     batch_size: int = 1024,
     device: torch.device | None = None,
 ) -> ErrorCount:
     """How often n·K independent per-example draws from the posterior predict another class
-    than the deterministic ``reference`` (the checkpoint); labels are not needed."""
-    network.set_mode("per_example", generator)
+    than the deterministic ``reference`` (the checkpoint); labels are not needed. Keyed,
+    sharded and summed as :func:`count_stochastic_errors`."""
     network.eval()
     reference.eval()
     disagreements = total = 0
+    failure: PacboundError | None = None
     dev = device or x.device
-    for _ in range(passes):
-        for start in range(0, x.shape[0], batch_size):
-            xb = x[start : start + batch_size].to(dev, non_blocking=True)
-            target = reference(xb)
-            if not torch.all(torch.isfinite(target)):
-                raise NumericalError("the checkpoint produced NaN/Inf outputs")
-            d, m = batch_errors(network(xb), target.argmax(dim=1))
-            disagreements, total = disagreements + d, total + m
-    return ErrorCount(disagreements, total)
+    try:
+        for _ in range(passes):
+            key = stream.next_pass()
+            for batch in shard_batches(int(x.shape[0]), batch_size):
+                xb = x[batch].to(dev, non_blocking=True)
+                target = reference(xb)
+                if not torch.all(torch.isfinite(target)):
+                    raise NumericalError("the checkpoint produced NaN/Inf outputs")
+                network.set_mode("per_example", key.at(batch.start))
+                d, m = batch_errors(network(xb), target.argmax(dim=1))
+                disagreements, total = disagreements + d, total + m
+    except PacboundError as exc:
+        failure = exc
+    return _summed(disagreements, total, failure, None)
 
 
 def bounded_cross_entropy(logits: Tensor, y: Tensor, p_min: float) -> Tensor:
@@ -266,9 +306,10 @@ def stochastic_error(
     batch_size: int = 1024,
     device: torch.device | None = None,
 ) -> float:
-    """The posterior's error on (x, y) with per-example draws (e.g. on a test set)."""
+    """The posterior's error on (x, y) with per-example draws (e.g. on a test set), from
+    the stream (``seed``, ``"heldout"``)."""
     dev = device or torch.device("cpu")
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    stream = DrawStream(seed, "heldout")
     return count_stochastic_errors(
-        network, x, y, passes=passes, generator=gen, batch_size=batch_size, device=dev
+        network, x, y, passes=passes, stream=stream, batch_size=batch_size, device=dev
     ).rate

@@ -115,8 +115,8 @@ def test_mean_is_the_module(need_weights: bool, average: bool, cross: bool) -> N
 def test_per_example_equals_the_functional_path_under_the_same_noise(
     need_weights: bool, average: bool, cross: bool
 ) -> None:
-    """Noise in the module's parameter order per block of examples, as the functional path
-    draws it: each example evaluated alone with its own whole draw gives the same output."""
+    """Noise keyed as the functional path keys it (by owning module, tensor and example):
+    each example evaluated alone with its own whole draw gives the same output."""
     model = _model(cross)
     _set(model, need_weights, average)
     layers, functional = _pair(model)
@@ -156,7 +156,9 @@ def test_examples_draw_independently_and_positions_share_a_draw() -> None:
     assert corr.abs().max() < 0.12  # 2000 pairs: |corr| ~ N(0, 1/2000)
     assert torch.all(flat.std(0) > 0)
     within = torch.corrcoef(torch.stack([out[:, 0, 0], out[:, 1, 0]]))[0, 1]
-    assert within > 0.3  # one draw for all positions, not one per position
+    # one draw for all positions: ≈ 0.27 for this model (0.22…0.31 over keys); a draw per
+    # position would give ≈ 0 (standard error 1/√4000 ≈ 0.016)
+    assert within > 0.15
 
 
 UNSUPPORTED: dict[str, dict[str, Any]] = {

@@ -149,14 +149,14 @@ def test_embedding_output_is_the_module_at_a_per_example_table() -> None:
     layer = _first(layers)
     assert isinstance(layer, GaussianEmbedding)
     noises: list[Tensor] = []
-    draw_noise = layer._noise
+    draw_noise = layer._row_noise
 
     def spy(*args: object, **kwargs: object) -> Tensor:
         noise = draw_noise(*args, **kwargs)  # type: ignore[arg-type]
-        noises.append(noise)
+        noises.append(noise)  # one row per distinct (example, row) pair, sorted
         return noise
 
-    layer._noise = spy  # type: ignore[method-assign]
+    layer._row_noise = spy  # type: ignore[method-assign]
     x = torch.tensor([[4, 2, 4], [6, 6, 1]])
     out = _draw(layers, x, 9)
     (noise,) = noises

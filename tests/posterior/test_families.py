@@ -13,6 +13,7 @@ from pacbound.posterior.family import FitData
 from pacbound.posterior.fit import TrainingRecipe, kl_over_grid
 from pacbound.posterior.network import build_stochastic_network
 from pacbound.posterior.priors import ScaleGrid
+from pacbound.posterior.streams import DrawStream
 
 
 def _fit_data(x: torch.Tensor, y: torch.Tensor) -> FitData:
@@ -27,8 +28,8 @@ def _fit_data(x: torch.Tensor, y: torch.Tensor) -> FitData:
         delta_per_choice=0.04 / 13,
         batch_size=64,
         training=TrainingRecipe(epochs=2, seed=11),
-        search_generator=torch.Generator().manual_seed(1),
-        selection_generator=torch.Generator().manual_seed(5),
+        search_stream=DrawStream(1, "search"),
+        selection_stream=DrawStream(5, "selection"),
         device=torch.device("cpu"),
         progress=lambda description, total: lambda done: None,
     )

@@ -18,6 +18,7 @@ from pacbound.posterior.fit import (
 )
 from pacbound.posterior.network import StochasticNetwork, build_stochastic_network
 from pacbound.posterior.priors import ScaleGrid
+from pacbound.posterior.streams import DrawStream
 
 
 def _setup(seed: int = 0) -> tuple[StochasticNetwork, list[Tensor], Tensor, Tensor]:
@@ -115,7 +116,7 @@ def test_estimate_bound_is_the_kl_inverse_at_the_best_grid_scale() -> None:
     grid = ScaleGrid.log_spaced(1e-3, 1.0, 31)
     risk, est, j = estimate_bound(
         net, priors, grid, x, y, n_bound=400, log_term=7.0,
-        generator=torch.Generator().manual_seed(0),
+        stream=DrawStream(0, "test"),
     )  # fmt: skip
     kls = kl_over_grid(kl_sufficient_stats(net, priors), grid)
     assert j == int(kls.argmin())

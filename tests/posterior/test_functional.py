@@ -15,6 +15,7 @@ from pacbound.certify.gaussian_options import GaussianOptions
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.network import Sampler, build_stochastic_network
 from pacbound.posterior.priors import PriorMean, ScaleGrid
+from pacbound.posterior.streams import DrawKey
 
 
 class _TiedDifference(nn.Module):
@@ -26,6 +27,22 @@ class _TiedDifference(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.a(x) - self.b(x)  # zero for every draw of the one tied weight
+
+
+def _keyed_noise(model: nn.Module, key: DrawKey, rows: int) -> dict[str, Tensor]:
+    """The functional sampler's noise rebuilt from the stream's definition: per owning
+    module, its parameters' noise drawn together, keyed by their names, one row per
+    example (examples 0 … rows − 1)."""
+    params = dict(model.named_parameters())
+    owners: dict[str, list[str]] = {}
+    for name in params:
+        owners.setdefault(name.rpartition(".")[0], []).append(name)
+    noise: dict[str, Tensor] = {}
+    for names in owners.values():
+        shapes = [params[n].shape for n in names]
+        drawn = key.example_noise("|".join(names), shapes, 0, rows, params[names[0]])
+        noise.update(zip(names, drawn, strict=True))
+    return noise
 
 
 def _functional(model: nn.Module, sigma: float = 0.5) -> nn.Module:
@@ -48,13 +65,13 @@ def test_per_example_outputs_are_the_model_at_each_examples_own_draw() -> None:
     model = nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3))
     net = _functional(model, sigma=0.3)
     x = torch.randn(7, 4)
-    net.set_mode("per_example", torch.Generator().manual_seed(11))
+    key = DrawKey(11, "test")
+    net.set_mode("per_example", key)
     with torch.no_grad():
         out = net(x)
-    # The draws, rebuilt in the sampler's order: per parameter, one row per example.
-    gen = torch.Generator().manual_seed(11)
+    # The draws, rebuilt from the stream: per parameter, one row per example.
     params = dict(model.named_parameters())
-    noise = {n: torch.randn((7, *p.shape), generator=gen) for n, p in params.items()}
+    noise = _keyed_noise(model, key, 7)
     for i in range(7):
         theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
         expected = functional_call(model, theta, (x[i : i + 1],))[0]
@@ -127,12 +144,12 @@ def test_forward_code_reading_its_parameters_sees_the_drawn_ones() -> None:
     net = _functional(model, sigma=0.3)
     x = torch.randn(5, 4)
     net.check_coverage(x)
-    net.set_mode("per_example", torch.Generator().manual_seed(4))
+    key = DrawKey(4, "test")
+    net.set_mode("per_example", key)
     with torch.no_grad():
         out = net(x)
-    gen = torch.Generator().manual_seed(4)
     params = dict(model.named_parameters())
-    noise = {n: torch.randn((5, *p.shape), generator=gen) for n, p in params.items()}
+    noise = _keyed_noise(model, key, 5)
     for i in range(5):
         theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
         assert torch.allclose(out[i], functional_call(model, theta, (x[i : i + 1],))[0], atol=1e-5)

@@ -17,6 +17,7 @@ from torch.overrides import TorchFunctionMode
 
 import pacbound.posterior.functional as functional_module
 import pacbound.posterior.layers as layers_module
+import pacbound.posterior.streams as streams_module
 from pacbound.certify.gaussian import certify_gaussian
 from pacbound.certify.gaussian_options import GaussianOptions, parse_size
 from pacbound.errors import InvalidInputError
@@ -68,11 +69,13 @@ def _draw(net: Any, x: Tensor, seed: int = 0) -> Tensor:
 
 
 def test_chunk_plan() -> None:
-    # 10 elements of float32 per example: 120 bytes; blocks of 2^24 // 10 examples
-    assert chunk_plan(50, 10, 4, 120 * 7, "l") == (7, 7)  # budget below a block: 7 per chunk
-    assert chunk_plan(50, 10, 4, 10**9, "l") == (50, 50)
-    assert chunk_plan(50, 10, 4, 120 * 7, "l", block=3) == (6, 3)  # whole blocks
-    assert chunk_plan(50, 10, 4, 120 * 7, "l", block=50) == (7, 7)
+    # 10 elements of float32 per example: 120 bytes; noise blocks of 64 examples
+    assert streams_module.block_rows(10) == streams_module.BLOCK_EXAMPLES == 64
+    assert chunk_plan(50, 10, 4, 120 * 7, "l") == 7  # budget below a block: 7 per chunk
+    assert chunk_plan(50, 10, 4, 10**9, "l") == 50
+    assert chunk_plan(500, 10, 4, 10**9, "l") == 500
+    assert chunk_plan(500, 10, 4, 120 * 130, "l") == 128  # whole blocks when one fits
+    assert chunk_plan(500, 10, 4, 120 * 63, "l") == 63
     with pytest.raises(InvalidInputError, match=r"smallest budget that works is 120 B \(120 "):
         chunk_plan(50, 10, 4, 119, "l")
 
@@ -105,24 +108,20 @@ def test_sequence_linear_chunks_within_a_small_budget_and_keeps_its_draws(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Linear(3, 4) on (B, 2, 3): 16 elements per example, 192 bytes with its copies.
-    Noise blocks of 3 examples: budgets of 3, 6 and 30 examples give the same draws, in
-    chunks of at most the budget."""
-    monkeypatch.setattr(layers_module, "NOISE_BLOCK_ELEMENTS", 12 * 3)  # 3 examples / block
+    Noise blocks of 4 examples: budgets of 1, 3, 7 and 30 examples give the same draws
+    (below one block too), in chunks of at most the budget (whole blocks when one fits)."""
+    monkeypatch.setattr(streams_module, "NOISE_BLOCK_ELEMENTS", 16 * 4)  # 4 examples / block
     per_example = WEIGHT_COPIES * 16 * 4
     x = torch.randn(10, 2, 3)
     outs = []
-    for examples, chunks in ((3, [3, 3, 3, 1]), (7, [6, 4]), (30, [10])):
+    for examples, chunks in ((1, [1] * 10), (3, [3, 3, 3, 1]), (7, [4, 4, 2]), (30, [10])):
         net = build_stochastic_network(_sequence_model(), max_memory=examples * per_example)
         with _Rows() as rows:
             outs.append(_draw(net, x))
         assert rows.rows == chunks
         assert max(rows.rows) * per_example <= examples * per_example  # within the budget
-    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
-    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=0)
-    net = build_stochastic_network(_sequence_model(), max_memory=2 * per_example)
-    with _Rows() as rows:
-        _draw(net, x)
-    assert rows.rows == [2] * 5  # below one block: chunks (and blocks) of what fits
+    for out in outs[1:]:
+        torch.testing.assert_close(outs[0], out, rtol=0, atol=0)
     with pytest.raises(
         InvalidInputError, match=rf"smallest budget that works is .*\({per_example} "
     ):
@@ -135,18 +134,18 @@ def test_functional_chunks_within_a_small_budget_and_keeps_its_draws(
     model = _sequence_model()
     size = sum(p.numel() for p in model.parameters())  # 16 + 18 = 34
     per_example = WEIGHT_COPIES * size * 4
-    monkeypatch.setattr(layers_module, "NOISE_BLOCK_ELEMENTS", size * 4)  # 4 examples / block
+    monkeypatch.setattr(streams_module, "NOISE_BLOCK_ELEMENTS", size * 4)  # 4 examples / block
     x = torch.randn(11, 2, 3)
     outs = []
-    for examples, chunks in ((4, [4, 4, 3]), (9, [8, 3]), (100, [11])):
+    for examples, chunks in ((4, [4, 4, 3]), (9, [8, 3]), (100, [11]), (3, [3, 3, 3, 2])):
         net = build_stochastic_network(
             model, sampler=Sampler.FUNCTIONAL, max_memory=examples * per_example
         )
         with _vmap_rows(monkeypatch) as rows:
             outs.append(_draw(net, x))
         assert rows == chunks
-    torch.testing.assert_close(outs[0], outs[1], rtol=0, atol=0)
-    torch.testing.assert_close(outs[0], outs[2], rtol=0, atol=0)
+    for out in outs[1:]:
+        torch.testing.assert_close(outs[0], out, rtol=0, atol=0)
     # the smallest budget that works is computed for the whole network when it is built
     with pytest.raises(
         InvalidInputError, match=rf"smallest budget that works is .*\({per_example} "
@@ -168,7 +167,7 @@ def test_conv_draws_the_whole_batch_when_it_fits_else_chunks() -> None:
     with _Rows() as rows:
         chunked = _draw(small, x)
     assert rows.rows == [4, 4, 1]
-    assert chunked.shape == whole.shape
+    torch.testing.assert_close(chunked, whole)  # the same draws, in chunks
     small.check_coverage(x)  # chunked draws stay per example
     with pytest.raises(InvalidInputError, match=rf"layer '0' needs .*\({per_example} bytes"):
         build_stochastic_network(model, max_memory=per_example - 1)

@@ -22,6 +22,7 @@ from pacbound.posterior.risk import (
     per_example_bytes,
     per_example_fits,
 )
+from pacbound.posterior.streams import DrawKey, DrawStream
 
 
 class Tied(nn.Module):
@@ -38,16 +39,16 @@ class Tied(nn.Module):
 
 
 def _manual_errors(model, network, x, y, *, passes, batch, seed):
-    """The same draws made by hand: ε in slot order from the same stream, θ = μ + σ ε put
-    into a deterministic copy, evaluated on the batch."""
-    gen = torch.Generator().manual_seed(seed)
+    """The same draws made by hand: ε of every slot keyed by (seed, pass, batch index, slot
+    name), θ = μ + σ ε put into a deterministic copy, evaluated on the batch."""
     errors = 0
-    for _ in range(passes):
+    for k in range(passes):
+        key = DrawKey(seed, "test", k)
         for start in range(0, x.shape[0], batch):
             theta = {
                 slot.name: slot.mu.detach()
                 + torch.exp(slot.log_sigma.detach())
-                * torch.randn(slot.mu.shape, generator=gen, dtype=slot.mu.dtype)
+                * key.batch_noise(start // batch, slot.name, slot.mu.shape, slot.mu)
                 for slot in network.slots
             }
             logits = torch.func.functional_call(model, theta, (x[start : start + batch],))
@@ -71,9 +72,7 @@ def test_one_draw_per_batch_shared_by_its_examples_and_means_restored(sampler: S
     network = build_stochastic_network(model, sampler=sampler)
     network.set_log_sigma(math.log(0.5))
     before = [slot.mu.detach().clone() for slot in network.slots]
-    count = count_per_batch_errors(
-        network, x, y, passes=3, generator=torch.Generator().manual_seed(11), batch=8
-    )
+    count = count_per_batch_errors(network, x, y, passes=3, stream=DrawStream(11, "test"), batch=8)
     assert count.evaluations == 3 * 24
     assert count.errors == _manual_errors(model, network, x, y, passes=3, batch=8, seed=11)
     for slot, mu in zip(network.slots, before, strict=True):
@@ -90,7 +89,7 @@ def test_means_are_restored_when_the_forward_fails() -> None:
             x,
             torch.zeros(4, dtype=torch.long),
             passes=1,
-            generator=torch.Generator().manual_seed(0),
+            stream=DrawStream(0, "test"),
             batch=2,
         )
     assert torch.equal(network.slots[0].mu, before)
@@ -104,7 +103,7 @@ def test_refuses_a_batch_that_does_not_divide_n() -> None:
             torch.randn(10, 4),
             torch.zeros(10, dtype=torch.long),
             passes=1,
-            generator=torch.Generator(),
+            stream=DrawStream(0, "test"),
             batch=4,
         )
 
@@ -130,7 +129,7 @@ def test_per_batch_bound_covers_a_known_risk_over_seeds() -> None:
             x,
             y,
             passes=passes,
-            generator=torch.Generator().manual_seed(seed),
+            stream=DrawStream(seed, "test"),
             batch=batch,
         )
         mc = mc_upper_per_batch(count.rate, n=n, passes=passes, batch=batch, delta=delta)
@@ -163,22 +162,22 @@ def test_memory_estimate_counts_what_per_example_draws_materialize() -> None:
 def test_one_draw_is_the_hand_drawn_theta_on_the_builtin_resnet_and_transformer(name: str) -> None:
     # The BN ResNet (layers path, BatchNorm as ChannelAffine) and the transformer
     # (layers path: MultiheadAttention, LayerNorm, positional Embedding): the network
-    # inside one_draw computes exactly the model at θ = μ + σ ⊙ ε, ε in slot order.
+    # inside one_draw computes exactly the model at θ = μ + σ ⊙ ε, ε keyed by slot name.
     torch.manual_seed(0)
     model = to_channel_affine(BUILTINS[name].factory().eval())
     network = build_stochastic_network(model, sampler=auto_sampler(model))
     network.set_log_sigma(math.log(0.3))
     network.set_mode("mean")
     x = torch.randn(3, 1, 28, 28)
-    gen = torch.Generator().manual_seed(5)
+    key = DrawKey(5, "test", 2)
     before = [s.mu.detach().clone() for s in network.slots]
     with torch.no_grad():
         theta = {
-            s.name: s.mu + torch.exp(s.log_sigma) * torch.randn(s.mu.shape, generator=gen)
+            s.name: s.mu + torch.exp(s.log_sigma) * key.batch_noise(3, s.name, s.mu.shape, s.mu)
             for s in network.slots
         }
         expected = torch.func.functional_call(model, theta, (x,))
-        with one_draw(network, torch.Generator().manual_seed(5)):
+        with one_draw(network, key, 3):
             drawn = network(x)
         mean = network(x)
     assert torch.equal(drawn, expected)

@@ -94,7 +94,7 @@ class GaussianScale(GaussianModule):
         self._enter(x)
         if self.mode == "mean":
             return x * self.weight_mu
-        return x * self._draws(self.weight_mu, self.weight_log_sigma, x.shape[0], x.shape[0])
+        return x * self._draws(self.weight_mu, self.weight_log_sigma, x.shape[0])
 
 
 def test_a_new_layer_type_is_one_entry(monkeypatch: pytest.MonkeyPatch) -> None:
