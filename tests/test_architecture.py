@@ -40,6 +40,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("pacbound.io",),
     ("pacbound.compressors",),
     ("pacbound.posterior",),
+    ("pacbound.marginal",),
     ("pacbound.certify",),
     ("pacbound.report",),
     ("pacbound.verify",),
