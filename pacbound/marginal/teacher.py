@@ -89,27 +89,38 @@ def _draw_posterior(
     """``count`` exact draws of f_train ~ prior | signs = 2y − 1 (rejection), and proposals."""
     signs = 2.0 * y - 1.0
     kept, total, proposals = [], 0, 0
+    batch = 1024
     while total < count:
         if proposals >= max_proposals:
             raise NumericalError(
                 f"rejection sampling accepted {total} of {proposals} proposals (P(U) too small)"
             )
-        f = rng.standard_normal((_PROPOSAL_BATCH, chol.shape[0])) @ chol.T
-        proposals += _PROPOSAL_BATCH
+        f = rng.standard_normal((batch, chol.shape[0])) @ chol.T
+        proposals += batch
+        batch = min(2 * batch, _PROPOSAL_BATCH)
         ok = f[np.all(f * signs > 0, axis=1)]
         kept.append(ok)
         total += ok.shape[0]
     return np.concatenate(kept)[:count], proposals
 
 
-def run_teacher(task: GPTeacherTask, seed: int) -> TeacherRun:
-    """One GP-teacher run (module docstring); reproducible from ``seed``."""
+def sample_teacher(
+    task: GPTeacherTask, seed: int
+) -> tuple[NDArray, NDArray, NDArray, np.random.Generator]:
+    """Inputs (n + T, d), labels (n + T,), their jittered kernel, and the run's generator
+    (training points first)."""
     rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence([int(seed), 0])))
     n, t = task.n, task.test_points
     x = rng.standard_normal((n + t, task.dim))
     k_all = kernel_matrix(task.kernel, x)
     teacher = cholesky_lower(k_all, what="GP-teacher kernel") @ rng.standard_normal(n + t)
-    y = (teacher > 0).astype(np.int64)
+    return x, (teacher > 0).astype(np.int64), k_all, rng
+
+
+def run_teacher(task: GPTeacherTask, seed: int) -> TeacherRun:
+    """One GP-teacher run (module docstring); reproducible from ``seed``."""
+    n, t = task.n, task.test_points
+    _, y, k_all, rng = sample_teacher(task, seed)
     k_nn = k_all[:n, :n]
     cov = constraint_covariance(k_nn, y[:n], 2)
     ep = ep_orthant(cov)
