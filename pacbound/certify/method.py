@@ -26,6 +26,7 @@ import torch
 
 from pacbound.bounds import BoundResult, DeltaBudget
 from pacbound.certify.common import ProgressFactory, Verdict, no_progress
+from pacbound.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from pacbound.io.datasets import Dataset, Features
@@ -34,9 +35,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class RunInputs:
-    """What a method runs on, loaded and checked by the caller (the CLI or ``verify``)."""
+    """What a method runs on, loaded and checked by the caller (the CLI or ``verify``).
 
-    loaded: LoadedModel  # the checkpoint: module, provenance
+    ``checkpoint`` is ``None`` only for a method that certifies without one (``marginal``:
+    the architecture's prior conditioned on S); the others read it as :attr:`loaded`."""
+
+    checkpoint: LoadedModel | None  # the checkpoint: module, provenance
     data: Dataset  # the training sample S
     heldout: Dataset | None = None  # labeled, never used for anything else
     unlabeled: Features | None = None  # inputs only, never used for anything else
@@ -44,6 +48,13 @@ class RunInputs:
     unsafe_allow_pickle: bool = False
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     progress: ProgressFactory = no_progress
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The checkpoint of a method that needs one (the CLI refuses a run without it)."""
+        if self.checkpoint is None:
+            raise InvalidInputError("this method needs a CHECKPOINT; give its path")
+        return self.checkpoint
 
 
 @dataclass(frozen=True)
@@ -140,6 +151,9 @@ class Facts:
     search: SearchCurve | None
     rows: tuple[tuple[str, str], ...]  # extra (label, text) rows for terminal and summary
     title: str = ""  # the terminal table's title, e.g. "pacbound certificate (PAC-Bayes-kl, …)"
+    #: values that are NOT bounds, for information (e.g. the bound an EP approximation of
+    #: ln P(U) would give): plots draw them dashed and label them as approximations
+    approximations: tuple[tuple[str, float], ...] = ()
 
 
 class Method(Protocol):

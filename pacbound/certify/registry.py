@@ -8,6 +8,7 @@ the harness list are derived from it. Adding a method is one module plus one lin
 from __future__ import annotations
 
 from pacbound.certify.gaussian_method import GAUSSIAN
+from pacbound.certify.marginal_method import MARGINAL
 from pacbound.certify.method import Method
 from pacbound.certify.quantize import QUANTIZE
 from pacbound.certify.subspace import SUBSPACE
@@ -17,6 +18,7 @@ METHODS: dict[str, Method] = {
     GAUSSIAN.name: GAUSSIAN,  # first: the default --method
     SUBSPACE.name: SUBSPACE,
     QUANTIZE.name: QUANTIZE,
+    MARGINAL.name: MARGINAL,
 }
 
 
@@ -34,3 +36,9 @@ def with_hypothesis(key: str) -> list[str]:
     """The registered methods whose hypothesis file is recorded as ``inputs.<key>`` (e.g.
     ``"artifact"``: the compressed models ``compress`` writes and ``verify ARTIFACT`` reads)."""
     return [name for name, m in METHODS.items() if m.hypothesis.key == key]
+
+
+def needs_checkpoint(m: Method) -> bool:
+    """Whether ``m`` certifies a checkpoint (every method but one that declares
+    ``needs_checkpoint = False``, e.g. ``marginal``: the prior conditioned on S)."""
+    return bool(getattr(m, "needs_checkpoint", True))

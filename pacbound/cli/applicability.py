@@ -29,7 +29,7 @@ import click
 from click.core import ParameterSource
 
 from pacbound.certify.method import OptionRule
-from pacbound.certify.registry import METHODS
+from pacbound.certify.registry import METHODS, needs_checkpoint
 from pacbound.errors import UsageError
 from pacbound.io import data_format
 
@@ -113,14 +113,29 @@ CHECKPOINT_INPUTS = Condition(
     lambda r: "neither",
 )
 
-#: Option (parameter name) → when it applies, for the conditions that are not about a method.
-RULES: dict[str, Condition] = {
-    "split": IDX_DATA,
-    "heldout_split": IDX_HELDOUT,
-    "unlabeled_split": IDX_UNLABELED,
-    "heldout_delta": HELDOUT,
-    "disagreement_delta": CHECKPOINT_INPUTS,
-    "exit_zero": GATE,
+
+def _checkpoint_methods() -> str:
+    return " or ".join(name for name, m in METHODS.items() if needs_checkpoint(m))
+
+
+#: Options of the statements about a checkpoint (the held-out bound, the disagreement
+#: bound): methods that certify without a checkpoint (``marginal``) make none.
+CERTIFIES_CHECKPOINT = Condition(
+    f"--method {_checkpoint_methods()}",
+    lambda r: r.method in METHODS and needs_checkpoint(METHODS[r.method]),
+    lambda r: f"--method {r.method}",
+)
+
+#: Option (parameter name) → when it applies, for the conditions that are not about a method
+#: (all of them must hold, in this order).
+RULES: dict[str, tuple[Condition, ...]] = {
+    "split": (IDX_DATA,),
+    "heldout_split": (IDX_HELDOUT,),
+    "unlabeled_split": (IDX_UNLABELED,),
+    "heldout_delta": (CERTIFIES_CHECKPOINT, HELDOUT),
+    "unlabeled": (CERTIFIES_CHECKPOINT,),
+    "disagreement_delta": (CERTIFIES_CHECKPOINT, CHECKPOINT_INPUTS),
+    "exit_zero": (GATE,),
 }
 
 
@@ -163,7 +178,7 @@ def method_condition(option: str) -> Condition | None:
 
 def conditions(option: str) -> list[Condition]:
     """Every condition under which ``option`` applies (none: it always does)."""
-    found = [RULES[option]] if option in RULES else []
+    found = list(RULES.get(option, ()))
     derived = method_condition(option)
     return found if derived is None else [*found, derived]
 

@@ -10,10 +10,11 @@ from typing import Any
 import click
 
 from pacbound.certify.method import Method, RunInputs
-from pacbound.certify.registry import METHODS
+from pacbound.certify.registry import METHODS, needs_checkpoint
 from pacbound.cli.applicability import reject_inapplicable
 from pacbound.cli.compression_options import compression_options
 from pacbound.cli.gate import evaluate_gate, gate_options
+from pacbound.cli.marginal_options import marginal_options
 from pacbound.cli.model_options import (
     data_options,
     model_options,
@@ -30,6 +31,7 @@ from pacbound.cli.parallel_run import (
 from pacbound.cli.preflight import check_option_values
 from pacbound.cli.run_inputs import load_run_inputs
 from pacbound.cli.terminal import Terminal, dumps_json, emit_json, render_certificate
+from pacbound.errors import UsageError
 from pacbound.io.files import (
     MIN_FREE_BYTES,
     check_free_space,
@@ -52,6 +54,10 @@ Examples:
   # Data-dependent prior trained on half of the data (the bound uses the other half):
   pacbound certify final.safetensors --arch mlp --data examples/data/mnist \\
       --prior data --prior-fraction 0.5 --posterior diagonal
+  # No checkpoint: the ReLU network's GP prior conditioned on fitting 500 binary MNIST
+  # images (the marginal-likelihood bound; --data as an .npz subset):
+  pacbound certify --method marginal --data mnist_500.npz --label-map 0-4:0,5-9:1 \\
+      --kernel relu --kernel-depth 2 --save-kernel kernel.json --output report.json
 """
 
 HELP = """Certify the true 0-1 error of the model in CHECKPOINT, trained on --data.
@@ -62,11 +68,16 @@ bound; Q's empirical risk is upper-bounded from n·K fresh per-example weight dr
 probability at least 1 − δ over the training sample and the draws, the true error of Q is
 at most the printed bound (rounded up). The bound is non-vacuous when it is below the error
 of guessing, 1 − 1/K.
+
+--method marginal needs no CHECKPOINT: it certifies Q = the architecture's GP prior (its
+NNGP kernel, or a Monte-Carlo kernel of --arch) conditioned on fitting S exactly, with KL =
+−ln P(U) bounded by importance sampling (MATH.md §12). A CHECKPOINT given with --heldout
+only adds its held-out error beside Q's estimated one (for information).
 """
 
 
 @click.command("certify", help=HELP, epilog=EXAMPLES)
-@click.argument("checkpoint")
+@click.argument("checkpoint", required=False)
 @model_options
 @data_options
 @click.option(
@@ -77,6 +88,7 @@ of guessing, 1 − 1/K.
     help="; ".join(f"{name}: {m.description}" for name, m in METHODS.items()) + ".",
 )
 @compression_options
+@marginal_options
 @click.option(
     "--delta",
     type=FLOAT,
@@ -160,8 +172,9 @@ def certify(**kw: Any) -> None:
     agree_on_inputs(records, {"--init": kw["init"]})
     check_world_size(input_sizes(inputs))
     hypothesis_path = kw[hypothesis_param(method)]
+    what = "" if inputs.checkpoint is None else f"{inputs.checkpoint.num_parameters} parameters "
     term.info(
-        f"certifying ({method.name}) {inputs.loaded.num_parameters} parameters on "
+        f"certifying ({method.name}) {what}on "
         f"n = {inputs.data.n} examples ({inputs.data.num_classes} classes) on {inputs.device}"
         + (f", {world.world_size} processes" if world.distributed else "")
     )
@@ -212,6 +225,12 @@ def _prepare(
     inputs loaded."""
     reject_inapplicable(ctx)
     check_option_values(kw)
+    if kw.get("checkpoint") is None and needs_checkpoint(method):
+        raise UsageError(
+            f"--method {method.name} certifies a trained model: give its CHECKPOINT (only "
+            "--method marginal runs without one)",
+            param="CHECKPOINT",
+        )
     hypothesis_path = kw[hypothesis_param(method)]
     writer = current().is_writer
     for option in ("output", hypothesis_param(method)):
@@ -221,7 +240,7 @@ def _prepare(
     inputs, records = load_run_inputs(kw, term)
     if hypothesis_path is not None and writer:
         # the hypothesis (μ, σ and the prior mean; or a message) at the parameters' precision
-        params = inputs.loaded.module.parameters()
+        params = () if inputs.checkpoint is None else inputs.checkpoint.module.parameters()
         needed = 3 * sum(p.numel() * p.element_size() for p in params) + MIN_FREE_BYTES
         check_free_space(hypothesis_path, needed, method.hypothesis.option)
     return options, inputs, records

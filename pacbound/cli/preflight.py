@@ -92,6 +92,12 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "subspace_lr": check_positive,
     "subspace_batch_size": _at_least(1),
     "qat_steps": _at_least(0),
+    "kernel_depth": _at_least(0),
+    "kernel_filter_size": _at_least(1),
+    "kernel_draws": _at_least(2),
+    "is_samples": _at_least(1),
+    "is_delta": check_delta,
+    "jitter": check_positive,
 }
 
 

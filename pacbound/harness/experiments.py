@@ -22,6 +22,7 @@ from pacbound.harness.gaussian_experiments import (
     GaussianPerBatchExperiment,
     MonteCarloExperiment,
 )
+from pacbound.harness.marginal_experiments import MarginalTeacherExperiment
 from pacbound.harness.planted import SequenceMonteCarloExperiment
 from pacbound.harness.point_experiments import (
     COMPRESSORS,
@@ -47,6 +48,7 @@ _METHOD_EXPERIMENTS: dict[str, dict[str, Builder]] = {
         "gaussian-per-batch": GaussianPerBatchExperiment,
     },
     **{kind: {kind: partial(CompressionExperiment, kind=kind)} for kind in COMPRESSORS},
+    "marginal": {"marginal-gp-teacher": MarginalTeacherExperiment},
 }
 
 

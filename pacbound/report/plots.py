@@ -1,4 +1,5 @@
-"""Pictures of a report: the bound along the searched scale, and where its slack comes from.
+"""Pictures of reports: of one, the bound along the searched scale and where its slack comes
+from; of several, the certified bound against n (with approximations, e.g. EP's, dashed).
 
 matplotlib is an optional extra (``pip install 'pacbound[plot]'``), imported only here and
 only when a plot is drawn; figures are drawn with the Agg canvas (no display, no pyplot state).
@@ -19,7 +20,7 @@ the tables and the terminal; the shares of the slack are pictures, printed to ne
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -75,6 +76,10 @@ def _draw_search(ax: Axes, results: Mapping[str, Any]) -> None:
     else:
         ax.text(0.5, 0.5, "no search curve recorded", ha="center", transform=ax.transAxes)
     ax.axhline(bound, color="C3", linestyle="--", label=f"certified bound {format_up(bound, 4)}")
+    for i, (name, value) in enumerate(METHODS[results["method"]].facts(results).approximations):
+        ax.axhline(
+            value, color=f"C{4 + i}", linestyle="-.", label=f"{name}: {value:.4f} (not a bound)"
+        )
     if search is not None and search.chosen is not None:
         ax.axvline(search.chosen, color="C2", linestyle=":", label="chosen")
     ax.axhline(results["verdict"]["chance_error"], color="grey", linewidth=0.8, label="chance")
@@ -112,9 +117,65 @@ def figure(report: Mapping[str, Any]) -> Figure:
     return fig
 
 
-def plot_png(report: Mapping[str, Any]) -> bytes:
-    """A PNG with the search curve (left) and the slack decomposition (right)."""
-    fig = figure(report)
+def _series_label(results: Mapping[str, Any]) -> str:
+    """What one line of the bound-versus-n picture is: method, classifier, qualifiers."""
+    facts = METHODS[results["method"]].facts(results)
+    qualifiers = ", ".join(facts.qualifiers.values())
+    return f"{results['method']}: {facts.classifier}" + (f" ({qualifiers})" if qualifiers else "")
+
+
+def bound_vs_n_figure(reports: Sequence[Mapping[str, Any]]) -> Figure:
+    """Several reports: the certified bound against n, one line per method and setting
+    (solid, rounded up in the legend), and each method's approximations dashed (e.g. the
+    bound EP's ln P(U) would give: the gap to the certified line is the price of rigour)."""
+    series: dict[str, list[tuple[int, float, tuple[tuple[str, float], ...]]]] = {}
+    for report in reports:
+        res = report["results"]
+        approx = METHODS[res["method"]].facts(res).approximations
+        series.setdefault(_series_label(res), []).append((res["n"], res["bound"], approx))
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise InvalidInputError(INSTALL_HINT) from None
+    fig = Figure(figsize=(8.0, 5.0), dpi=150, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    for i, (label, points) in enumerate(series.items()):
+        points.sort(key=lambda p: p[0])
+        ns = [p[0] for p in points]
+        ax.plot(ns, [p[1] for p in points], marker="o", color=f"C{i}", label=label)
+        for j, name in enumerate(dict.fromkeys(a[0] for p in points for a in p[2])):
+            pairs = [(p[0], dict(p[2])[name]) for p in points if name in dict(p[2])]
+            ax.plot(
+                [n for n, _ in pairs],
+                [v for _, v in pairs],
+                linestyle="--" if j == 0 else ":",
+                marker="x",
+                color=f"C{i}",
+                label=f"{name} (approximation, not a bound)",
+            )
+        for n, value, _ in points:
+            ax.annotate(format_up(value, 4), (n, value), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points")  # fmt: skip
+    chance = {r["results"]["verdict"]["chance_error"] for r in reports}
+    for value in sorted(chance):
+        ax.axhline(value, color="grey", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("n (training examples in the bound)")
+    ax.set_ylabel("bound on the 0-1 error (grey: chance)")
+    ax.set_title("certified bound versus n")
+    ax.legend(fontsize=7)
+    return fig
+
+
+def plot_png(report: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> bytes:
+    """A PNG: of one report, the search curve (left) and the slack decomposition (right);
+    of several, the bound against n (:func:`bound_vs_n_figure`)."""
+    if isinstance(report, Mapping):
+        fig = figure(report)
+    else:
+        fig = figure(report[0]) if len(report) == 1 else bound_vs_n_figure(report)
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
     return buffer.getvalue()

@@ -54,9 +54,10 @@ _TYPES: dict[str, Any] = {
 def schema() -> dict[str, Any]:
     """The shipped JSON Schema of the current report version, with the registered methods
     filled in: ``$defs.method.enum``, the posterior families (``gaussian_results`` posterior
-    ``kind``), and for each method ``name`` that has a
-    ``$defs.<name>_results`` rule, that rule applied to results of that method."""
-    from pacbound.certify.registry import METHODS
+    ``kind``), for each method ``name`` that has a ``$defs.<name>_results`` rule, that rule
+    applied to results of that method, and ``inputs.model`` required for the methods that
+    certify a checkpoint."""
+    from pacbound.certify.registry import METHODS, needs_checkpoint
     from pacbound.posterior.families import FAMILIES
 
     name = f"schema_v{SCHEMA_VERSION}.json"
@@ -66,6 +67,13 @@ def schema() -> dict[str, Any]:
     defs["method"]["enum"] = list(METHODS)
     gaussian = defs["gaussian_results"]["properties"]["posterior"]["properties"]
     gaussian["kind"]["enum"] = list(FAMILIES)
+    checkpointed = [name for name, m in METHODS.items() if needs_checkpoint(m)]
+    loaded["allOf"] = [
+        {
+            "if": {"properties": {"results": {"properties": {"method": {"enum": checkpointed}}}}},
+            "then": {"properties": {"inputs": {"required": ["model"]}}},
+        }
+    ]
     loaded["properties"]["results"]["allOf"] = [
         {
             "if": {"properties": {"method": {"const": method}}},

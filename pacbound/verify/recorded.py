@@ -43,8 +43,9 @@ def resolve(path: str, root: Path) -> Path:
 def recorded_files(report: Mapping[str, Any]) -> Iterator[tuple[str, str, str]]:
     """(what, path, sha256) of every input file the report records."""
     inputs = report["inputs"]
-    ckpt = inputs["model"]["provenance"]["checkpoint"]
-    yield "checkpoint", ckpt["path"], ckpt["sha256"]
+    if "model" in inputs:  # a method that certifies without a checkpoint records none
+        ckpt = inputs["model"]["provenance"]["checkpoint"]
+        yield "checkpoint", ckpt["path"], ckpt["sha256"]
     for key in ("data", "heldout", "unlabeled"):
         if key in inputs:
             for record in inputs[key]["files"]:
@@ -152,8 +153,13 @@ def recorded_inputs(
         unlabeled = load_recorded_features(inputs["unlabeled"], root)
     if "init" in inputs:
         init = resolve(inputs["init"]["path"], root)
+    checkpoint = None
+    if "model" in inputs:
+        checkpoint = load_recorded_model(
+            report, root, device, unsafe_allow_pickle=unsafe_allow_pickle
+        )
     return RunInputs(
-        loaded=load_recorded_model(report, root, device, unsafe_allow_pickle=unsafe_allow_pickle),
+        checkpoint=checkpoint,
         data=load_recorded_dataset(inputs["data"], root),
         heldout=heldout,
         unlabeled=unlabeled,

@@ -85,7 +85,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _inputs(task: Path) -> RunInputs:
     return RunInputs(
-        loaded=load_model(task / "final.safetensors", arch="convnet", arch_kwargs=ARCH_KWARGS),
+        checkpoint=load_model(task / "final.safetensors", arch="convnet", arch_kwargs=ARCH_KWARGS),
         data=load_dataset(task / "train.npz"),
         init=task / "init.safetensors",
     )

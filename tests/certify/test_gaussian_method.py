@@ -81,7 +81,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _inputs(task: Path, heldout: bool = True, data: str = "train.npz") -> RunInputs:
     return RunInputs(
-        loaded=load_model(task / "final.safetensors", arch="mlp", arch_kwargs=ARCH_KWARGS),
+        checkpoint=load_model(task / "final.safetensors", arch="mlp", arch_kwargs=ARCH_KWARGS),
         data=load_dataset(task / data),
         heldout=load_dataset(task / "test.npz") if heldout else None,
         init=task / "init.safetensors",

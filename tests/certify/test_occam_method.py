@@ -50,7 +50,7 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _inputs(task: Path, **extra: Any) -> RunInputs:
     loaded = load_model(task / "final.safetensors", arch="mlp", arch_kwargs=ARCH_KWARGS)
-    return RunInputs(loaded=loaded, data=load_dataset(task / "train.npz"), **extra)
+    return RunInputs(checkpoint=loaded, data=load_dataset(task / "train.npz"), **extra)
 
 
 def test_both_methods_are_registered_with_an_artifact_hypothesis() -> None:

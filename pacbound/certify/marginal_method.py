@@ -1,0 +1,221 @@
+"""The marginal method of the registry: ``certify --method marginal`` (MATH.md §12).
+
+:data:`MARGINAL` implements :class:`~pacbound.certify.method.Method` without a checkpoint:
+
+* ``run``: check the memory budget (before any work), certify every kernel grid point and
+  keep the smallest certified bound (:func:`~pacbound.certify.marginal.choose_kernel`); the
+  hypothesis is a small JSON file naming the chosen kernel (``--save-kernel``);
+* ``rederive``: read that file, check that it names a point of the options' grid, and run the
+  same certify phase on it (:func:`~pacbound.certify.marginal.certify_point`): the kernel,
+  EP and the importance-sampling lower bound recomputed from the recorded seeds.
+
+A checkpoint, when given, only adds its held-out error beside Q's (for information).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from pacbound.certify.common import Timer
+from pacbound.certify.marginal import PointCertificate, Sample, certify_point, choose_kernel
+from pacbound.certify.marginal_facts import marginal_facts
+from pacbound.certify.marginal_heldout import HeldoutSet, refuse_multiclass
+from pacbound.certify.marginal_kernel import check_memory, kernel_spec
+from pacbound.certify.marginal_options import (
+    ANALYTIC,
+    MarginalOptions,
+    options_from_params,
+    options_from_report,
+)
+from pacbound.certify.method import (
+    Certificate,
+    Facts,
+    HypothesisFile,
+    MethodRun,
+    OptionRule,
+    RunInputs,
+)
+from pacbound.errors import InvalidInputError
+
+#: The hypothesis file's format name and version.
+FORMAT = "pacbound-marginal-kernel"
+VERSION = 1
+
+
+def _kernel_is(*names: str) -> OptionRule:
+    return OptionRule(
+        f"--kernel {' or '.join(names)}",
+        lambda p: p.get("kernel") in names,
+        lambda p: f"--kernel {p.get('kernel')}",
+    )
+
+
+PARAMETERS: dict[str, OptionRule | None] = {
+    **dict.fromkeys(("kernel", "jitter", "is_samples", "is_delta", "save_kernel", "max_memory")),
+    **dict.fromkeys(("kernel_depth", "sigma_w", "sigma_b"), _kernel_is(*ANALYTIC)),
+    "kernel_filter_size": _kernel_is("conv-relu"),
+    "kernel_draws": _kernel_is("monte-carlo"),
+}
+
+
+class MarginalMethod:
+    """PAC-Bayes for the architecture's GP prior conditioned on fitting S (module doc)."""
+
+    name: str = "marginal"
+    description: str = (
+        "PAC-Bayes for the architecture's GP prior conditioned on fitting S (the random "
+        "sampler; no checkpoint needed)"
+    )
+    hypothesis: HypothesisFile = HypothesisFile("kernel", "--save-kernel")
+    parameters: Mapping[str, OptionRule | None] = PARAMETERS
+    #: every grid point's certified bound: how the kernel was chosen (verify re-derives the
+    #: chosen point only; the union bound over the grid pays for the choice)
+    choice_fields: tuple[str, ...] = ("search",)
+    #: runs without a checkpoint (``pacbound.certify.registry.needs_checkpoint``)
+    needs_checkpoint: bool = False
+
+    def options(self, params: Mapping[str, Any]) -> MarginalOptions:
+        return options_from_params(params)
+
+    def options_from_report(self, recorded: Mapping[str, Any]) -> MarginalOptions:
+        return options_from_report(recorded)
+
+    def run(self, inputs: RunInputs, options: MarginalOptions) -> MethodRun:
+        options = _resolve_memory(options, inputs)
+        sample, heldout = _prepare(inputs, options)
+        timer = Timer()
+        point, search = choose_kernel(
+            sample, options, heldout=heldout, device=inputs.device, timer=timer
+        )
+        cert = _certificate(point, {**point.results, "search": search}, timer, options)
+        return MethodRun(certificate=cert, options=self.record_options(options))
+
+    def rederive(
+        self, inputs: RunInputs, options: MarginalOptions, hypothesis: bytes
+    ) -> Certificate:
+        sample, heldout = _prepare(inputs, options)
+        index = _read_hypothesis(hypothesis, options, sample.classes)
+        timer = Timer()
+        point = certify_point(
+            index, sample, options, heldout=heldout, device=inputs.device, timer=timer
+        )
+        return _certificate(point, point.results, timer, options)
+
+    def record_options(self, options: MarginalOptions) -> dict[str, Any]:
+        return {"method": self.name, **options.to_dict()}
+
+    def facts(self, results: Mapping[str, Any]) -> Facts:
+        return marginal_facts(results)
+
+
+#: The registry entry (``pacbound.certify.registry.METHODS["marginal"]``).
+MARGINAL = MarginalMethod()
+
+
+def _resolve_memory(options: MarginalOptions, inputs: RunInputs) -> MarginalOptions:
+    """``--max-memory auto``: the default fraction of the device's memory, recorded."""
+    if options.max_memory is not None:
+        return options
+    from dataclasses import replace
+
+    from pacbound.posterior.layers import default_max_memory
+
+    return replace(options, max_memory=default_max_memory(inputs.device))
+
+
+def _prepare(inputs: RunInputs, options: MarginalOptions) -> tuple[Sample, HeldoutSet | None]:
+    """The sample as the kernel sees it and the held-out set, after the checks that cost
+    nothing (memory budget, two classes for the held-out estimate)."""
+    data = inputs.data
+    n, classes = data.n, data.num_classes
+    budget = options.max_memory
+    if budget is not None:
+        check_memory(n, classes, budget)
+    heldout = None
+    if inputs.heldout is not None:
+        refuse_multiclass(classes)
+        if budget is not None:
+            check_memory(n + inputs.heldout.n, classes, budget, "--data with --heldout")
+        heldout = HeldoutSet(
+            inputs.heldout.x[0 : inputs.heldout.n].float(),
+            inputs.heldout.y.cpu().numpy().astype(np.int64),
+            _checkpoint_error(inputs, options),
+        )
+    sample = Sample(
+        x=data.x[0:n].float(),
+        labels=data.y.cpu().numpy().astype(np.int64),
+        classes=classes,
+        label_map=data.provenance.label_map,
+    )
+    return sample, heldout
+
+
+def _checkpoint_error(inputs: RunInputs, options: MarginalOptions) -> float | None:
+    """The checkpoint's held-out error (for information), when a checkpoint was given."""
+    if inputs.checkpoint is None or inputs.heldout is None:
+        return None
+    from pacbound.posterior.risk import count_errors
+
+    count = count_errors(
+        inputs.checkpoint.module,
+        inputs.heldout.x,
+        inputs.heldout.y,
+        batch_size=options.batch_size,
+        device=inputs.device,
+    )
+    return float(count.rate)
+
+
+def hypothesis_bytes(point: PointCertificate, options: MarginalOptions) -> bytes:
+    """The ``--save-kernel`` file: the chosen kernel and its place in the grid (JSON)."""
+    document = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kernel": point.spec.to_dict(),
+        "grid_index": point.index,
+        "grid": [list(p) for p in options.grid()],
+    }
+    return (json.dumps(document, sort_keys=True, indent=1) + "\n").encode()
+
+
+def _read_hypothesis(payload: bytes, options: MarginalOptions, classes: int) -> int:
+    """The grid index a ``--save-kernel`` file names, checked against the options' grid."""
+    try:
+        document = json.loads(payload.decode("utf-8"))
+        if document["format"] != FORMAT or document["version"] != VERSION:
+            raise ValueError("not a marginal kernel file")
+        index = int(document["grid_index"])
+        kernel, grid = document["kernel"], document["grid"]
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(
+            f"the kernel file is not a pacbound marginal kernel file ({exc}); it is corrupted "
+            "or of another kind"
+        ) from None
+    if grid != [list(p) for p in options.grid()] or not 0 <= index < options.grid_size:
+        raise InvalidInputError(
+            "the kernel file's grid is not the one the report's options give (kernel.grid)"
+        )
+    if kernel != kernel_spec(options, index, classes).to_dict():
+        raise InvalidInputError(
+            f"the kernel file's kernel is not grid point {index} of the report's options "
+            "(kernel (file))"
+        )
+    return index
+
+
+def _certificate(
+    point: PointCertificate, results: Mapping[str, Any], timer: Timer, options: MarginalOptions
+) -> Certificate:
+    return Certificate(
+        method=MARGINAL.name,
+        bound=point.bound,
+        budget=point.budget,
+        verdict=point.verdict,
+        results=results,
+        hypothesis=hypothesis_bytes(point, options),
+        timings=dict(timer.seconds),
+    )
