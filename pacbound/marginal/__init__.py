@@ -14,7 +14,7 @@ Pure NumPy/SciPy except :mod:`.mc_kernel` (torch, imported lazily by callers).
 
 from pacbound.marginal.bound import marginal_bound, matrix_bytes, max_n_for_memory
 from pacbound.marginal.ep import EPResult, ep_orthant
-from pacbound.marginal.ghk import OrthantLowerBound, certified_log_orthant
+from pacbound.marginal.ghk import OrthantLowerBound, certified_log_orthant, orthant_draws
 from pacbound.marginal.kernels import KernelSpec, add_jitter, conv_nngp, fc_nngp, kernel_matrix
 from pacbound.marginal.orthant import constraint_covariance
 
@@ -43,4 +43,5 @@ __all__ = [
     "matrix_bytes",
     "max_n_for_memory",
     "monte_carlo_kernel",
+    "orthant_draws",
 ]

@@ -134,8 +134,14 @@ def _draw_row(
 
 
 def _sweep(
-    chol: NDArray, guide: _Guide | None, samples: int, rng: np.random.Generator, block: int
+    chol: NDArray,
+    guide: _Guide | None,
+    samples: int,
+    rng: np.random.Generator,
+    block: int,
+    g: NDArray | None = None,
 ) -> tuple[NDArray, NDArray]:
+    """Log-weights and |terms| of ``samples`` draws; fills ``g`` (n, S) with g = L z if given."""
     n = chol.shape[0]
     z = np.empty((n, samples))
     w = np.empty((n, samples)) if guide is not None else None  # z − m
@@ -151,11 +157,57 @@ def _sweep(
                 d = d_blk[i - s] + guide.factor[i, s:i] @ w[s:i]
             v = 1.0 - rng.random(samples)  # in (0, 1]
             z[i], term, sz = _draw_row(i, b, d, chol, guide, v)
+            if g is not None:
+                g[i] = b + chol[i, i] * z[i]
             if guide is not None and w is not None:
                 w[i] = z[i] - guide.m[i]
             log_w += term
             size += sz
     return log_w, size
+
+
+def _setup(
+    cov: NDArray,
+    samples: int,
+    seed: int,
+    ep: EPResult | None,
+    jitter: float | None,
+    cholesky: NDArray | None,
+) -> tuple[NDArray, _Guide | None, np.random.Generator, int]:
+    samples = check_count(samples, "samples")
+    cov = np.asarray(cov, dtype=np.float64)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or cov.shape[0] < 1:
+        raise InvalidInputError(f"covariance must be square, got {cov.shape}", param="cov")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}", param="seed")
+    chol = (
+        cholesky_lower(cov, what="constraint covariance", jitter=jitter)
+        if cholesky is None
+        else np.asarray(cholesky, dtype=np.float64)
+    )
+    guide = _guide(chol, ep) if ep is not None else None
+    return chol, guide, np.random.Generator(np.random.PCG64(int(seed))), samples
+
+
+def orthant_draws(
+    cov: NDArray,
+    *,
+    samples: int,
+    seed: int,
+    ep: EPResult | None = None,
+    block: int = DEFAULT_BLOCK,
+    jitter: float | None = None,
+    cholesky: NDArray | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """The importance sampler's draws: g (samples, n), every row in the orthant g > 0, and
+    their log-weights (samples,), with exactly :func:`certified_log_orthant`'s proposal and
+    random numbers for the same arguments. Self-normalised weights give expectations under
+    N(0, cov) conditioned on g > 0 (consistent, not unbiased: for information only).
+    """
+    chol, guide, rng, samples = _setup(cov, samples, seed, ep, jitter, cholesky)
+    g = np.empty((chol.shape[0], samples))
+    log_w, _ = _sweep(chol, guide, samples, rng, max(1, int(block)), g)
+    return np.ascontiguousarray(g.T), log_w
 
 
 def certified_log_orthant(
@@ -179,20 +231,8 @@ def certified_log_orthant(
     >>> round(r.log_estimate, 12), r.log_lower < 3 * math.log(0.5)  # exact for independent
     (-2.079441541680, True)
     """
-    samples = check_count(samples, "samples")
     delta = check_delta(delta, "delta_is")
-    cov = np.asarray(cov, dtype=np.float64)
-    if cov.ndim != 2 or cov.shape[0] != cov.shape[1] or cov.shape[0] < 1:
-        raise InvalidInputError(f"covariance must be square, got {cov.shape}", param="cov")
-    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
-        raise InvalidInputError(f"seed must be a non-negative integer, got {seed!r}", param="seed")
-    chol = (
-        cholesky_lower(cov, what="constraint covariance", jitter=jitter)
-        if cholesky is None
-        else np.asarray(cholesky, dtype=np.float64)
-    )
-    guide = _guide(chol, ep) if ep is not None else None
-    rng = np.random.Generator(np.random.PCG64(int(seed)))
+    chol, guide, rng, samples = _setup(cov, samples, seed, ep, jitter, cholesky)
     log_w, size = _sweep(chol, guide, samples, rng, max(1, int(block)))
     if np.any(np.isnan(log_w)):
         raise NumericalError("importance weights are NaN")

@@ -23,7 +23,7 @@ inputs the white noise is shared (it is a function of x), so the matrix is singu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -244,38 +244,55 @@ def _check_no_duplicates(x: NDArray) -> None:
         seen[key] = i
 
 
-def kernel_matrix(spec: KernelSpec, x: NDArray) -> NDArray[np.float64]:
-    """k(x_i, x_j) + jitter·1[i = j] for the analytic kernels (``relu``, ``erf``: x of shape
-    (n, d); ``conv-relu``: (n, c, h, w)). Inputs must be distinct (see module docstring).
+def kernel_matrix(
+    spec: KernelSpec,
+    x: Any,
+    *,
+    factory: Callable[[int], Any] | None = None,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> NDArray[np.float64]:
+    """k(x_i, x_j) + jitter·1[i = j]: the prior's covariance on the inputs ``x``.
 
-    ``monte-carlo`` kernels need a network: use
-    :func:`pacbound.marginal.mc_kernel.monte_carlo_kernel` and add the jitter with
-    :func:`add_jitter`.
+    ``relu``/``erf``: x of shape (n, d) (or (n, …), flattened); ``conv-relu``: (n, c, h, w),
+    ``extra`` ``filter_size`` (3) and ``pooling`` (global-average). Inputs must be distinct
+    (module docstring). ``monte-carlo``: the second moment of ``extra["draws"]`` networks
+    ``factory(seed_m)`` (:func:`pacbound.marginal.mc_kernel.monte_carlo_kernel`, which
+    imports torch; ``extra`` ``draws``, ``seed`` and ``readout``), ``x`` a tensor or array.
     """
-    x = np.asarray(x, dtype=np.float64)
+    if spec.name == "monte-carlo":
+        if factory is None:
+            raise InvalidInputError(
+                "kernel 'monte-carlo' needs a network factory (seed -> module)", param="kernel"
+            )
+        from pacbound.marginal.mc_kernel import monte_carlo_kernel_of
+
+        k = monte_carlo_kernel_of(spec, factory, x, batch_size=batch_size, device=device)
+    else:
+        x = np.asarray(x, dtype=np.float64)
+        k = _analytic(spec, x)
+        _check_no_duplicates(x)
+    k[np.diag_indices_from(k)] += float(spec.jitter)
+    return k
+
+
+def _analytic(spec: KernelSpec, x: NDArray) -> NDArray[np.float64]:
     if spec.name in NONLINEARITIES:
-        k = fc_nngp(
+        return fc_nngp(
             x.reshape(x.shape[0], -1),
             depth=spec.depth,
             sigma_w=spec.sigma_w,
             sigma_b=spec.sigma_b,
             nonlinearity=spec.name,
         )
-    elif spec.name == "conv-relu":
-        k = conv_nngp(
-            x,
-            depth=spec.depth,
-            sigma_w=spec.sigma_w,
-            sigma_b=spec.sigma_b,
-            filter_size=int(spec.extra.get("filter_size", 3)),
-            pooling=str(spec.extra.get("pooling", "global-average")),
-        )
-    else:
-        raise InvalidInputError(
-            "kernel 'monte-carlo' needs a network: call monte_carlo_kernel", param="kernel"
-        )
-    _check_no_duplicates(x)
-    return add_jitter(k, spec.jitter)
+    return conv_nngp(
+        x,
+        depth=spec.depth,
+        sigma_w=spec.sigma_w,
+        sigma_b=spec.sigma_b,
+        filter_size=int(spec.extra.get("filter_size", 3)),
+        pooling=str(spec.extra.get("pooling", "global-average")),
+    )
 
 
 def add_jitter(k: NDArray, jitter: float) -> NDArray[np.float64]:

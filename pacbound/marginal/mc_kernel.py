@@ -21,6 +21,7 @@ stack.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -108,3 +109,36 @@ def monte_carlo_kernel(
     if readout == "per-class":
         return acc
     return np.asarray(acc.mean(axis=0))
+
+
+def monte_carlo_kernel_of(
+    spec: Any,
+    factory: Callable[[int], torch.nn.Module],
+    x: Any,
+    *,
+    batch_size: int = 1024,
+    device: str = "cpu",
+) -> NDArray[np.float64]:
+    """:func:`monte_carlo_kernel` with draws, seed and readout from a ``monte-carlo``
+    :class:`~pacbound.marginal.kernels.KernelSpec`'s ``extra`` (``draws``/``M``, ``seed``,
+    ``readout``; per-class readouts are refused here: one kernel is needed)."""
+    extra = spec.extra
+    draws = extra.get("draws", extra.get("M"))
+    if draws is None or "seed" not in extra:
+        raise InvalidInputError(
+            "a monte-carlo kernel spec needs extra['draws'] and extra['seed']", param="kernel"
+        )
+    readout = str(extra.get("readout", "second-minus-first"))
+    if readout == "per-class":
+        raise InvalidInputError("readout 'per-class' gives C kernels, not one", param="readout")
+    xt = x if isinstance(x, torch.Tensor) else torch.as_tensor(np.asarray(x), dtype=torch.float32)
+    k = monte_carlo_kernel(
+        factory,
+        xt,
+        draws=int(draws),
+        seed=int(extra["seed"]),
+        readout=readout,
+        batch_size=batch_size,
+        device=device,
+    )
+    return np.ascontiguousarray(k, dtype=np.float64)

@@ -65,3 +65,15 @@ def test_gp_teacher_coverage_over_200_seeds() -> None:
     gaps = np.array([r.ep_log_z - r.log_p_u_estimate for r in runs])
     assert np.all(np.abs(gaps) < 1.0)  # EP and the unbiased estimate agree at n = 8
     assert all(r.log_p_u_lower <= r.log_p_u_estimate - math.log(1 / task.delta_is) for r in runs)
+
+
+def test_import_is_torch_free() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pacbound.marginal, pacbound.marginal.teacher; "
+        "assert 'torch' not in sys.modules"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stderr

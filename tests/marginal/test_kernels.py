@@ -176,7 +176,11 @@ def test_kernel_spec_and_dispatch() -> None:
         KernelSpec("tanh", 1, 1.0, 0.0, 0.0)
     with pytest.raises(InvalidInputError, match="identical"):
         kernel_matrix(spec, np.vstack([x, x[:1]]))
-    with pytest.raises(InvalidInputError, match="monte_carlo_kernel"):
+    with pytest.raises(InvalidInputError, match="factory"):
         kernel_matrix(KernelSpec("monte-carlo", 1, 1.0, 0.0, 0.0), x)
+    mc = KernelSpec("monte-carlo", 1, 1.0, 0.0, 1e-2, {"draws": 20, "seed": 7, "readout": "first"})
+    xt = torch.as_tensor(x[:, :3], dtype=torch.float32)
+    direct = monte_carlo_kernel(_mlp_factory, xt, draws=20, seed=7, readout="first")
+    assert np.allclose(kernel_matrix(mc, xt, factory=_mlp_factory), direct + 1e-2 * np.eye(5))
     with pytest.raises(InvalidInputError, match="filter_size"):
         conv_nngp(imgs, depth=1, sigma_w=1.0, sigma_b=0.0, filter_size=2)

@@ -11,7 +11,12 @@ from scipy.stats import truncnorm
 
 from pacbound.errors import InvalidInputError, NumericalError
 from pacbound.harness.coverage import binomial_p_value
-from pacbound.marginal import certified_log_orthant, constraint_covariance, ep_orthant
+from pacbound.marginal import (
+    certified_log_orthant,
+    constraint_covariance,
+    ep_orthant,
+    orthant_draws,
+)
 from pacbound.marginal import ghk as ghk_module
 from pacbound.marginal.ghk import _draw_row
 
@@ -203,3 +208,20 @@ def test_zero_estimate_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(ghk_module, "_draw_row", underflow)
     with pytest.raises(NumericalError, match="zero"):
         certified_log_orthant(np.eye(2), samples=5, seed=0, delta=0.1)
+
+
+def test_orthant_draws_are_the_certificates_draws() -> None:
+    # Same proposal and random numbers as the certificate; all draws inside the orthant; the
+    # self-normalised mean of g_1 matches E[g_1 | g > 0] estimated by direct rejection.
+    c = corr(-0.5)
+    ep = ep_orthant(c)
+    g, log_w = orthant_draws(c, samples=20_000, seed=4, ep=ep)
+    r = certified_log_orthant(c, samples=20_000, seed=4, delta=0.5, ep=ep)
+    assert g.shape == (20_000, 2) and np.all(g > 0)
+    assert float(np.log(np.mean(np.exp(log_w)))) == pytest.approx(r.log_estimate, rel=1e-12)
+    w = np.exp(log_w - log_w.max())
+    rng = np.random.default_rng(0)
+    direct = rng.standard_normal((400_000, 2)) @ np.linalg.cholesky(c).T
+    inside = direct[np.all(direct > 0, axis=1)]
+    se = inside[:, 0].std() / math.sqrt(inside.shape[0]) + g[:, 0].std() / math.sqrt(2000)
+    assert float(w @ g[:, 0] / w.sum()) == pytest.approx(float(inside[:, 0].mean()), abs=4 * se)
