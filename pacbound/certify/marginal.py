@@ -34,6 +34,7 @@ from pacbound.certify.common import Timer, Verdict
 from pacbound.certify.marginal_heldout import HeldoutSet, heldout_estimate
 from pacbound.certify.marginal_kernel import kernel_on, kernel_spec
 from pacbound.certify.marginal_options import MarginalOptions, derived_seed
+from pacbound.errors import NumericalError
 
 #: What the EP number is, said wherever it is shown.
 EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
@@ -92,11 +93,12 @@ def certify_point(
         kernel = kernel_on(spec, options, sample.x, device)
     with timer.phase("ep"):
         cov = constraint_covariance(kernel, sample.labels, sample.classes)
-        ep = ep_orthant(cov)
+        chol = _cholesky(cov, spec.jitter)
+        ep = ep_orthant(cov, cholesky=chol)
+    seed = derived_seed(options.seed, "importance-sampling")
     with timer.phase("importance_sampling"):
-        seed = derived_seed(options.seed, "importance-sampling")
         lower = certified_log_orthant(
-            cov, samples=options.is_samples, seed=seed, delta=imp.per_choice, ep=ep
+            cov, samples=options.is_samples, seed=seed, delta=imp.per_choice, ep=ep, cholesky=chol
         )
     log_lower = min(float(lower.log_lower), 0.0)  # P(U) ≤ 1 whatever Ẑ says
     bound = marginal_bound(log_lower, n, pac.per_choice)
@@ -135,9 +137,31 @@ def certify_point(
     if heldout is not None:
         with timer.phase("heldout"):
             results["heldout"] = heldout_estimate(
-                spec, options, sample, cov, heldout, device=device
+                spec,
+                options,
+                sample,
+                cov,
+                heldout,
+                ep=ep,
+                cholesky=chol,
+                seed=seed,
+                device=device,
             )
     return PointCertificate(index, spec, bound, budget, verdict, results)
+
+
+def _cholesky(cov: np.ndarray, jitter: float) -> np.ndarray:
+    """The lower Cholesky factor of the constraint covariance, shared by EP, the certified
+    bound and the held-out draws; NumericalError (exit 4) when it is not positive definite."""
+    try:
+        return np.linalg.cholesky(cov)
+    except np.linalg.LinAlgError:
+        mean = float(np.mean(np.diag(cov)))
+        raise NumericalError(
+            f"the prior's kernel is not positive definite after --jitter {jitter:g} (its "
+            f"Cholesky factorisation failed): give a larger --jitter (e.g. 1e-6 × the mean "
+            f"diagonal, {1e-6 * mean:.3g}) or remove nearly identical inputs"
+        ) from None
 
 
 def _classifier(spec: Any) -> str:

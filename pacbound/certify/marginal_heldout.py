@@ -5,12 +5,11 @@ drawing the training latents f from Q, then f(x*) from the GP conditional given 
 
     f(x*) | f ~ N(k*ᵀ K⁻¹ f, k** − k*ᵀ K⁻¹ k*)        (K, k*, k** include the jitter)
 
-Draws of f from Q come from sequential importance sampling (GHK, as the certified bound's
-sampler but with the plain truncated-normal proposal): with cov = L Lᵀ and g = L z, each z_i
-is drawn from N(0, 1) truncated to z_i > a_i(z_<i) = −Σ_{j<i} L_ij z_j / L_ii, so every draw
-fits S, with weight w = Π_i Φ(−a_i) (self-normalised). For binary labels g = D f
-(D = diag(±1) of the labels), so f = D g. The error at x* given f is Φ(−y* μ*/s*) in closed
-form (Rao–Blackwellised), so
+Draws of f from Q are the certificate's own importance-sampling draws
+(:func:`pacbound.marginal.orthant_draws`: the EP-guided GHK sampler with the certificate's
+seed, every draw in U), weighted by their importance weights, self-normalised. For binary
+labels g = D f (D = diag(±1) of the labels), so f = D g. The error at x* given f is
+Φ(−y* μ*/s*) in closed form (Rao–Blackwellised), so
 
     estimate = Σ_j w̄_j · (1/m) Σ_i Φ(−y_i μ_i(f_j)/s_i).
 
@@ -28,11 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.linalg import cho_factor, cho_solve
-from scipy.special import log_ndtr, ndtri_exp
+from scipy.special import log_ndtr
 from torch import Tensor
 
 from pacbound.certify.marginal_kernel import joint_kernel
-from pacbound.certify.marginal_options import MarginalOptions, derived_seed
+from pacbound.certify.marginal_options import MarginalOptions
 from pacbound.errors import InvalidInputError, NumericalError
 
 NOTE = (
@@ -77,29 +76,6 @@ def _conditional(joint: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     return a, np.sqrt(np.maximum(var, np.finfo(np.float64).tiny))
 
 
-def orthant_draws(cov: np.ndarray, *, samples: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """``samples`` GHK draws g ∈ U of N(0, cov) (rows) and their log-weights (see the module
-    docstring); the generator is ``PCG64(seed)``, one row of uniforms per coordinate."""
-    try:
-        chol = np.linalg.cholesky(cov)
-    except np.linalg.LinAlgError:
-        raise NumericalError(
-            "the constraint covariance is not positive definite after the jitter (held-out "
-            "estimate); give a larger --jitter"
-        ) from None
-    rng = np.random.Generator(np.random.PCG64(seed))
-    n = cov.shape[0]
-    z = np.empty((n, samples))
-    log_w = np.zeros(samples)
-    for i in range(n):
-        a = -(chol[i, :i] @ z[:i]) / chol[i, i]
-        log_mass = log_ndtr(-a)  # P(z_i > a)
-        v = 1.0 - rng.random(samples)  # in (0, 1]
-        z[i] = -ndtri_exp(np.log(v) + log_mass)  # inverse CDF of the upper tail, stable
-        log_w += log_mass
-    return (chol @ z).T, log_w
-
-
 def heldout_estimate(
     spec: Any,
     options: MarginalOptions,
@@ -107,15 +83,22 @@ def heldout_estimate(
     cov: np.ndarray,
     heldout: HeldoutSet,
     *,
+    ep: Any,
+    cholesky: np.ndarray,
+    seed: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """The results' ``heldout`` block (see the module docstring)."""
+    """The results' ``heldout`` block (see the module docstring); ``ep``, ``cholesky`` and
+    ``seed`` are the certificate's (its proposal, the factor of ``cov``, its draws)."""
+    from pacbound.marginal import orthant_draws
+
     refuse_multiclass(sample.classes)
     n, m = int(sample.labels.shape[0]), int(heldout.labels.shape[0])
     joint = joint_kernel(spec, options, sample.x, heldout.x, device)
     a, s = _conditional(joint, n)
-    seed = derived_seed(options.seed, "heldout")
-    draws, log_weights = orthant_draws(cov, samples=options.is_samples, seed=seed)
+    draws, log_weights = orthant_draws(
+        cov, samples=options.is_samples, seed=seed, ep=ep, cholesky=cholesky
+    )
     finite = np.isfinite(log_weights)
     if not finite.any():
         raise NumericalError(

@@ -184,6 +184,14 @@ def options_from_params(params: Mapping[str, Any]) -> MarginalOptions:
             "(and --arch-kwargs)",
             param="--arch",
         )
+    unused = params.get("checkpoint") is None and params.get("kernel_depth") is not None
+    if not monte_carlo and unused and params.get("arch") is not None:
+        raise UsageError(
+            f"--arch is not used by --kernel {kernel} with --kernel-depth and no CHECKPOINT "
+            "(it builds a checkpoint, a Monte-Carlo kernel, or gives the depth of --arch "
+            "mlp): drop --arch",
+            param="--arch",
+        )
     conv = kernel == "conv-relu"
     options = MarginalOptions(
         kernel=kernel,

@@ -183,6 +183,7 @@ G = ("--method", "gaussian")
         ((*M, "--sigma-w", "0"), "--sigma-w values must be > 0", 3),
         ((*M, "--kernel", "monte-carlo"), "give --arch", 2),
         ((*M, "--label-map", "0-4:0,3-9:1"), "--label-map: label 3 is mapped twice", 3),
+        ((*M, "--arch", "mlp"), "--arch is not used by --kernel relu", 2),
     ],
 )
 def test_options_that_do_not_apply_are_refused(
@@ -280,4 +281,30 @@ def test_report_table_and_plot_of_several_reports(files: Path, tmp_path: Path) -
     assert code == 0, err
     assert (tmp_path / "n.png").read_bytes()[:4] == b"\x89PNG"
     code, _, err = _run("plot", str(second), "-o", str(tmp_path / "one.png"))
+    assert code == 0, err
+
+
+def test_monte_carlo_kernel_seeded_from_the_seed_alone(files: Path, tmp_path: Path) -> None:
+    """M random initialisations of --arch, their seed derived from --seed only: recorded,
+    the same for other labels, another for another --seed; verify recomputes the kernel."""
+    from pacbound.certify.marginal_options import derived_seed
+
+    arch = {"in_features": 784, "hidden": [16], "num_classes": 2}
+    seeds = []
+    for seed, label_map in (("0", BINARY), ("0", "0-5:0,6-9:1"), ("3", BINARY)):
+        out = tmp_path / f"{seed}-{label_map}"
+        out.mkdir()
+        code, stdout, err = _run(
+            "certify", "--method", "marginal", "--data", str(files / "train.npz"),
+            "--label-map", label_map, "--kernel", "monte-carlo", "--arch", "mlp",
+            "--arch-kwargs", json.dumps(arch), "--kernel-draws", "40", "--jitter", "1e-2",
+            "--is-samples", "100", "--seed", seed, "--json",
+            "--output", str(out / "r.json"), "--save-kernel", str(out / "k.json"),
+        )  # fmt: skip
+        assert code == 0, err
+        extra = json.loads(stdout)["results"]["kernel"]["extra"]
+        assert extra["draws"] == 40 and extra["readout"] == "second-minus-first"
+        seeds.append(extra["seed"])
+    assert seeds[0] == seeds[1] == derived_seed(0, "kernel") != seeds[2]
+    code, _, err = _run("verify", str(tmp_path / f"0-{BINARY}" / "r.json"))
     assert code == 0, err

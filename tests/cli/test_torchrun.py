@@ -128,6 +128,22 @@ def test_verify_under_torchrun(plain_report: Path) -> None:
     assert errors(done.stderr) == []
 
 
+def test_marginal_is_replicated_on_every_rank(task: Path, tmp_path: Path) -> None:
+    """--method marginal (one dense job, computed whole by every rank; the checkpoint's
+    held-out count is sharded): two processes give the plain report's results, and verify
+    under torchrun agrees."""
+    args = ["certify", *model_and_data(task), "--method", "marginal", "--is-samples", "100"]
+    args += ["--heldout", str(task / "test.npz"), "--threads", "1", "--quiet"]
+    plain = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plain.json")])
+    assert plain.exit_code == 0, plain.output
+    done = run([*standalone(2), *args, "-o", str(tmp_path / "two.json")])
+    assert done.returncode == 0, done.stderr
+    two = json.loads((tmp_path / "two.json").read_text())
+    assert two["results"] == json.loads((tmp_path / "plain.json").read_text())["results"]
+    assert two["environment"]["world_size"] == 2
+    assert two["results"]["heldout"]["checkpoint_error"] is not None
+
+
 def test_compress_under_torchrun_writes_the_plain_artifact(task: Path, tmp_path: Path) -> None:
     args = ["compress", *model_and_data(task), *QUANTIZE, "--json"]
     plain = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plain.pbc")])
