@@ -32,8 +32,8 @@ def check_memory(n: int, classes: int, budget: int, what: str = "--data") -> Non
         raise InvalidInputError(
             f"{what} has n = {n} examples ({classes} classes): the marginal certificate's "
             f"matrices need {format_bytes(need)}, more than --max-memory "
-            f"{format_bytes(budget)}; the largest n that fits is {largest} (take a subset of "
-            "the data, or give more --max-memory)",
+            f"{format_bytes(budget)}; the largest n that fits is {largest} (give a subset of "
+            "the data, e.g. as an .npz file, or more --max-memory)",
             param="--max-memory",
         )
 

@@ -102,7 +102,8 @@ only adds its held-out error beside Q's estimated one (for information).
     metavar="PATH",
     default=None,
     help="Held-out data (same format options as --data) for a test-set bound on the "
-    "checkpoint's point weights, never used for anything else.",
+    "checkpoint's point weights, never used for anything else. --method marginal: Q's "
+    "held-out error, estimated (not a bound), and the checkpoint's error if one is given.",
 )
 @click.option(
     "--heldout-split",

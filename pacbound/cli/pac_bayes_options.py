@@ -99,7 +99,9 @@ PAC_BAYES_OPTIONS = (
         metavar="SIZE",
         help="Memory for per-example weight tensors (e.g. 2GiB, 512MB): examples are drawn in "
         "chunks within it. auto: a quarter of the device's memory (RAM on a CPU). A budget "
-        "too small for one example says the smallest one that works.",
+        "too small for one example says the smallest one that works. --method marginal: the "
+        "budget of its n×n matrices; a larger n is refused before any work, naming the "
+        "largest n that fits.",
     ),
     click.option(
         "--posterior-epochs",

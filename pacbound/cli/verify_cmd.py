@@ -58,7 +58,9 @@ recorded (a changed or missing file exits 3, naming it), then runs the method's 
 phase again on the saved hypothesis: the Gaussian posterior file (with the prior mean
 re-derived: init weights, zero, or a data-dependent prior retrained on S_prior with the
 recorded recipe and seed; σ_p re-chosen over the grid; the Monte-Carlo draws replayed with
-the same seeds), or the compressed artifact (decoded, its errors recounted). Every field of
+the same seeds), the compressed artifact (decoded, its errors recounted), or the marginal
+method's kernel file (the kernel, EP and the importance-sampling lower bound on P(U)
+recomputed from the recorded seeds). Every field of
 the results is compared with the report's and printed with both values. Exit 0 when every
 field agrees exactly, 1 when any disagrees; a report of an older schema exits 3.
 
