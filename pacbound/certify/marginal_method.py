@@ -132,6 +132,13 @@ def _prepare(inputs: RunInputs, options: MarginalOptions) -> tuple[Sample, Heldo
     nothing (memory budget, two classes for the held-out estimate)."""
     data = inputs.data
     n, classes = data.n, data.num_classes
+    if classes < 2:
+        raise InvalidInputError(
+            f"--data {data.provenance.path} holds labels of one class only: Q would fit S by "
+            "predicting it everywhere, and the chance error is 0; give data of two classes or "
+            "more (or a --label-map that keeps two)",
+            param="--data",
+        )
     budget = options.max_memory
     if budget is not None:
         check_memory(n, classes, budget)

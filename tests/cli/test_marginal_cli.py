@@ -308,3 +308,28 @@ def test_monte_carlo_kernel_seeded_from_the_seed_alone(files: Path, tmp_path: Pa
     assert seeds[0] == seeds[1] == derived_seed(0, "kernel") != seeds[2]
     code, _, err = _run("verify", str(tmp_path / f"0-{BINARY}" / "r.json"))
     assert code == 0, err
+
+
+def test_conv_kernel_on_images(tmp_path: Path) -> None:
+    """--kernel conv-relu on (n, 1, 6, 6) images: the filter size and pooling recorded,
+    verify recomputes it; flat rows are refused with the fix (--input-shape)."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(12, 1, 6, 6)).astype(np.float32)
+    np.savez(tmp_path / "img.npz", x=x, y=(x.mean(axis=(1, 2, 3)) > 0).astype(np.int64))
+    np.savez(tmp_path / "flat.npz", x=x.reshape(12, 36), y=np.arange(12) % 2)
+    base = ["certify", "--method", "marginal", "--kernel", "conv-relu", "--kernel-depth", "1"]
+    code, _, err = _run(
+        *base, "--data", str(tmp_path / "img.npz"), "--kernel-filter-size", "3",
+        "--is-samples", "100", "--quiet", "--output", str(tmp_path / "r.json"),
+        "--save-kernel", str(tmp_path / "k.json"),
+    )  # fmt: skip
+    assert code == 0, err
+    kernel = json.loads((tmp_path / "r.json").read_text())["results"]["kernel"]
+    assert kernel["extra"] == {"filter_size": 3, "pooling": "global-average"}
+    code, _, err = _run("verify", str(tmp_path / "r.json"))
+    assert code == 0, err
+    code, _, err = _run(*base, "--data", str(tmp_path / "flat.npz"), "--quiet")
+    assert code == 3 and "--input-shape C,H,W" in err
+    np.savez(tmp_path / "one.npz", x=x.reshape(12, 36), y=np.zeros(12, dtype=np.int64))
+    code, _, err = _run(*base, "--data", str(tmp_path / "one.npz"), "--quiet")
+    assert code == 3 and "one class" in err and "--data" in err
