@@ -44,7 +44,7 @@ EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
 class Sample:
     """The training sample S as the kernel sees it: inputs, labels 0..C−1, C."""
 
-    x: Tensor  # (n, …) float, on the CPU
+    x: Tensor  # (n, …) as loaded (float64 for the analytic kernels, float32 for a network)
     labels: np.ndarray  # (n,) int64
     classes: int
     label_map: str | None
@@ -62,8 +62,27 @@ class PointCertificate:
     results: Mapping[str, Any]
 
 
-def _label_counts(sample: Sample) -> list[int]:
-    return [int(c) for c in np.bincount(sample.labels, minlength=sample.classes)]
+def _labels_block(sample: Sample, constraints: int) -> dict[str, Any]:
+    """``results.labels``: C, the number of constraints, the class counts, the label map."""
+    counts = np.bincount(sample.labels, minlength=sample.classes)
+    return {
+        "classes": sample.classes,
+        "constraints": constraints,
+        "counts": [int(c) for c in counts],
+        "label_map": sample.label_map,
+    }
+
+
+def _ep_block(ep: Any, approximate_bound: float) -> dict[str, Any]:
+    """``results.ep``: EP's ln Z (an approximation) and the bound it would give."""
+    return {
+        "log_z": float(ep.log_z),
+        "approximate_bound": approximate_bound,
+        "iterations": int(ep.iterations),
+        "converged": bool(ep.converged),
+        "max_change": float(ep.max_change),
+        "note": EP_NOTE,
+    }
 
 
 def certify_point(
@@ -93,6 +112,7 @@ def certify_point(
         kernel = kernel_on(spec, options, sample.x, device)
     with timer.phase("ep"):
         cov = constraint_covariance(kernel, sample.labels, sample.classes)
+        del kernel  # n² doubles: the held-out estimate computes its own joint kernel
         chol = _cholesky(cov, spec.jitter)
         ep = ep_orthant(cov, cholesky=chol)
     seed = derived_seed(options.seed, "importance-sampling")
@@ -116,20 +136,8 @@ def certify_point(
         "delta_budget": budget.to_dict(),
         "certificate_terms": bound.to_dict(),
         "kernel": {**spec.to_dict(), "grid_index": index, "grid_size": options.grid_size},
-        "labels": {
-            "classes": sample.classes,
-            "constraints": int(cov.shape[0]),
-            "counts": _label_counts(sample),
-            "label_map": sample.label_map,
-        },
-        "ep": {
-            "log_z": float(ep.log_z),
-            "approximate_bound": approximate.value,
-            "iterations": int(ep.iterations),
-            "converged": bool(ep.converged),
-            "max_change": float(ep.max_change),
-            "note": EP_NOTE,
-        },
+        "labels": _labels_block(sample, int(cov.shape[0])),
+        "ep": _ep_block(ep, approximate.value),
         "log_orthant": lower.to_dict(),
         "gap_nats": float(ep.log_z) - log_lower,
         "heldout": None,

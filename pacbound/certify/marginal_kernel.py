@@ -91,7 +91,7 @@ def _raw(spec: Any, options: MarginalOptions, x: Tensor, device: torch.device) -
         return np.asarray(
             monte_carlo_kernel(
                 _factory(options),
-                x,
+                x.float(),  # the network's own precision
                 draws=int(spec.extra["draws"]),
                 seed=int(spec.extra["seed"]),
                 readout=spec.extra["readout"],

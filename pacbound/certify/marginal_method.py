@@ -148,12 +148,12 @@ def _prepare(inputs: RunInputs, options: MarginalOptions) -> tuple[Sample, Heldo
         if budget is not None:
             check_memory(n + inputs.heldout.n, classes, budget, "--data with --heldout")
         heldout = HeldoutSet(
-            inputs.heldout.x[0 : inputs.heldout.n].float(),
+            inputs.heldout.x[0 : inputs.heldout.n],
             inputs.heldout.y.cpu().numpy().astype(np.int64),
             _checkpoint_error(inputs, options),
         )
     sample = Sample(
-        x=data.x[0:n].float(),
+        x=data.x[0:n],
         labels=data.y.cpu().numpy().astype(np.int64),
         classes=classes,
         label_map=data.provenance.label_map,
