@@ -65,6 +65,12 @@ def _binary_mnist(n: int) -> tuple[Any, Any]:
     return x, y
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process (the wall time depends on the machine's load)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def one(n: int, samples: int) -> dict[str, Any]:
     """Everything for one n, in this process."""
     from pacbound.marginal import (
@@ -120,6 +126,7 @@ def one(n: int, samples: int) -> dict[str, Any]:
         "delta": {"total": DELTA_TOTAL, "pac_bayes": DELTA_PB, "importance_sampling": DELTA_IS},
         "seconds": seconds,
         "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        "cpu_seconds": _cpu_seconds(),
         "matrix_bytes_estimate_gib": matrix_bytes(n, 2) / 2**30,
     }
 

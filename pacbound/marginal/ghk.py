@@ -17,6 +17,11 @@ parameter L_ii(ν̃_i − τ̃_i b_i), b_i = Σ_{j<i} L_ij z_j) gives a cavity N
 precision is ≥ 1 in exact arithmetic (clamped there); the proposal is that cavity truncated to
 (a_i, ∞), where the exact constraint replaces the site. Without EP (``method="ghk"``) it is
 N(0, 1) truncated: plain GHK. The proposal only changes the variance of Ẑ, never its mean.
+Where the cavity precision exceeds 2 the weight of that coordinate has infinite variance in
+principle (the proposal is narrower than half the target's variance); in practice (binary
+MNIST, n = 2000: 1 % of coordinates) this proposal's log-weights spread far less than with a
+capped precision (std 1.0 against 4.0 capped at 1.9 and 12 with unit variance, 300 draws),
+and neither the unbiasedness nor the Markov certificate needs a finite variance.
 
 Certificate. Ẑ = (1/S) Σ_s w_s ≥ 0 with E[Ẑ] = P(U), so by Markov's inequality
 P[Ẑ ≥ P(U)/δ] ≤ δ, i.e. ln P(U) ≥ ln Ẑ − ln(1/δ) with probability ≥ 1 − δ over the draws.
