@@ -130,6 +130,11 @@ def fc_nngp(
     [0.25, 0.079577]
     """
     x = _check_inputs(x, 2, "(n, d)")
+    if nonlinearity not in NONLINEARITIES:
+        raise InvalidInputError(
+            f"nonlinearity {nonlinearity!r} is unknown; choose one of {', '.join(NONLINEARITIES)}",
+            param="nonlinearity",
+        )
     sw2, sb2 = float(sigma_w) ** 2, float(sigma_b) ** 2
     k = sw2 * (x @ x.T) / x.shape[1] + sb2
     for _ in range(int(depth)):

@@ -182,5 +182,9 @@ def test_kernel_spec_and_dispatch() -> None:
     xt = torch.as_tensor(x[:, :3], dtype=torch.float32)
     direct = monte_carlo_kernel(_mlp_factory, xt, draws=20, seed=7, readout="first")
     assert np.allclose(kernel_matrix(mc, xt, factory=_mlp_factory), direct + 1e-2 * np.eye(5))
+    with pytest.raises(InvalidInputError, match="nonlinearity"):
+        fc_nngp(x, depth=0, sigma_w=1.0, sigma_b=0.0, nonlinearity="tanh")
+    with pytest.raises(InvalidInputError, match="shape"):
+        fc_nngp(x[0], depth=1, sigma_w=1.0, sigma_b=0.0, nonlinearity="relu")
     with pytest.raises(InvalidInputError, match="filter_size"):
         conv_nngp(imgs, depth=1, sigma_w=1.0, sigma_b=0.0, filter_size=2)
