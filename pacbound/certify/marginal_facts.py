@@ -17,11 +17,12 @@ TITLE = "pacbound certificate (PAC-Bayes-kl, GP prior conditioned on S: marginal
 
 
 def _kernel_text(kernel: Mapping[str, Any]) -> str:
+    """The kernel in a few ASCII words (also the table's ``kernel`` column, LaTeX-safe)."""
     if kernel["name"] == "monte-carlo":
         extra = kernel["extra"]
         return f"monte-carlo ({extra['architecture']}, {extra['draws']} draws)"
-    text = f"{kernel['name']}, depth {kernel['depth']}, σ_w {kernel['sigma_w']:g}"
-    return f"{text}, σ_b {kernel['sigma_b']:g}"
+    text = f"{kernel['name']}, depth {kernel['depth']}, weight std {kernel['sigma_w']:g}"
+    return f"{text}, bias std {kernel['sigma_b']:g}"
 
 
 def marginal_facts(res: Mapping[str, Any]) -> Facts:
@@ -29,7 +30,7 @@ def marginal_facts(res: Mapping[str, Any]) -> Facts:
     pac = next(p for p in res["delta_budget"]["parts"] if p["name"] == "pac-bayes")
     search = res.get("search") or []
     return Facts(
-        classifier="GP prior | fits S",
+        classifier="GP prior conditioned on S",
         empirical_risk_upper=res["empirical_risk"]["upper_bound"],
         kl_nats=res["kl_nats"],
         code_length_bits=None,

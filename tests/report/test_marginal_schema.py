@@ -78,9 +78,9 @@ def test_table_row_and_summary(marginal: dict) -> None:
     res = marginal["results"]
     assert row.method == "marginal" and row.empirical_risk == 0.0
     assert row.kl_nats == res["kl_nats"] and row.code_length_bits is None
-    assert row.qualifiers == {"kernel": "erf, depth 1, σ_w 1.41421, σ_b 0"}
+    assert row.qualifiers == {"kernel": "erf, depth 1, weight std 1.41421, bias std 0"}
     assert row.heldout_bound is None
     from pacbound.bounds import format_up
 
     text = summary_markdown(marginal)
-    assert f"**{format_up(res['bound'], 4)}**" in text and "GP prior | fits S" in text
+    assert f"**{format_up(res['bound'], 4)}**" in text and "GP prior conditioned on S" in text
