@@ -184,6 +184,13 @@ def options_from_params(params: Mapping[str, Any]) -> MarginalOptions:
             "(and --arch-kwargs)",
             param="--arch",
         )
+    if params.get("checkpoint") is not None and params.get("heldout") is None:
+        raise UsageError(
+            "--method marginal certifies the prior conditioned on S, not a checkpoint: a "
+            "CHECKPOINT is used only for its error on --heldout; give --heldout, or drop "
+            "CHECKPOINT",
+            param="CHECKPOINT",
+        )
     unused = params.get("checkpoint") is None and params.get("kernel_depth") is not None
     if not monte_carlo and unused and params.get("arch") is not None:
         raise UsageError(

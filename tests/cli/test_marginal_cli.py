@@ -209,6 +209,14 @@ def test_gaussian_refuses_kernel_depth(files: Path) -> None:
     )
 
 
+def test_a_checkpoint_without_heldout_is_refused(files: Path) -> None:
+    code, _, err = _run(
+        "certify", str(files / "m.safetensors"), "--method", "marginal", "--arch", "mlp",
+        "--arch-kwargs", json.dumps(ARCH_KWARGS), "--data", str(files / "small.npz"),
+    )  # fmt: skip
+    assert code == 2 and "used only for its error on --heldout" in err
+
+
 def test_checkpoint_heldout_error_beside_q_and_depth_from_arch(files: Path, tmp_path: Path) -> None:
     """With --arch mlp (two hidden layers) the kernel depth is read from --arch-kwargs; the
     checkpoint's held-out error is counted independently here."""
