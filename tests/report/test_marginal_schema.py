@@ -84,3 +84,16 @@ def test_table_row_and_summary(marginal: dict) -> None:
 
     text = summary_markdown(marginal)
     assert f"**{format_up(res['bound'], 4)}**" in text and "GP prior conditioned on S" in text
+
+
+def test_slack_parts_split_the_kl_at_eps_value(marginal: dict) -> None:
+    from pacbound.certify.registry import METHODS
+    from pacbound.report.plots import slack_parts
+
+    res = marginal["results"]
+    parts = {p.name: p.value for p in slack_parts(res)}
+    assert sum(parts.values()) == pytest.approx(res["bound"], rel=1e-12)
+    facts = dict(METHODS["marginal"].facts(res).complexity_parts)
+    ep, gap = facts["−ln P(U), EP approximation"], facts["certification gap (IS, ln 1/δ_IS)"]
+    assert ep == pytest.approx(-res["ep"]["log_z"]) and ep + gap == pytest.approx(res["kl_nats"])
+    assert gap == pytest.approx(res["gap_nats"])
