@@ -125,6 +125,8 @@ class GaussianMethod:
     #: Everything else is re-derived and compared, also the data prior's own errors
     #: (``prior.error``: the prior is retrained on S_prior) and the split.
     choice_fields: tuple[str, ...] = tuple(f"posterior.{key}" for key in CHOICE_KEYS)
+    needs_checkpoint: bool = True
+    float_rel_tol: float = 0.0  # bit for bit
 
     def options(self, params: Mapping[str, Any]) -> GaussianOptions:
         return options_from_params(params)

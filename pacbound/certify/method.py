@@ -167,6 +167,14 @@ class Method(Protocol):
     parameters: Mapping[str, OptionRule | None]
     #: dotted results fields that describe the choice and are not re-derived by ``verify``
     choice_fields: tuple[str, ...]
+    #: whether a run needs a CHECKPOINT (``marginal`` certifies the architecture's prior)
+    needs_checkpoint: bool
+    #: relative tolerance ``verify`` allows between a reported and a re-derived float leaf:
+    #: 0 (bit for bit) for methods whose floats come from fixed-order reductions; dense
+    #: LAPACK factorisations (``marginal``) round differently with the BLAS thread count and
+    #: CPU, so theirs agree only to ~1e-15 relative. Integers, strings and booleans always
+    #: agree exactly.
+    float_rel_tol: float
 
     def options(self, params: Mapping[str, Any]) -> Any:
         """The method's options (one frozen dataclass) from click's parsed parameters; raises

@@ -53,6 +53,8 @@ class OccamMethod:
     hypothesis = HypothesisFile(key="artifact", option="--artifact")
     #: how the message was chosen: every candidate tried, and where training started
     choice_fields: tuple[str, ...] = ("search", "compression.start")
+    needs_checkpoint: bool = True
+    float_rel_tol: float = 0.0  # bit for bit
 
     def __init__(self) -> None:
         self.parameters: Mapping[str, OptionRule | None] = dict.fromkeys(

@@ -39,6 +39,6 @@ def with_hypothesis(key: str) -> list[str]:
 
 
 def needs_checkpoint(m: Method) -> bool:
-    """Whether ``m`` certifies a checkpoint (every method but one that declares
-    ``needs_checkpoint = False``, e.g. ``marginal``: the prior conditioned on S)."""
-    return bool(getattr(m, "needs_checkpoint", True))
+    """Whether ``m`` certifies a checkpoint (every method but ``marginal``: the prior
+    conditioned on S)."""
+    return m.needs_checkpoint

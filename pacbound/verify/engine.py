@@ -95,7 +95,12 @@ def results_checks(
     method: Method, report: Mapping[str, Any], certificate: Certificate
 ) -> list[FieldCheck]:
     """The reported results against the re-derived certificate's, leaf by leaf."""
-    return compare_results(report["results"], certificate.results, skip=tuple(method.choice_fields))
+    return compare_results(
+        report["results"],
+        certificate.results,
+        skip=tuple(method.choice_fields),
+        rel_tol=method.float_rel_tol,
+    )
 
 
 def _data_identity(
@@ -155,7 +160,9 @@ def verify_artifact_report(
     results = report["results"]
     rederived = certificate.results
     shared = {k: v for k, v in results.items() if k in rederived}
-    checks += compare_results(shared, rederived, skip=tuple(method.choice_fields))
+    checks += compare_results(
+        shared, rederived, skip=tuple(method.choice_fields), rel_tol=method.float_rel_tol
+    )
     return Verification(method.name, tuple(checks))
 
 

@@ -32,14 +32,17 @@ ABSENT: Any = _Absent()
 Path = tuple[str | int, ...]
 
 
-def same(a: Any, b: Any) -> bool:
-    """JSON equality: ``True`` is not ``1``, NaN and :data:`ABSENT` agree with nothing."""
+def same(a: Any, b: Any, rel_tol: float = 0.0) -> bool:
+    """JSON equality: ``True`` is not ``1``, NaN and :data:`ABSENT` agree with nothing; two
+    finite floats within ``rel_tol`` (relative, of the larger) agree when it is > 0."""
     if a is ABSENT or b is ABSENT:
         return False
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return False
     if isinstance(a, bool) or isinstance(b, bool):
         return type(a) is type(b) and a == b
+    if rel_tol > 0 and type(a) is float and type(b) is float:
+        return math.isclose(a, b, rel_tol=rel_tol, abs_tol=0.0)
     return bool(a == b)
 
 
@@ -50,10 +53,11 @@ class FieldCheck:
     field: str
     reported: Any
     recomputed: Any
+    rel_tol: float = 0.0  # the method's ``float_rel_tol``
 
     @property
     def agree(self) -> bool:
-        return same(self.reported, self.recomputed)
+        return same(self.reported, self.recomputed, self.rel_tol)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -142,11 +146,13 @@ def compare_results(
     recomputed: Mapping[str, Any],
     *,
     skip: tuple[str, ...] = (),
+    rel_tol: float = 0.0,
 ) -> list[FieldCheck]:
     """Leaf-by-leaf checks of two results blocks, in the reported block's order (then the
-    leaves only the recomputed one has), skipping ``skip`` and everything below it."""
+    leaves only the recomputed one has), skipping ``skip`` and everything below it; float
+    leaves agree within ``rel_tol`` (0: exactly)."""
     mine = {p: v for p, v in leaves(reported) if not is_under(p, skip)}
     theirs = {p: v for p, v in leaves(recomputed) if not is_under(p, skip)}
-    checks = [FieldCheck(dotted(p), v, theirs.get(p, ABSENT)) for p, v in mine.items()]
+    checks = [FieldCheck(dotted(p), v, theirs.get(p, ABSENT), rel_tol) for p, v in mine.items()]
     checks += [FieldCheck(dotted(p), ABSENT, v) for p, v in theirs.items() if p not in mine]
     return checks

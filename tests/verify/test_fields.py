@@ -132,3 +132,25 @@ def test_the_absent_marker_agrees_with_nothing() -> None:
     assert [(c.field, c.reported) for c in bad] == [("forged", "(absent)")]
     assert bad[0].to_dict()["recomputed"] == "(absent)"
     assert not same(ABSENT, ABSENT)
+
+
+def test_a_method_tolerance_admits_only_float_rounding() -> None:
+    """``float_rel_tol`` (the marginal method's LAPACK rounding): floats within it agree,
+    a real change, an integer, a string or a boolean never does; 0 is bit for bit."""
+    reported = {"bound": 0.24836349856651155, "iterations": 19, "kernel": "relu", "ok": True}
+    rounded = {**reported, "bound": 0.24836349856651146}  # measured: BLAS threads 1 vs 2
+    assert not all(c.agree for c in compare_results(reported, rounded))
+    assert all(c.agree for c in compare_results(reported, rounded, rel_tol=1e-9))
+    for forged in ({"bound": 0.2483 * (1 + 1e-6)}, {"iterations": 20}, {"kernel": "erf"}):
+        checks = compare_results(reported, {**reported, **forged}, rel_tol=1e-9)
+        assert [c.field for c in checks if not c.agree] == list(forged)
+    assert not same(1, 1.0000000001, rel_tol=1e-6)  # an int is never a float within tolerance
+    assert not same(math.nan, math.nan, rel_tol=1.0)
+
+
+def test_every_method_declares_its_tolerance_and_checkpoint_need() -> None:
+    from pacbound.certify.registry import METHODS
+
+    tolerances = {name: m.float_rel_tol for name, m in METHODS.items()}
+    assert tolerances == {"gaussian": 0.0, "subspace": 0.0, "quantize": 0.0, "marginal": 1e-9}
+    assert [n for n, m in METHODS.items() if not m.needs_checkpoint] == ["marginal"]
