@@ -272,17 +272,41 @@ def test_conv_kernel_depth_one_is_one_conv_layer() -> None:
     assert np.allclose(conv_nngp(x, depth=1, sigma_w=1.2, sigma_b=0.3), exact, rtol=1e-10)
 
 
-def test_conv_kernel_is_the_kernel_of_one_more_conv_layer_than_its_depth() -> None:
-    """What conv_nngp computes today (the held part of the attack above): a valid PSD
-    kernel fixed before S, so the certificate is true for the GP it names by its numbers;
-    depth 0 is exactly one conv+ReLU layer."""
+def _one_layer_depth() -> int:
+    """The ``depth`` argument that makes conv_nngp one conv+ReLU layer (0 before the fix of
+    the off-by-one above, 1 after)."""
     from pacbound.marginal import conv_nngp
 
-    x = np.random.default_rng(1).standard_normal((3, 2, 4, 4))
-    exact = _one_conv_layer_kernel(x, 1.2, 0.3, 3)
-    k0 = conv_nngp(x, depth=0, sigma_w=1.2, sigma_b=0.3)
-    if not np.allclose(k0, exact, rtol=1e-10):  # fixed: depth counts the conv layers
-        assert np.allclose(conv_nngp(x, depth=1, sigma_w=1.2, sigma_b=0.3), exact, rtol=1e-10)
+    x = np.random.default_rng(1).standard_normal((2, 1, 3, 3))
+    one = _one_conv_layer_kernel(x, 1.0, 0.1, 3)
+    try:
+        zero = conv_nngp(x, depth=0, sigma_w=1.0, sigma_b=0.1)
+    except InvalidInputError:  # depth counts conv layers: 0 is refused
+        return 1
+    return 0 if np.allclose(zero, one) else 1
+
+
+@pytest.mark.parametrize("filter_size", [1, 5, 9])
+def test_conv_kernel_of_any_filter_that_fits_against_explicit_patches(filter_size: int) -> None:
+    """Non-square 4 × 5 images, 2 channels, filters up to 9 (shifts past the border)."""
+    from pacbound.marginal import conv_nngp
+
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 5))
+    got = conv_nngp(x, depth=_one_layer_depth(), sigma_w=1.2, sigma_b=0.3, filter_size=filter_size)
+    assert np.allclose(got, _one_conv_layer_kernel(x, 1.2, 0.3, filter_size), rtol=1e-12)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole (exit codes): a conv filter of size ≥ 2·height + 3 crashes _patch_sum "
+    "(ValueError: shifts past the image give slices with a negative stop; exit 5)",
+)
+def test_conv_kernel_with_a_filter_larger_than_the_image() -> None:
+    from pacbound.marginal import conv_nngp
+
+    x = np.random.default_rng(0).standard_normal((3, 2, 4, 5))
+    got = conv_nngp(x, depth=_one_layer_depth(), sigma_w=1.2, sigma_b=0.3, filter_size=11)
+    assert np.allclose(got, _one_conv_layer_kernel(x, 1.2, 0.3, 11), rtol=1e-12)
 
 
 # --- multi-class: argmax of C GPs against brute force ----------------------------------------
