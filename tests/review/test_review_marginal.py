@@ -545,3 +545,28 @@ def test_verify_accepts_the_honest_report(certified: Path) -> None:
     assert code == 0, err
     fields = {f["field"] for f in json.loads(out)["fields"]}
     assert {"bound", "log_orthant.log_lower", "labels.counts[1]", "n"} <= fields
+
+
+def test_every_printed_bound_is_rounded_the_safe_way(certified: Path) -> None:
+    """The terminal table of certify: the bound and KL rounded up, ln P(U) rounded down
+    (the JSON values are the exact ones); the markdown report row too."""
+    import re
+
+    code, out, err = _run(
+        *BASE, "--data", str(certified / "d.npz"), "--label-map", "0-1:0,2-3:1"
+    )  # fmt: skip
+    assert code == 0, err
+    res = json.loads((certified / "r.json").read_text())["results"]
+
+    def number(label: str) -> float:
+        match = re.search(re.escape(label) + r"\s*│\s*(-?[0-9.]+)", out)
+        assert match, (label, out)
+        return float(match.group(1))
+
+    assert number("bound on true 0-1 error") >= res["bound"]
+    assert number("certified ln P(U) ≥") <= res["log_orthant"]["log_lower"]
+    assert number("KL(Q‖P) = −ln P(U) ≤") >= res["kl_nats"]
+    code, table, err = _run("report", str(certified / "r.json"), "--format", "markdown")
+    assert code == 0, err
+    row = table.strip().splitlines()[-1].split("|")
+    assert float(row[8]) >= res["bound"] and float(row[6]) >= res["kl_nats"]
