@@ -58,11 +58,12 @@ def run(
     published: dict[str, Any],
     prior_recipe: PriorTrainingRecipe | None = None,
     prior_fraction: float = 0.5,
+    n: int | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     device = resolve_device(args.device)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    train_set = load_dataset(DATA, split="train", label_map=label_map)
+    train_set = load_dataset(DATA, split="train", label_map=label_map, subset=n)
     test_set = load_dataset(DATA, split="test", label_map=label_map)
     num_classes = train_set.num_classes
     torch.manual_seed(args.seed)

@@ -2,6 +2,13 @@
 
     python benchmarks/bench_marginal.py                       # n = 1000, 2000, 5000, 10000
     python benchmarks/bench_marginal.py --n 1000 2000         # a quick run
+    python benchmarks/bench_marginal.py --gaussian            # the comparison rows
+
+``--gaussian``: for the same n, the Gaussian PAC-Bayes certificate (prior at the init,
+diagonal posterior; ``benchmarks/_mnist_gaussian.py``, the recipe of Dziugaite & Roy's T-600
+row) of an SGD-trained MLP of the same depth (784-256-256-2), trained from its saved init for
+``ceil(100000 / n)`` epochs (the same number of SGD steps at every n) and its posterior for
+``ceil(300000 / n)`` epochs; writes ``benchmarks/results/marginal_gaussian_mlp.json``.
 
 Task: MNIST, labels 0–4 → 0 and 5–9 → 1, the first n training images, pixels / 255
 (``pacbound.io.datasets.load_dataset``, as the CLI loads them), flattened (d = 784).
@@ -131,22 +138,52 @@ def one(n: int, samples: int) -> dict[str, Any]:
     }
 
 
+def gaussian_row(n: int) -> dict[str, Any]:
+    """The Gaussian certificate of an SGD-trained MLP of the NNGP's depth on the same n."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from _mnist_gaussian import add_common_arguments, run
+
+    from pacbound.posterior.priors import PriorMean
+
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    args = parser.parse_args([])
+    args.sgd_epochs, args.posterior_epochs = math.ceil(1e5 / n), math.ceil(3e5 / n)
+    args.posterior_lr, args.p_min = 0.1, 0.1  # T-600's recipe
+    return run(
+        args,
+        name=f"gaussian-mlp-binary-mnist-n{n}",
+        hidden=[256] * DEPTH,
+        label_map="0-4:0,5-9:1",
+        prior=PriorMean.INIT,
+        delta=0.035,
+        mc_delta=0.01,
+        published={},
+        n=n,
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 2000, 5000, 10000])
     parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--gaussian", action="store_true", help="the Gaussian MLP rows")
     parser.add_argument("--one", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/marginal.json")
+    parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
+    default = "marginal_gaussian_mlp.json" if args.gaussian else "marginal.json"
+    args.out = args.out or ROOT / "benchmarks/results" / default
     if args.one is not None:
-        print(json.dumps(one(args.one, args.samples), allow_nan=False))
+        row = gaussian_row(args.one) if args.gaussian else one(args.one, args.samples)
+        print(json.dumps(row, allow_nan=False))
         return
     rows = []
     for n in args.n:
         load_before = os.getloadavg()
         start = time.perf_counter()
         proc = subprocess.run(
-            [sys.executable, __file__, "--one", str(n), "--samples", str(args.samples)],
+            [sys.executable, __file__, "--one", str(n), "--samples", str(args.samples)]
+            + (["--gaussian"] if args.gaussian else []),
             capture_output=True,
             text=True,
             check=False,
@@ -156,6 +193,7 @@ def main() -> None:
             row: dict[str, Any] = {"n": n, "exit_code": proc.returncode, "log": proc.stderr[-2000:]}
         else:
             row = json.loads(proc.stdout.strip().splitlines()[-1])
+        row.setdefault("n", n)
         row.update(wall_seconds=wall, load_before=load_before, load_after=os.getloadavg())
         rows.append(row)
         print(
@@ -168,8 +206,13 @@ def main() -> None:
             file=sys.stderr,
             flush=True,
         )
+    what = (
+        "Gaussian PAC-Bayes, SGD-trained MLP 784-256-256-2, prior at the init"
+        if args.gaussian
+        else "marginal-likelihood certificate, FC ReLU NNGP"
+    )
     result = {
-        "benchmark": "marginal-likelihood certificate, binary MNIST (0-4 vs 5-9), FC ReLU NNGP",
+        "benchmark": f"{what}, binary MNIST (0-4 vs 5-9)",
         "samples": args.samples,
         "is_seed": IS_SEED,
         "ep": {"tol": EP_TOL, "damping": EP_DAMPING, "max_iter": EP_MAX_ITER},
