@@ -20,7 +20,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from pacbound.certify.registry import METHODS
 from pacbound.cli.main import cli
+from pacbound.verify.fields import compare_results
 from tests.parallel.test_gloo import free_port
 from tests.report._tiny import make_task, model_and_data
 
@@ -130,8 +132,9 @@ def test_verify_under_torchrun(plain_report: Path) -> None:
 
 def test_marginal_is_replicated_on_every_rank(task: Path, tmp_path: Path) -> None:
     """--method marginal (one dense job, computed whole by every rank; the checkpoint's
-    held-out count is sharded): two processes give the plain report's results, and verify
-    under torchrun agrees."""
+    held-out count is sharded): two processes give the plain report's results up to the
+    method's ``float_rel_tol`` (torchrun sets OMP_NUM_THREADS=1, and LAPACK's rounding
+    depends on the BLAS thread count), integers and strings exactly."""
     args = ["certify", *model_and_data(task), "--method", "marginal", "--is-samples", "100"]
     args += ["--heldout", str(task / "test.npz"), "--threads", "1", "--quiet"]
     plain = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plain.json")])
@@ -139,7 +142,12 @@ def test_marginal_is_replicated_on_every_rank(task: Path, tmp_path: Path) -> Non
     done = run([*standalone(2), *args, "-o", str(tmp_path / "two.json")])
     assert done.returncode == 0, done.stderr
     two = json.loads((tmp_path / "two.json").read_text())
-    assert two["results"] == json.loads((tmp_path / "plain.json").read_text())["results"]
+    one = json.loads((tmp_path / "plain.json").read_text())["results"]
+    marginal = METHODS["marginal"]  # compared as verify compares them
+    skip = tuple(marginal.choice_fields)
+    checks = compare_results(one, two["results"], skip=skip, rel_tol=marginal.float_rel_tol)
+    assert [c.field for c in checks if not c.agree] == []
+    assert two["results"]["bound"] == pytest.approx(one["bound"], rel=1e-12)
     assert two["environment"]["world_size"] == 2
     assert two["results"]["heldout"]["checkpoint_error"] is not None
 
