@@ -540,6 +540,29 @@ def test_verify_refuses_a_forged_report(certified: Path, name: str, edit: Any) -
     assert code == 1 or "label" in err or "kernel" in err
 
 
+def _scaled(factor: float) -> Any:
+    def edit(document: dict[str, Any]) -> None:
+        document["results"]["bound"] *= factor
+
+    return edit
+
+
+def test_verify_refuses_a_bound_forged_below_its_tolerance(certified: Path) -> None:
+    code, _, err = _run("verify", str(_forge(certified, "low6", _scaled(1 - 1e-6))))
+    assert code == 1 and "bound" in err, err
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole (verify, not a marginal file): the marginal method's float_rel_tol = 1e-9 is "
+    "symmetric, so a report whose bound was lowered by 5e-10 (relative) verifies; at a "
+    "rounding boundary its printed bound (rounded up) is below the recomputed one's",
+)
+def test_verify_refuses_a_bound_forged_lower_within_the_tolerance(certified: Path) -> None:
+    code, _, err = _run("verify", str(_forge(certified, "low10", _scaled(1 - 5e-10))))
+    assert code == 1 and "bound" in err, err
+
+
 def test_verify_accepts_the_honest_report(certified: Path) -> None:
     code, out, err = _run("verify", str(certified / "r.json"), "--json")
     assert code == 0, err
