@@ -249,7 +249,7 @@ def certified_log_orthant(
     ess = float(math.exp(2.0 * logsumexp(log_w) - logsumexp(2.0 * log_w)))
     return OrthantLowerBound(
         log_estimate=log_est,
-        log_lower=log_est - math.log(1.0 / delta) - margin,
+        log_lower=log_est + math.log(delta) - margin,  # ln δ: finite for subnormal δ
         delta=delta,
         samples=samples,
         seed=int(seed),

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pacbound.errors import InvalidInputError
+from pacbound.errors import InvalidInputError, NumericalError
 
 KERNELS = ("relu", "erf", "conv-relu", "monte-carlo")
 NONLINEARITIES = ("relu", "erf")
@@ -135,17 +135,43 @@ def fc_nngp(
             f"nonlinearity {nonlinearity!r} is unknown; choose one of {', '.join(NONLINEARITIES)}",
             param="nonlinearity",
         )
-    sw2, sb2 = float(sigma_w) ** 2, float(sigma_b) ** 2
-    k = sw2 * (x @ x.T) / x.shape[1] + sb2
-    for _ in range(int(depth)):
-        diag = np.diag(k).copy()
-        for s in range(0, k.shape[0], FC_ROW_BLOCK):  # in place, row blocks bound memory
-            rows = slice(s, s + FC_ROW_BLOCK)
-            e = _expect(nonlinearity, k[rows], diag[rows, None], diag[None, :])
-            k[rows] = sw2 * e + sb2
-        np.fill_diagonal(k, sw2 * _expect(nonlinearity, diag, diag, diag) + sb2)
-    k += k.T
-    k *= 0.5
+    sw2, sb2 = _squares(sigma_w, sigma_b)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: _finite refuses it
+        k = sw2 * (x @ x.T) / x.shape[1] + sb2
+        for _ in range(int(depth)):
+            diag = np.diag(k).copy()
+            for s in range(0, k.shape[0], FC_ROW_BLOCK):  # in place, row blocks bound memory
+                rows = slice(s, s + FC_ROW_BLOCK)
+                e = _expect(nonlinearity, k[rows], diag[rows, None], diag[None, :])
+                k[rows] = sw2 * e + sb2
+            np.fill_diagonal(k, sw2 * _expect(nonlinearity, diag, diag, diag) + sb2)
+        k += k.T
+        k *= 0.5
+    return _finite(k)
+
+
+def _squares(sigma_w: float, sigma_b: float) -> tuple[float, float]:
+    """σ_w², σ_b²; InvalidInputError when a square overflows float64."""
+    try:
+        sw2, sb2 = float(sigma_w) ** 2, float(sigma_b) ** 2
+    except OverflowError:
+        sw2 = sb2 = math.inf
+    if not (math.isfinite(sw2) and math.isfinite(sb2)):
+        raise InvalidInputError(
+            f"sigma_w {sigma_w:g} or sigma_b {sigma_b:g} is too large: its square overflows "
+            "float64; choose a smaller --sigma-w/--sigma-b",
+            param="sigma_w",
+        )
+    return sw2, sb2
+
+
+def _finite(k: NDArray) -> NDArray[np.float64]:
+    """``k``, or NumericalError when the recursion overflowed float64."""
+    if not np.all(np.isfinite(k)):
+        raise NumericalError(
+            "the NNGP kernel overflows float64 (sigma_w^(2·depth) × |x|² is too large): choose "
+            "a smaller --sigma-w/--sigma-b or rescale the inputs"
+        )
     return k
 
 
@@ -157,7 +183,11 @@ def _patch_sum(m: NDArray, r: int) -> NDArray:
     out = np.zeros_like(m)
     h, w = m.shape[1], m.shape[2]
     for du in range(-r, r + 1):
+        if abs(du) >= h:
+            continue  # the shifted image lies wholly in the zero padding
         for dv in range(-r, r + 1):
+            if abs(dv) >= w:
+                continue
             dst_a = slice(max(0, -du), min(h, h - du))
             src_a = slice(max(0, du), min(h, h + du))
             dst_b = slice(max(0, -dv), min(w, w - dv))
@@ -189,7 +219,7 @@ def conv_nngp(
     """NNGP kernel of a ReLU CNN on images ``x`` of shape (n, c, h, w) (Novak et al. 2019;
     Garriga-Alonso et al. 2019).
 
-    Network: ``depth`` conv layers (stride 1, odd ``filter_size`` k, zero "same" padding,
+    Network: ``depth`` ≥ 1 conv layers (stride 1, odd ``filter_size`` k, zero "same" padding,
     weights N(0, σ_w²/(C k²)), biases N(0, σ_b²)) each followed by ReLU, then global average
     pooling and a dense readout (weights N(0, σ_w²/C), bias N(0, σ_b²)). The recursion keeps,
     for each pair of images, the P × P covariance of the P = h·w positions:
@@ -200,6 +230,10 @@ def conv_nngp(
     suits small images (8×8: P² = 4096) or small n; use a Monte-Carlo kernel otherwise.
     """
     x = _check_inputs(x, 4, "(n, c, h, w)")
+    if depth < 1:
+        raise InvalidInputError(
+            f"conv-relu depth counts its conv+ReLU layers: need ≥ 1, got {depth}", param="depth"
+        )
     if pooling != "global-average":
         raise InvalidInputError(
             f"pooling {pooling!r} is unknown; choose global-average", param="pooling"
@@ -210,29 +244,30 @@ def conv_nngp(
         )
     n, c = x.shape[:2]
     r, k2 = filter_size // 2, float(filter_size) ** 2
-    sw2, sb2 = float(sigma_w) ** 2, float(sigma_b) ** 2
-    # self variances per position (only the diagonal of K(x, x) is needed for the recursion)
-    diags = [sw2 * _diag_patch_sum(np.einsum("nchw,nchw->nhw", x, x), r) / (c * k2) + sb2]
-    for _ in range(depth):
-        e = _expect("relu", diags[-1], diags[-1], diags[-1])
-        diags.append(sw2 * _diag_patch_sum(e, r) / k2 + sb2)
-    pairs_i, pairs_j = np.triu_indices(n)
-    out = np.empty((n, n))
-    for start in range(0, pairs_i.size, CONV_CHUNK):
-        ii, jj = pairs_i[start : start + CONV_CHUNK], pairs_j[start : start + CONV_CHUNK]
-        m = np.einsum("bcij,bckl->bijkl", x[ii], x[jj])
-        m = sw2 * _patch_sum(m, r) / (c * k2) + sb2
-        for layer in range(depth + 1):
-            d1 = diags[layer][ii][:, :, :, None, None]
-            d2 = diags[layer][jj][:, None, None, :, :]
-            e = _expect("relu", m, d1, d2)
-            if layer == depth:
-                vals = sw2 * e.reshape(len(ii), -1).mean(axis=1) + sb2
-            else:
-                m = sw2 * _patch_sum(e, r) / k2 + sb2
-        out[ii, jj] = vals
-        out[jj, ii] = vals
-    return out
+    sw2, sb2 = _squares(sigma_w, sigma_b)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow: _finite refuses it
+        # self variances per position (only the diagonal of K(x, x) is needed for the recursion)
+        diags = [sw2 * _diag_patch_sum(np.einsum("nchw,nchw->nhw", x, x), r) / (c * k2) + sb2]
+        for _ in range(depth - 1):
+            e = _expect("relu", diags[-1], diags[-1], diags[-1])
+            diags.append(sw2 * _diag_patch_sum(e, r) / k2 + sb2)
+        pairs_i, pairs_j = np.triu_indices(n)
+        out = np.empty((n, n))
+        for start in range(0, pairs_i.size, CONV_CHUNK):
+            ii, jj = pairs_i[start : start + CONV_CHUNK], pairs_j[start : start + CONV_CHUNK]
+            m = np.einsum("bcij,bckl->bijkl", x[ii], x[jj])
+            m = sw2 * _patch_sum(m, r) / (c * k2) + sb2
+            for layer in range(depth):
+                d1 = diags[layer][ii][:, :, :, None, None]
+                d2 = diags[layer][jj][:, None, None, :, :]
+                e = _expect("relu", m, d1, d2)
+                if layer == depth - 1:
+                    vals = sw2 * e.reshape(len(ii), -1).mean(axis=1) + sb2
+                else:
+                    m = sw2 * _patch_sum(e, r) / k2 + sb2
+            out[ii, jj] = vals
+            out[jj, ii] = vals
+    return _finite(out)
 
 
 def _check_no_duplicates(x: NDArray) -> None:

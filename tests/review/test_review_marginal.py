@@ -258,12 +258,6 @@ def _one_conv_layer_kernel(x: np.ndarray, sw: float, sb: float, k: int) -> np.nd
     return sw**2 * e + sb**2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole (the classifier the report names): conv_nngp(depth=d) is the kernel of a "
-    "CNN with d + 1 conv+ReLU layers, while --kernel-depth, the docstring and the report say "
-    "d hidden layers (the depth-1 kernel test is 10 % off, inside its 4.5-se tolerance)",
-)
 def test_conv_kernel_depth_one_is_one_conv_layer() -> None:
     from pacbound.marginal import conv_nngp
 
@@ -296,11 +290,6 @@ def test_conv_kernel_of_any_filter_that_fits_against_explicit_patches(filter_siz
     assert np.allclose(got, _one_conv_layer_kernel(x, 1.2, 0.3, filter_size), rtol=1e-12)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole (exit codes): a conv filter of size ≥ 2·height + 3 crashes _patch_sum "
-    "(ValueError: shifts past the image give slices with a negative stop; exit 5)",
-)
 def test_conv_kernel_with_a_filter_larger_than_the_image() -> None:
     from pacbound.marginal import conv_nngp
 
@@ -419,12 +408,6 @@ def test_bad_input_ends_with_the_documented_exit_code(
     assert message in err and out == ""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole (exit codes): --sigma-b/--sigma-w ≥ 1.35e154 crash with an internal error "
-    "(exit 5: OverflowError in float(sigma) ** 2); a kernel that overflows float64 surfaces "
-    "as 'EP posterior precision contains NaN or Inf' instead of naming σ",
-)
 @pytest.mark.parametrize("extra", [("--sigma-b", "1e200"), ("--sigma-w", "1e150")])
 def test_a_kernel_that_overflows_float64_is_refused_naming_sigma(
     tmp_path: Path, extra: tuple[str, str]
@@ -435,12 +418,6 @@ def test_a_kernel_that_overflows_float64_is_refused_naming_sigma(
     assert "sigma" in err.lower() and "overflow" in err.lower(), err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole (minor): δ_IS subnormal (e.g. 5e-324) gives ln(1/δ) = ln(inf): the "
-    "certified bound is -inf and the run is refused with 'log_lower must be finite'; "
-    "-ln δ is finite (744.4) and exact",
-)
 def test_a_subnormal_delta_is_still_a_finite_markov_term() -> None:
     r = certified_log_orthant(np.eye(2), samples=5, seed=0, delta=5e-324)
     assert r.log_lower == pytest.approx(2 * math.log(0.5) + math.log(5e-324), abs=1e-9)
