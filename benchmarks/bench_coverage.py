@@ -31,6 +31,7 @@ DELTAS = {
     "quantize": 0.2,
     "subspace": 0.2,
     "sequence-linear": 0.01,
+    "marginal-gp-teacher": 0.05,
 }
 
 

@@ -22,7 +22,7 @@ from pacbound.harness.gaussian_experiments import (
     GaussianPerBatchExperiment,
     MonteCarloExperiment,
 )
-from pacbound.harness.marginal_experiments import MarginalTeacherExperiment
+from pacbound.harness.marginal_experiments import marginal_experiment
 from pacbound.harness.planted import SequenceMonteCarloExperiment
 from pacbound.harness.point_experiments import (
     COMPRESSORS,
@@ -48,7 +48,7 @@ _METHOD_EXPERIMENTS: dict[str, dict[str, Builder]] = {
         "gaussian-per-batch": GaussianPerBatchExperiment,
     },
     **{kind: {kind: partial(CompressionExperiment, kind=kind)} for kind in COMPRESSORS},
-    "marginal": {"marginal-gp-teacher": MarginalTeacherExperiment},
+    "marginal": {"marginal-gp-teacher": marginal_experiment},
 }
 
 

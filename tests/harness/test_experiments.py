@@ -47,3 +47,13 @@ def test_follows_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_compression_experiment_needs_a_compressor() -> None:
     with pytest.raises(ValueError, match=r"no compressor .* 'prune'; valid: quantize, subspace"):
         CompressionExperiment(TASK, kind="prune")
+
+
+def test_every_experiment_takes_the_options_the_coverage_benchmark_passes() -> None:
+    """``benchmarks/bench_coverage.py`` builds every experiment with ``delta``,
+    ``truth_examples`` and ``seed``: each builder must accept them (the marginal experiment
+    did not, and the benchmark crashed after an hour of the other experiments)."""
+    for name in coverage_experiments():
+        experiment = make_experiment(name, TASK, delta=0.05, truth_examples=1000, seed=3)
+        assert experiment.name == name
+        assert experiment.delta == pytest.approx(0.05)
