@@ -96,5 +96,6 @@ def marginal_experiment(
     apply (Q's truth is measured by exact rejection sampling) and are ignored."""
     teacher = _default_task()
     if delta is not None:
-        teacher = replace(teacher, delta=0.8 * delta, delta_is=0.2 * delta)
+        delta_is = delta / 5  # PAC-Bayes gets the rest, so the parts never exceed delta
+        teacher = replace(teacher, delta=delta - delta_is, delta_is=delta_is)
     return MarginalTeacherExperiment(task, teacher=teacher, seed=seed)

@@ -56,4 +56,4 @@ def test_every_experiment_takes_the_options_the_coverage_benchmark_passes() -> N
     for name in coverage_experiments():
         experiment = make_experiment(name, TASK, delta=0.05, truth_examples=1000, seed=3)
         assert experiment.name == name
-        assert experiment.delta == pytest.approx(0.05)
+        assert experiment.delta <= 0.05 and experiment.delta == pytest.approx(0.05)
