@@ -136,6 +136,7 @@ def certificates(args: argparse.Namespace, workdir: Path) -> dict[str, list[str]
     subspace = ["--d", args.d, "--subspace-epochs", str(args.subspace_epochs), *compression]
     subspace += ["--subspace-lr", str(args.subspace_lr), "--subspace-lr-schedule", "cosine"]
     subspace += ["--subspace-batch-size", "256", "--qat-steps", str(args.qat_steps)]
+    subspace += ["--qat-examples", str(args.qat_examples)]
     pipeline = str(workdir / PRIOR_NETWORK)
     return {
         "gaussian-init": [*common, "--prior", "init", "--init", init, *diagonal, *heldout],
@@ -395,6 +396,7 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--subspace-epochs", type=int, default=12)
     p.add_argument("--subspace-lr", type=float, default=0.05)
     p.add_argument("--qat-steps", type=int, default=200)
+    p.add_argument("--qat-examples", type=int, default=2000, help="QAT's full-batch subset")
     p.add_argument("--levels", default="3,4,6", help="quantization level(s)")
     p.add_argument("--cost-examples", type=int, default=2048)
     p.add_argument("--cost-repeats", type=int, default=3)

@@ -38,7 +38,15 @@ from pacbound.certify.occam_options import (
 from pacbound.compressors import CompressedMessage, ModelFactory
 
 #: The options every compression method uses (click parameter names).
-SHARED_PARAMETERS = ("levels", "codebook", "precision", "qat_steps", "artifact")
+SHARED_PARAMETERS = (
+    "levels",
+    "codebook",
+    "precision",
+    "qat_steps",
+    "qat_examples",
+    "qat_lr",
+    "artifact",
+)
 
 
 class OccamMethod:

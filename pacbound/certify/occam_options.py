@@ -202,6 +202,8 @@ def options_from_params(params: Mapping[str, Any]) -> CompressionOptions:
         ),
         start=params["subspace_init"],
         qat_steps=params["qat_steps"],
+        qat_lr=params["qat_lr"],
+        qat_examples=params["qat_examples"],
         delta=params["delta"],
         heldout_delta=params.get("heldout_delta"),
         disagreement_delta=params.get("disagreement_delta"),

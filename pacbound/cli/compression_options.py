@@ -127,6 +127,21 @@ TUNING_OPTIONS = (
         show_default=True,
         help="Quantization-aware fine-tuning steps (straight-through).",
     ),
+    click.option(
+        "--qat-examples",
+        type=INT,
+        default=10000,
+        show_default=True,
+        help="Quantization-aware fine-tuning: the size of the seeded subset of the data set "
+        "whose full-batch loss each step follows (the whole set when smaller).",
+    ),
+    click.option(
+        "--qat-lr",
+        type=float,
+        default=1e-3,
+        show_default=True,
+        help="Quantization-aware fine-tuning: Adam learning rate.",
+    ),
 )
 
 

@@ -92,6 +92,8 @@ CHECKS: dict[str, Callable[[Any, str], Any]] = {
     "subspace_lr": check_positive,
     "subspace_batch_size": _at_least(1),
     "qat_steps": _at_least(0),
+    "qat_examples": _at_least(1),
+    "qat_lr": check_positive,
     "kernel_depth": _at_least(0),
     "kernel_filter_size": _at_least(1),
     "kernel_draws": _at_least(2),

@@ -34,6 +34,8 @@ PARAMS: dict[str, Any] = {
     "subspace_lr_schedule": "constant",
     "subspace_init": "zero",
     "qat_steps": 2,
+    "qat_examples": 10000,
+    "qat_lr": 1e-3,
     "delta": 0.05,
     "heldout_delta": None,
     "disagreement_delta": None,
@@ -83,6 +85,9 @@ def test_options_from_params_reads_every_parameter() -> None:
     assert options.d_grid == (20, 40) and options.levels_grid == (4, 8)
     assert options.start is SubspaceStart.CHECKPOINT
     assert options.training.epochs == 2 and options.batch_size == 1024
+    tuned = METHODS["subspace"].options({**PARAMS, "qat_examples": 300, "qat_lr": 0.02})
+    assert (tuned.qat_examples, tuned.qat_lr) == (300, 0.02)
+    assert tuned.report_options()["qat"] == {"steps": 2, "lr": 0.02, "examples": 300}
     nondeterministic = METHODS["subspace"].options({**PARAMS, "allow_nondeterministic": True})
     assert not nondeterministic.check_deterministic
     with pytest.raises(InvalidInputError, match="--method quantize codes the checkpoint's own"):

@@ -334,6 +334,8 @@ def test_method_conditions_are_derived_from_the_registry() -> None:
         (("--method", "subspace", "--subspace-lr", "0"), "--subspace-lr must be > 0"),
         (("--method", "subspace", "--subspace-batch-size", "0"), "--subspace-batch-size must"),
         (("--method", "quantize", "--qat-steps", "-1"), "--qat-steps must be at least 0"),
+        (("--method", "quantize", "--qat-examples", "0"), "--qat-examples must be at least 1"),
+        (("--method", "quantize", "--qat-lr", "0"), "--qat-lr must be"),
         (("--threads", "0"), "--threads must be at least 1, got 0"),
         (("--heldout", "{root}/d.csv", "--disagreement-delta", "0"), "--disagreement-delta must"),
         (
