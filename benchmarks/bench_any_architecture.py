@@ -124,6 +124,7 @@ def certificates(args: argparse.Namespace, workdir: Path) -> dict[str, list[str]
     arch = ["--arch", args.model, "--arch-kwargs", args.arch_kwargs]
     data = [*data_arguments("--data", "train", args.n, workdir), "--seed", str(args.seed)]
     data += ["--threads", str(args.threads)] if args.threads else []
+    data += ["--delta", str(args.delta)] if args.delta is not None else []
     common = [final, *arch, *data]
     heldout = data_arguments("--heldout", "test", args.n_test, workdir)
     diagonal = ["--posterior", "diagonal", "--posterior-epochs", str(args.posterior_epochs)]
@@ -401,6 +402,7 @@ def arguments() -> argparse.ArgumentParser:
     p.add_argument("--cost-examples", type=int, default=2048)
     p.add_argument("--cost-repeats", type=int, default=3)
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--delta", type=float, default=None, help="certify's --delta (default 0.05)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--device", default=None)
