@@ -22,7 +22,7 @@ every rank computes it (replicated, not sharded).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -36,6 +36,19 @@ from pacbound.certify.marginal_kernel import kernel_on, kernel_spec
 from pacbound.certify.marginal_options import MarginalOptions, derived_seed
 from pacbound.errors import NumericalError
 
+#: The relative margin every bound-side number pays inside the certificate (the certified
+#: ln P(U) lower bound lowered by this fraction of its size, the bound raised by it): LAPACK's
+#: rounding depends on the BLAS thread count and CPU (measured 3e-16 relative), so ``verify``
+#: recomputes these numbers only to within that; it accepts a reported one at most
+#: :data:`UNSAFE_SLACK` on the unsafe side of its recomputation (``MARGINAL.bound_fields``),
+#: which this margin covers ten times over: every report verify accepts states numbers on the
+#: safe side of the certificate verify itself computed.
+REPRODUCIBILITY_MARGIN = 1e-9
+#: How far (relative) a reported bound-side number may lie on the unsafe side of verify's
+#: recomputation (the floating-point noise between machines), ≪ the margin.
+UNSAFE_SLACK = 1e-10
+#: A search record's ``failed``: why a grid point gave no certificate.
+NO_FACTOR = "kernel not positive definite (Cholesky failed): no certificate, δ share spent"
 #: What the EP number is, said wherever it is shown.
 EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
 
@@ -120,8 +133,8 @@ def certify_point(
         lower = certified_log_orthant(
             cov, samples=options.is_samples, seed=seed, delta=imp.per_choice, ep=ep, cholesky=chol
         )
-    log_lower = min(float(lower.log_lower), 0.0)  # P(U) ≤ 1 whatever Ẑ says
-    bound = marginal_bound(log_lower, n, pac.per_choice)
+    log_lower = _paid(min(float(lower.log_lower), 0.0))  # P(U) ≤ 1 whatever Ẑ says
+    bound = _rounded_up(marginal_bound(log_lower, n, pac.per_choice))
     approximate = marginal_bound(min(float(ep.log_z), 0.0), n, pac.per_choice)
     verdict = Verdict(bound.value, sample.classes)
     results: dict[str, Any] = {
@@ -138,7 +151,11 @@ def certify_point(
         "kernel": {**spec.to_dict(), "grid_index": index, "grid_size": options.grid_size},
         "labels": _labels_block(sample, int(cov.shape[0])),
         "ep": _ep_block(ep, approximate.value),
-        "log_orthant": lower.to_dict(),
+        "log_orthant": {
+            **lower.to_dict(),
+            "log_lower": log_lower,
+            "reproducibility_margin": REPRODUCIBILITY_MARGIN,
+        },
         "gap_nats": float(ep.log_z) - log_lower,
         "heldout": None,
     }
@@ -158,18 +175,44 @@ def certify_point(
     return PointCertificate(index, spec, bound, budget, verdict, results)
 
 
+def _paid(log_lower: float) -> float:
+    """ln P̲(U) lowered by :data:`REPRODUCIBILITY_MARGIN` of its size (still a lower bound)."""
+    return log_lower - REPRODUCIBILITY_MARGIN * abs(log_lower)
+
+
+def _rounded_up(bound: BoundResult) -> BoundResult:
+    """The bound raised by :data:`REPRODUCIBILITY_MARGIN` of itself (at most 1: still an
+    upper bound)."""
+    value = min(bound.value * (1.0 + REPRODUCIBILITY_MARGIN), 1.0)
+    return replace(bound, value=max(value, bound.value))
+
+
+class NotPositiveDefinite(NumericalError):
+    """The prior's kernel (with its jitter) is not positive definite on S: this grid point
+    gives no certificate (exit 4 when no grid point gives one)."""
+
+
+def not_positive_definite(jitters: tuple[float, ...]) -> str:
+    """The message of a failed Cholesky factorisation: never a value derived from S's kernel
+    (a jitter chosen after seeing S would be a prior chosen after seeing S, unpaid)."""
+    which = ", ".join(f"{j:g}" for j in jitters)
+    every = " at every grid point" if len(jitters) > 1 else ""
+    return (
+        f"the prior's kernel is not positive definite after --jitter {which}{every} (its "
+        "Cholesky factorisation failed). The jitter is part of the prior: a larger value "
+        "chosen now, after seeing S, would make the certificate unsound; to keep it sound, "
+        "pass a --jitter grid fixed in advance (e.g. --jitter 1e-6,1e-4,1e-2, each point paid "
+        "in δ by the union bound)"
+    )
+
+
 def _cholesky(cov: np.ndarray, jitter: float) -> np.ndarray:
     """The lower Cholesky factor of the constraint covariance, shared by EP, the certified
-    bound and the held-out draws; NumericalError (exit 4) when it is not positive definite."""
+    bound and the held-out draws; :class:`NotPositiveDefinite` (exit 4) when it fails."""
     try:
         return np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
-        mean = float(np.mean(np.diag(cov)))
-        raise NumericalError(
-            f"the prior's kernel is not positive definite after --jitter {jitter:g} (its "
-            f"Cholesky factorisation failed): give a larger --jitter (e.g. 1e-6 × the mean "
-            f"diagonal, {1e-6 * mean:.3g}) or remove nearly identical inputs"
-        ) from None
+        raise NotPositiveDefinite(not_positive_definite((jitter,))) from None
 
 
 def _classifier(spec: Any) -> str:
@@ -199,20 +242,38 @@ def choose_kernel(
     timer: Timer | None = None,
 ) -> tuple[PointCertificate, list[dict[str, Any]]]:
     """Certify every grid point; keep the smallest certified bound (the union bound pays for
-    the choice). Returns the chosen point's certificate (with the held-out estimate) and the
-    search record."""
+    the choice: every point costs its δ/|grid|, also one whose kernel is not positive
+    definite, which gives no certificate; exit 4 when none gives one). Returns the chosen
+    point's certificate (with the held-out estimate) and the search record."""
     search: list[dict[str, Any]] = []
     best: PointCertificate | None = None
     single = options.grid_size == 1
-    for index in range(options.grid_size):
-        point = certify_point(
-            index, sample, options, heldout=heldout if single else None, device=device, timer=timer
-        )
+    for index, (sigma_w, sigma_b, jitter) in enumerate(options.grid()):
+        record: dict[str, Any] = {
+            "grid_index": index,
+            "sigma_w": sigma_w,
+            "sigma_b": sigma_b,
+            "jitter": jitter,
+        }
+        try:
+            point = certify_point(
+                index,
+                sample,
+                options,
+                heldout=heldout if single else None,
+                device=device,
+                timer=timer,
+            )
+        except NotPositiveDefinite:
+            if single:
+                raise
+            # no certificate: the trivial bound 1 (still true), its δ share spent all the same
+            failed = {"log_lower": None, "ep_log_z": None, "bound": 1.0, "failed": NO_FACTOR}
+            search.append({**record, **failed})
+            continue
         search.append(
             {
-                "grid_index": index,
-                "sigma_w": point.spec.sigma_w,
-                "sigma_b": point.spec.sigma_b,
+                **record,
                 "log_lower": point.results["log_orthant"]["log_lower"],
                 "ep_log_z": point.results["ep"]["log_z"],
                 "bound": point.bound.value,
@@ -220,7 +281,8 @@ def choose_kernel(
         )
         if best is None or point.bound.value < best.bound.value:
             best = point
-    assert best is not None
+    if best is None:
+        raise NotPositiveDefinite(not_positive_definite(options.jitter))
     if heldout is not None and not single:
         # the chosen point once more with its held-out estimate, as verify re-derives it
         best = certify_point(

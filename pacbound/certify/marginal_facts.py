@@ -28,7 +28,8 @@ def _kernel_text(kernel: Mapping[str, Any]) -> str:
 def marginal_facts(res: Mapping[str, Any]) -> Facts:
     """The marginal rows: kernel, ln P(U) (EP and certified), the gap, δ parts, held-out."""
     pac = next(p for p in res["delta_budget"]["parts"] if p["name"] == "pac-bayes")
-    search = res.get("search") or []
+    # grid points whose kernel was not positive definite gave no bound (they still cost δ)
+    search = [p for p in res.get("search") or [] if "failed" not in p]
     # the certified KL split at EP's value: the gap is what rigour costs (clipped to [0, KL])
     ep_part = min(max(-res["ep"]["log_z"], 0.0), res["kl_nats"])
     return Facts(

@@ -44,7 +44,7 @@ def kernel_spec(options: MarginalOptions, index: int, classes: int) -> Any:
     else the per-class second moment averaged over the classes)."""
     from pacbound.marginal import KernelSpec
 
-    sigma_w, sigma_b = options.grid()[index]
+    sigma_w, sigma_b, jitter = options.grid()[index]
     extra: dict[str, Any] = {}
     if options.kernel == "conv-relu":
         extra = {"filter_size": options.filter_size, "pooling": POOLING}
@@ -61,12 +61,12 @@ def kernel_spec(options: MarginalOptions, index: int, classes: int) -> Any:
         depth=options.depth if options.depth is not None else 0,
         sigma_w=sigma_w,
         sigma_b=sigma_b,
-        jitter=options.jitter,
+        jitter=jitter,
         extra=extra,
     )
 
 
-def _factory(options: MarginalOptions) -> Any:
+def network_factory(options: MarginalOptions) -> Any:
     """``seed ↦`` a fresh module of ``--arch`` initialised from that seed (monte-carlo)."""
     from pacbound.io.architectures import build_module, parse_arch
 
@@ -90,7 +90,7 @@ def _raw(spec: Any, options: MarginalOptions, x: Tensor, device: torch.device) -
 
         return np.asarray(
             monte_carlo_kernel(
-                _factory(options),
+                network_factory(options),
                 x.float(),  # the network's own precision
                 draws=int(spec.extra["draws"]),
                 seed=int(spec.extra["seed"]),

@@ -16,20 +16,28 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from pacbound.certify.common import Timer
-from pacbound.certify.marginal import PointCertificate, Sample, certify_point, choose_kernel
+from pacbound.certify.marginal import (
+    UNSAFE_SLACK,
+    PointCertificate,
+    Sample,
+    certify_point,
+    choose_kernel,
+)
 from pacbound.certify.marginal_facts import marginal_facts
-from pacbound.certify.marginal_heldout import HeldoutSet, refuse_multiclass
+from pacbound.certify.marginal_heldout import HeldoutSet
 from pacbound.certify.marginal_kernel import check_memory, kernel_spec
 from pacbound.certify.marginal_options import (
     ANALYTIC,
     MarginalOptions,
     options_from_params,
     options_from_report,
+    resolve_classes,
 )
 from pacbound.certify.method import (
     Certificate,
@@ -55,7 +63,9 @@ def _kernel_is(*names: str) -> OptionRule:
 
 
 PARAMETERS: dict[str, OptionRule | None] = {
-    **dict.fromkeys(("kernel", "jitter", "is_samples", "is_delta", "save_kernel", "max_memory")),
+    **dict.fromkeys(
+        ("kernel", "jitters", "num_classes", "is_samples", "is_delta", "save_kernel", "max_memory")
+    ),
     **dict.fromkeys(("kernel_depth", "sigma_w", "sigma_b"), _kernel_is(*ANALYTIC)),
     "kernel_filter_size": _kernel_is("conv-relu"),
     "kernel_draws": _kernel_is("monte-carlo"),
@@ -83,6 +93,22 @@ class MarginalMethod:
     #: rounding depends on the BLAS thread count and CPU (measured: 3e-16 relative between
     #: OPENBLAS_NUM_THREADS=1 and 2); verify accepts float leaves within 1e-9 relative
     float_rel_tol: float = 1e-9
+    #: the bound-side leaves, compared one-sidedly (``pacbound.verify.fields.on_safe_side``):
+    #: a reported one may lie at most ``unsafe_rel_tol`` on the unsafe side of verify's
+    #: recomputation, which the margin certify paid inside them
+    #: (:data:`~pacbound.certify.marginal.REPRODUCIBILITY_MARGIN`) covers ten times over
+    bound_fields: Mapping[str, str] = MappingProxyType(
+        {
+            "bound": "upper",
+            "kl_nats": "upper",
+            "certificate_terms.value": "upper",
+            "certificate_terms.complexity_nats": "upper",
+            "certificate_terms.terms.kl": "upper",
+            "certificate_terms.terms.log_p_u_lower": "lower",
+            "log_orthant.log_lower": "lower",
+        }
+    )
+    unsafe_rel_tol: float = UNSAFE_SLACK
 
     def options(self, params: Mapping[str, Any]) -> MarginalOptions:
         return options_from_params(params)
@@ -92,6 +118,7 @@ class MarginalMethod:
 
     def run(self, inputs: RunInputs, options: MarginalOptions) -> MethodRun:
         options = _resolve_memory(options, inputs)
+        options = resolve_classes(options, lambda: _arch_width(options, inputs))
         sample, heldout = _prepare(inputs, options)
         timer = Timer()
         point, search = choose_kernel(
@@ -133,34 +160,55 @@ def _resolve_memory(options: MarginalOptions, inputs: RunInputs) -> MarginalOpti
     return replace(options, max_memory=default_max_memory(inputs.device))
 
 
+def _arch_width(options: MarginalOptions, inputs: RunInputs) -> int:
+    """The output width of ``--arch`` (a Monte-Carlo kernel's C when nothing else gives it):
+    one network built from the kernel seed, one input's forward pass (the labels unread)."""
+    from pacbound.certify.common import model_num_outputs
+    from pacbound.certify.marginal_kernel import network_factory
+    from pacbound.certify.marginal_options import derived_seed
+
+    module = network_factory(options)(derived_seed(options.seed, "kernel"))
+    return model_num_outputs(module.to(inputs.device), inputs.data.x[0:1].float(), inputs.device)
+
+
+def _labels(y: Any, classes: int, option: str, path: Any) -> np.ndarray:
+    """The labels as int64, each in 0..C−1 (exit 3 naming the file otherwise)."""
+    labels = y.cpu().numpy().astype(np.int64)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = int(labels.max() if labels.max() >= classes else labels.min())
+        raise InvalidInputError(
+            f"{option} {path} holds the label {bad}, outside 0..{classes - 1} for the C = "
+            f"{classes} classes fixed in advance: give the right --num-classes (fixed before "
+            "reading the labels) or a --label-map that covers every label",
+            param=option,
+        )
+    return labels
+
+
 def _prepare(inputs: RunInputs, options: MarginalOptions) -> tuple[Sample, HeldoutSet | None]:
     """The sample as the kernel sees it and the held-out set, after the checks that cost
-    nothing (memory budget, two classes for the held-out estimate)."""
+    nothing (C fixed in advance and every label below it, the memory budget)."""
     data = inputs.data
-    n, classes = data.n, data.num_classes
-    if classes < 2:
-        raise InvalidInputError(
-            f"--data {data.provenance.path} holds labels of one class only: Q would fit S by "
-            "predicting it everywhere, and the chance error is 0; give data of two classes or "
-            "more (or a --label-map that keeps two)",
-            param="--data",
-        )
+    n = data.n
+    if options.num_classes is None:
+        raise InvalidInputError("the number of classes is not fixed: give --num-classes")
+    classes = options.num_classes
+    labels = _labels(data.y, classes, "--data", data.provenance.path)
     budget = options.max_memory
     if budget is not None:
         check_memory(n, classes, budget)
     heldout = None
     if inputs.heldout is not None:
-        refuse_multiclass(classes)
         if budget is not None:
             check_memory(n + inputs.heldout.n, classes, budget, "--data with --heldout")
         heldout = HeldoutSet(
             inputs.heldout.x[0 : inputs.heldout.n],
-            inputs.heldout.y.cpu().numpy().astype(np.int64),
+            _labels(inputs.heldout.y, classes, "--heldout", inputs.heldout.provenance.path),
             _checkpoint_error(inputs, options),
         )
     sample = Sample(
         x=data.x[0:n],
-        labels=data.y.cpu().numpy().astype(np.int64),
+        labels=labels,
         classes=classes,
         label_map=data.provenance.label_map,
     )

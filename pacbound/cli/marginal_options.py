@@ -53,12 +53,24 @@ MARGINAL_OPTIONS = (
         help="marginal: bias standard deviation σ_b; a list is a grid (with --sigma-w's).",
     ),
     click.option(
+        "--num-classes",
+        type=INT,
+        default=None,
+        metavar="C",
+        help="marginal: the number of classes C (the prior has C GPs), fixed before the labels "
+        "are read; default: the targets of --label-map, or with --kernel monte-carlo the "
+        "output width of --arch. Never taken from the labels of --data.",
+    ),
+    click.option(
         "--jitter",
-        type=FLOAT,
+        "jitters",  # a grid, checked by the marginal method (not preflight's single value)
         default=DEFAULTS["jitter"],
         show_default=True,
+        metavar="J|J1,J2,…",
         help="marginal: white noise of this variance added to the prior (K + jitter·I): part "
-        "of the certified prior, not a numerical fudge.",
+        "of the certified prior, not a numerical fudge. A list is a grid (with --sigma-w's "
+        "and --sigma-b's), paid by the union bound; a point whose kernel is not positive "
+        "definite gives no certificate but still costs its share of δ.",
     ),
     click.option(
         "--kernel-filter-size",
@@ -101,8 +113,8 @@ MARGINAL_OPTIONS = (
 
 
 def marginal_options(func: F) -> F:
-    """--kernel, --kernel-depth, --sigma-w, --sigma-b, --jitter, --kernel-filter-size,
-    --kernel-draws, --is-samples, --is-delta, --save-kernel."""
+    """--kernel, --kernel-depth, --sigma-w, --sigma-b, --num-classes, --jitter,
+    --kernel-filter-size, --kernel-draws, --is-samples, --is-delta, --save-kernel."""
     for decorator in reversed(MARGINAL_OPTIONS):
         func = decorator(func)
     return func

@@ -94,13 +94,25 @@ def hash_check(report: Mapping[str, Any]) -> FieldCheck:
 def results_checks(
     method: Method, report: Mapping[str, Any], certificate: Certificate
 ) -> list[FieldCheck]:
-    """The reported results against the re-derived certificate's, leaf by leaf."""
+    """The reported results against the re-derived certificate's, leaf by leaf (a method's
+    bound-side leaves one-sidedly: :func:`tolerances`)."""
     return compare_results(
         report["results"],
         certificate.results,
         skip=tuple(method.choice_fields),
-        rel_tol=method.float_rel_tol,
+        **tolerances(method),
     )
+
+
+def tolerances(method: Method) -> dict[str, Any]:
+    """How a method's floats are compared: ``float_rel_tol`` (0: bit for bit), and the
+    bound-side leaves a method with a tolerance names (``bound_fields``, compared within
+    ``unsafe_rel_tol`` on their unsafe side; none for a method compared exactly)."""
+    return {
+        "rel_tol": method.float_rel_tol,
+        "sides": dict(getattr(method, "bound_fields", {})),
+        "unsafe_rel_tol": float(getattr(method, "unsafe_rel_tol", 0.0)),
+    }
 
 
 def _data_identity(
@@ -161,7 +173,7 @@ def verify_artifact_report(
     rederived = certificate.results
     shared = {k: v for k, v in results.items() if k in rederived}
     checks += compare_results(
-        shared, rederived, skip=tuple(method.choice_fields), rel_tol=method.float_rel_tol
+        shared, rederived, skip=tuple(method.choice_fields), **tolerances(method)
     )
     return Verification(method.name, tuple(checks))
 

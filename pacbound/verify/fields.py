@@ -6,6 +6,15 @@ only disagrees (shown as :data:`ABSENT` on the other side), so a forged field ca
 or removed either. The fields that describe *how* a hypothesis was chosen (a method's
 ``choice_fields``: search histories, training curves) are skipped with everything below them;
 they are not part of the certificate and ``verify`` does not redo the search.
+
+A method whose recomputation agrees only to a tolerance (``float_rel_tol``: LAPACK rounding
+that depends on the BLAS thread count) names its **bound-side** leaves (``bound_fields``:
+``"upper"`` for a bound, ``"lower"`` for a certified lower bound) and pays a margin inside
+its certificate; those leaves are compared one-sidedly (:func:`on_safe_side`): at most
+``unsafe_rel_tol`` (≪ the margin) on the unsafe side of the recomputed value, at most
+``rel_tol`` on the safe side. A bound forged lower (or a lower bound forged higher) by more
+than that floating-point slack is refused, and every accepted one still lies on the safe side
+of the certificate verify computed.
 """
 
 from __future__ import annotations
@@ -46,17 +55,52 @@ def same(a: Any, b: Any, rel_tol: float = 0.0) -> bool:
     return bool(a == b)
 
 
+#: The sides of a bound-side leaf: ``"upper"`` (a bound: reporting it lower is unsafe) and
+#: ``"lower"`` (a certified lower bound: reporting it higher is unsafe).
+SIDES = ("upper", "lower")
+
+
+def on_safe_side(
+    reported: Any, recomputed: Any, side: str, rel_tol: float, unsafe_rel_tol: float
+) -> bool:
+    """Whether a bound-side leaf agrees: two finite floats agree when the reported one lies
+    at most ``unsafe_rel_tol`` (relative, of the larger) on the unsafe side of the recomputed
+    one and at most ``rel_tol`` on the safe side; anything else as :func:`same` (exactly).
+
+    >>> on_safe_side(0.3 * (1 + 1e-10), 0.3, "upper", 1e-9, 1e-12)
+    True
+    >>> on_safe_side(0.3 * (1 - 1e-10), 0.3, "upper", 1e-9, 1e-12)
+    False
+    """
+    if side not in SIDES:
+        raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+    if type(reported) is not float or type(recomputed) is not float:
+        return same(reported, recomputed)
+    if not (math.isfinite(reported) and math.isfinite(recomputed)):
+        return same(reported, recomputed)
+    scale = max(abs(reported), abs(recomputed))
+    excess = reported - recomputed if side == "upper" else recomputed - reported
+    return -unsafe_rel_tol * scale <= excess <= rel_tol * scale
+
+
 @dataclass(frozen=True)
 class FieldCheck:
-    """One re-derived field: what the report says, what was recomputed, whether they agree."""
+    """One re-derived field: what the report says, what was recomputed, whether they agree
+    (within ``rel_tol``; one-sidedly when ``side`` names a bound-side leaf)."""
 
     field: str
     reported: Any
     recomputed: Any
     rel_tol: float = 0.0  # the method's ``float_rel_tol``
+    side: str | None = None  # "upper"/"lower": a bound-side leaf (``bound_fields``)
+    unsafe_rel_tol: float = 0.0
 
     @property
     def agree(self) -> bool:
+        if self.side is not None and self.reported is not ABSENT and self.recomputed is not ABSENT:
+            return on_safe_side(
+                self.reported, self.recomputed, self.side, self.rel_tol, self.unsafe_rel_tol
+            )
         return same(self.reported, self.recomputed, self.rel_tol)
 
     def to_dict(self) -> dict[str, Any]:
@@ -147,12 +191,22 @@ def compare_results(
     *,
     skip: tuple[str, ...] = (),
     rel_tol: float = 0.0,
+    sides: Mapping[str, str] | None = None,
+    unsafe_rel_tol: float = 0.0,
 ) -> list[FieldCheck]:
     """Leaf-by-leaf checks of two results blocks, in the reported block's order (then the
     leaves only the recomputed one has), skipping ``skip`` and everything below it; float
-    leaves agree within ``rel_tol`` (0: exactly)."""
+    leaves agree within ``rel_tol`` (0: exactly), the bound-side leaves ``sides`` names
+    (dotted, plain keys → ``"upper"``/``"lower"``) one-sidedly (:func:`on_safe_side`)."""
+    side_of = {parse_dotted(f): side for f, side in (sides or {}).items()}
+    for side in side_of.values():
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
     mine = {p: v for p, v in leaves(reported) if not is_under(p, skip)}
     theirs = {p: v for p, v in leaves(recomputed) if not is_under(p, skip)}
-    checks = [FieldCheck(dotted(p), v, theirs.get(p, ABSENT), rel_tol) for p, v in mine.items()]
+    checks = [
+        FieldCheck(dotted(p), v, theirs.get(p, ABSENT), rel_tol, side_of.get(p), unsafe_rel_tol)
+        for p, v in mine.items()
+    ]
     checks += [FieldCheck(dotted(p), ABSENT, v) for p, v in theirs.items() if p not in mine]
     return checks

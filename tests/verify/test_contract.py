@@ -44,7 +44,7 @@ FAST: dict[str, tuple[str, ...]] = {
     "quantize": ("--levels", "4,8"),
     # the checkpoint is optional (given here: its held-out error is reported beside Q's); the
     # kernel's depth is read from --arch mlp's one hidden layer; a 2-point grid
-    "marginal": ("--sigma-w", "1,2", "--is-samples", "200"),
+    "marginal": ("--sigma-w", "1,2", "--is-samples", "200", "--num-classes", "2"),
 }
 
 #: A results field that changed training labels must change (marginal: Q fits S whatever
