@@ -136,6 +136,7 @@ def test_marginal_is_replicated_on_every_rank(task: Path, tmp_path: Path) -> Non
     method's ``float_rel_tol`` (torchrun sets OMP_NUM_THREADS=1, and LAPACK's rounding
     depends on the BLAS thread count), integers and strings exactly."""
     args = ["certify", *model_and_data(task), "--method", "marginal", "--is-samples", "100"]
+    args += ["--num-classes", "2"]  # C fixed before the labels are read
     args += ["--heldout", str(task / "test.npz"), "--threads", "1", "--quiet"]
     plain = CliRunner().invoke(cli, [*args, "-o", str(tmp_path / "plain.json")])
     assert plain.exit_code == 0, plain.output

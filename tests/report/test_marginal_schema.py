@@ -29,6 +29,7 @@ def marginal(tmp_path_factory: pytest.TempPathFactory) -> dict:
     np.savez(root / "d.npz", x=x.astype(np.float32), y=y)
     args = ["certify", "--method", "marginal", "--data", str(root / "d.npz")]
     args += ["--kernel", "erf", "--kernel-depth", "1", "--is-samples", "100", "--json"]
+    args += ["--num-classes", "2"]  # C fixed before the labels are read
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     return dict(json.loads(result.stdout))
