@@ -40,4 +40,9 @@ def _message(a: NDArray | None, what: str, jitter: float | None) -> str:
     if a is not None and a.shape[0] <= EIGEN_HINT_MAX_N:
         smallest = float(np.linalg.eigvalsh(a)[0])
         msg += f" (smallest eigenvalue {smallest:.3g})"
-    return msg + "; increase the jitter (e.g. 1e-6 × the mean diagonal) or remove duplicate inputs"
+    # never a jitter derived from this matrix: the jitter is part of the prior, and one
+    # chosen after seeing the data would be a prior chosen after seeing the data
+    return msg + (
+        "; the jitter is part of the prior: fix a larger one (or a grid of them, paid in δ) "
+        "before seeing the data, not from this matrix"
+    )
