@@ -11,7 +11,7 @@ from pacbound.marginal._linalg import cholesky_lower
 
 
 def test_the_message_names_the_jitter_and_suggests_no_value_from_the_matrix() -> None:
-    singular = np.array([[1.0, 1.0], [1.0, 1.0]]) * 7.0  # rank one, mean diagonal 7
+    singular = np.array([[1.0, 2.0], [2.0, 1.0]]) * 7.0  # indefinite, mean diagonal 7
     with pytest.raises(NumericalError) as caught:
         cholesky_lower(singular, what="kernel", jitter=1e-9)
     message = str(caught.value)
