@@ -130,16 +130,16 @@ def multiclass_errors(
     w = np.zeros((count, classes, n))
     w[:, others, rows] = -v
     w[:, labels, np.arange(n)] = v.reshape(count, n, classes - 1).sum(axis=2)
-    mu = w @ cond.cross  # (draws, C, m): k*ᵀ K⁻¹ E[f_c | g] = (W K K⁻¹ k*)_c
     nodes, weights = hermegauss(QUADRATURE_NODES)
     weights = weights / math.sqrt(2.0 * math.pi)
     m = test.size
     errors = np.empty((count, m))
-    step = max(1, _CHUNK // max(1, count * (classes - 1) * QUADRATURE_NODES))
+    step = max(1, _CHUNK // max(1, count * classes * QUADRATURE_NODES))
     for start in range(0, m, step):
         cols = np.arange(start, min(start + step, m))
-        own = mu[:, test[cols], cols]  # (draws, chunk)
-        z = (own[:, None, :] - mu[:, :, cols]) / cond.s[cols]  # (draws, C, chunk)
+        mu = w @ cond.cross[:, cols]  # (draws, C, chunk): k*ᵀ K⁻¹ E[f_c | g] = (W K K⁻¹ k*)_c
+        own = mu[:, test[cols], np.arange(cols.size)]  # (draws, chunk)
+        z = (own[:, None, :] - mu) / cond.s[cols]  # (draws, C, chunk)
         z = np.clip(z, -_Z_MAX, _Z_MAX)  # Φ(±60 + u) is 0 or 1 in float64 at every node
         mask = np.arange(classes)[:, None] != test[cols][None, :]  # (C, chunk): c ≠ y*
         logs = log_ndtr(z[..., None] + nodes)  # (draws, C, chunk, nodes)

@@ -84,3 +84,15 @@ def test_a_test_point_on_a_training_input_is_its_training_label() -> None:
         0, sample, options, heldout=HeldoutSet(torch.tensor(X.copy()), (Y + 1) % 3)
     ).results["heldout"]
     assert wrong["q_error_estimate"] > 1 - 1e-6
+
+
+def test_the_estimate_does_not_depend_on_the_chunking(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pacbound.certify.marginal_heldout as heldout_module
+
+    options = _options(200)
+    sample = Sample(torch.tensor(X), Y, 3, None)
+    heldout = HeldoutSet(torch.tensor(TEST_X), TEST_Y)
+    whole = certify_point(0, sample, options, heldout=heldout).results["heldout"]
+    monkeypatch.setattr(heldout_module, "_CHUNK", 200 * 3 * heldout_module.QUADRATURE_NODES * 2)
+    chunked = certify_point(0, sample, options, heldout=heldout).results["heldout"]
+    assert chunked["q_error_estimate"] == pytest.approx(whole["q_error_estimate"], rel=1e-14)
