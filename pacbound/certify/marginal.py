@@ -7,8 +7,12 @@ with the EP Gaussian as proposal, then Markov's inequality: :mod:`pacbound.margi
 
     L(Q) ≤ kl⁻¹(0, [−ln P̲(U) + ln(2√n/δ_PB)] / n),
 
-with probability ≥ 1 − δ_PB − δ_IS (each divided by the size of the kernel grid: a union
-bound over its points, the chosen one being the point of the smallest certified bound).
+with probability ≥ 1 − δ_PB − δ_IS (each divided by the size of the kernel grid σ_w × σ_b ×
+jitter: a union bound over its points, the chosen one being the point of the smallest
+certified bound; a point whose kernel is not positive definite gives no certificate and
+still costs its share). ln P̲(U) is lowered, and the bound raised, by
+:data:`REPRODUCIBILITY_MARGIN` of themselves, so that ``verify`` can compare them one-sidedly
+across BLAS thread counts.
 
 * :func:`certify_point` is the certify phase that ``certify`` and ``verify`` both run on
   one kernel (one grid point): kernel matrix, EP (an approximation, shown for information),
