@@ -246,9 +246,7 @@ def test_checkpoint_heldout_error_beside_q_and_depth_from_arch(files: Path, tmp_
     assert code == 0, err
 
 
-def test_multiclass_heldout_estimate_and_multiclass_certifies(
-    files: Path, tmp_path: Path
-) -> None:
+def test_multiclass_heldout_estimate_and_multiclass_certifies(files: Path, tmp_path: Path) -> None:
     """Ten classes (C fixed by --num-classes): Q's held-out error estimated from the
     conditioned argmax of 10 GPs, labelled an estimate, and recomputed by verify."""
     code, out, err = _run(
