@@ -174,9 +174,11 @@ def certify(**kw: Any) -> None:
     check_world_size(input_sizes(inputs))
     hypothesis_path = kw[hypothesis_param(method)]
     what = "" if inputs.checkpoint is None else f"{inputs.checkpoint.num_parameters} parameters "
+    # without a checkpoint (marginal) C is an option, not the largest label of the data
+    labels = "" if inputs.checkpoint is None else f" ({inputs.data.num_classes} classes)"
     term.info(
         f"certifying ({method.name}) {what}on "
-        f"n = {inputs.data.n} examples ({inputs.data.num_classes} classes) on {inputs.device}"
+        f"n = {inputs.data.n} examples{labels} on {inputs.device}"
         + (f", {world.world_size} processes" if world.distributed else "")
     )
     with term.progress_callbacks() as progress:
