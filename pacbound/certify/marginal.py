@@ -53,6 +53,8 @@ REPRODUCIBILITY_MARGIN = 1e-9
 UNSAFE_SLACK = 1e-10
 #: A search record's ``failed``: why a grid point gave no certificate.
 NO_FACTOR = "kernel not positive definite (Cholesky failed): no certificate, δ share spent"
+#: A search record's ``failed`` when the prior's covariance overflows float64 (a huge jitter).
+NO_FINITE = "constraint covariance overflows float64: no certificate, δ share spent"
 #: What the EP number is, said wherever it is shown.
 EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
 
@@ -125,10 +127,11 @@ def certify_point(
     budget = options.budget()
     pac, imp = budget.part("pac-bayes"), budget.part("importance-sampling")
     n = int(sample.labels.shape[0])
-    with timer.phase("kernel"):
+    with timer.phase("kernel"), np.errstate(over="ignore"):  # an Inf: _cholesky refuses it
         kernel = kernel_on(spec, options, sample.x, device)
     with timer.phase("ep"):
-        cov = constraint_covariance(kernel, sample.labels, sample.classes)
+        with np.errstate(over="ignore", invalid="ignore"):
+            cov = constraint_covariance(kernel, sample.labels, sample.classes)
         del kernel  # n² doubles: the held-out estimate computes its own joint kernel
         chol = _cholesky(cov, spec.jitter)
         ep = ep_orthant(cov, cholesky=chol)
@@ -195,6 +198,14 @@ class NotPositiveDefinite(NumericalError):
     """The prior's kernel (with its jitter) is not positive definite on S: this grid point
     gives no certificate (exit 4 when no grid point gives one)."""
 
+    record = NO_FACTOR
+
+
+class Overflows(NotPositiveDefinite):
+    """The prior's covariance on S overflows float64 (a huge jitter): no certificate."""
+
+    record = NO_FINITE
+
 
 def not_positive_definite(jitters: tuple[float, ...]) -> str:
     """The message of a failed Cholesky factorisation: never a value derived from S's kernel
@@ -212,7 +223,15 @@ def not_positive_definite(jitters: tuple[float, ...]) -> str:
 
 def _cholesky(cov: np.ndarray, jitter: float) -> np.ndarray:
     """The lower Cholesky factor of the constraint covariance, shared by EP, the certified
-    bound and the held-out draws; :class:`NotPositiveDefinite` (exit 4) when it fails."""
+    bound and the held-out draws; :class:`NotPositiveDefinite` (exit 4) when it fails, or
+    when the covariance overflows float64 (a huge ``jitter``: LAPACK would factor the Inf
+    into NaN, and EP would fail with a misleading message)."""
+    if not np.all(np.isfinite(cov)):
+        raise Overflows(
+            f"the prior's constraint covariance overflows float64 at --jitter {jitter:g} (the "
+            "kernel plus jitter, doubled for more than two classes, exceeds 1.8e308): no "
+            "certificate; fix a smaller --jitter before seeing the data"
+        )
     try:
         return np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
@@ -268,11 +287,11 @@ def choose_kernel(
                 device=device,
                 timer=timer,
             )
-        except NotPositiveDefinite:
+        except NotPositiveDefinite as exc:
             if single:
                 raise
             # no certificate: the trivial bound 1 (still true), its δ share spent all the same
-            failed = {"log_lower": None, "ep_log_z": None, "bound": 1.0, "failed": NO_FACTOR}
+            failed = {"log_lower": None, "ep_log_z": None, "bound": 1.0, "failed": exc.record}
             search.append({**record, **failed})
             continue
         search.append(
