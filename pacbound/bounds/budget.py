@@ -63,8 +63,10 @@ class DeltaPart:
 
     @property
     def per_choice(self) -> float:
-        """δ for each alternative of the grid."""
-        return self.delta / self.grid_size
+        """δ for each alternative of the grid, rounded down, so that the grid_size shares
+        sum to at most ``delta`` exactly (δ/G rounded to nearest can sum above it: δ = 0.05,
+        G = 7)."""
+        return _float_at_most(Fraction(self.delta) / self.grid_size)
 
     @property
     def union_cost_nats(self) -> float:

@@ -55,6 +55,13 @@ UNSAFE_SLACK = 1e-10
 NO_FACTOR = "kernel not positive definite (Cholesky failed): no certificate, δ share spent"
 #: A search record's ``failed`` when the prior's covariance overflows float64 (a huge jitter).
 NO_FINITE = "constraint covariance overflows float64: no certificate, δ share spent"
+#: A search record's ``failed`` when the jitter is below the kernel's float64 resolution.
+NO_RESOLUTION = "jitter below the kernel's float64 resolution: no certificate, δ share spent"
+#: The jitter must exceed the Cholesky's rounding, (n + 1)·ε·max K(x, x) per entry, this
+#: many times over: below it the computed factor is that of the rounded matrix, not of
+#: K + jitter·I (two inputs 1e-9 apart with --jitter 1e-40 certified ln P(U) above the exact
+#: value), and a grid of tiny jitters would keep the point whose rounding flatters most.
+JITTER_RESOLUTION = 64.0
 #: What the EP number is, said wherever it is shown.
 EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
 
@@ -129,6 +136,7 @@ def certify_point(
     n = int(sample.labels.shape[0])
     with timer.phase("kernel"), np.errstate(over="ignore"):  # an Inf: _cholesky refuses it
         kernel = kernel_on(spec, options, sample.x, device)
+    _check_resolution(kernel, spec.jitter)
     with timer.phase("ep"):
         with np.errstate(over="ignore", invalid="ignore"):
             cov = constraint_covariance(kernel, sample.labels, sample.classes)
@@ -221,6 +229,32 @@ def not_positive_definite(jitters: tuple[float, ...]) -> str:
     )
 
 
+class BelowResolution(NotPositiveDefinite):
+    """The jitter is below the float64 resolution of the kernel on S: no certificate."""
+
+    record = NO_RESOLUTION
+
+
+def _check_resolution(kernel: np.ndarray, jitter: float) -> None:
+    """:class:`BelowResolution` unless ``jitter`` ≥ :data:`JITTER_RESOLUTION`·(n + 1)·ε·
+    max K(x, x): the jitter must dominate the rounding of the factorisation (a bound on each
+    entry of LLᵀ − K), or the certificate would be for the rounded matrix's Gaussian. A
+    check on S that only ever refuses (the point costs its δ share all the same)."""
+    n = kernel.shape[0]
+    scale = float(np.max(np.diag(kernel))) - jitter
+    if not np.isfinite(scale):
+        return  # an Inf: _cholesky refuses it as an overflow
+    floor = JITTER_RESOLUTION * (n + 1) * float(np.finfo(np.float64).eps) * max(scale, 0.0)
+    if jitter < floor:
+        raise BelowResolution(
+            f"--jitter {jitter:g} is below the float64 resolution of the prior's kernel on S "
+            f"(the factorisation's rounding, (n + 1)·ε·max K(x, x), times {JITTER_RESOLUTION:g}"
+            f" = {floor:.3g}): the computed certificate would be for the rounded matrix, not "
+            "for K + jitter·I; no certificate. Fix a larger --jitter (or a grid, paid in δ) "
+            "before seeing the data"
+        )
+
+
 def _cholesky(cov: np.ndarray, jitter: float) -> np.ndarray:
     """The lower Cholesky factor of the constraint covariance, shared by EP, the certified
     bound and the held-out draws; :class:`NotPositiveDefinite` (exit 4) when it fails, or
@@ -305,7 +339,17 @@ def choose_kernel(
         if best is None or point.bound.value < best.bound.value:
             best = point
     if best is None:
-        raise NotPositiveDefinite(not_positive_definite(options.jitter))
+        reasons = {r["failed"] for r in search}
+        if reasons == {NO_FACTOR}:
+            raise NotPositiveDefinite(not_positive_definite(options.jitter))
+        which = ", ".join(f"{j:g}" for j in options.jitter)
+        raise NotPositiveDefinite(
+            f"no point of the kernel grid gives a certificate at --jitter {which} ("
+            + "; ".join(sorted(reasons))
+            + "). The jitter is part of the prior: a value chosen now, after seeing S, would "
+            "make the certificate unsound; pass a --jitter grid fixed in advance (each point "
+            "paid in δ by the union bound)"
+        )
     if heldout is not None and not single:
         # the chosen point once more with its held-out estimate, as verify re-derives it
         best = certify_point(

@@ -106,6 +106,12 @@ class MarginalMethod:
             "certificate_terms.terms.kl": "upper",
             "certificate_terms.terms.log_p_u_lower": "lower",
             "log_orthant.log_lower": "lower",
+            "certificate_terms.terms.rhs": "upper",
+            # no LAPACK call touches these: bit for bit
+            "delta_budget": "exact",
+            "certificate_terms.delta": "exact",
+            "certificate_terms.terms.log_term": "exact",
+            "log_orthant.delta": "exact",
         }
     )
     unsafe_rel_tol: float = UNSAFE_SLACK

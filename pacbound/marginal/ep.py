@@ -187,5 +187,7 @@ def ep_orthant(
             return EPResult(log_z, mean, tau, site_mean, sweep, True, change, nu, var)
     raise NumericalError(
         f"EP did not converge in {max_iter} sweeps (last change {change:.3g} > tol {tol:g}); "
-        "raise max_iter or lower the damping"
+        "the prior's covariance on S is nearly singular, or labels nearly contradict it "
+        "(near-duplicate inputs with different labels); a jitter grid fixed in advance may "
+        "help (library callers: raise max_iter or lower the damping)"
     )

@@ -14,7 +14,9 @@ its certificate; those leaves are compared one-sidedly (:func:`on_safe_side`): a
 ``unsafe_rel_tol`` (≪ the margin) on the unsafe side of the recomputed value, at most
 ``rel_tol`` on the safe side. A bound forged lower (or a lower bound forged higher) by more
 than that floating-point slack is refused, and every accepted one still lies on the safe side
-of the certificate verify computed.
+of the certificate verify computed. Leaves that no LAPACK call touches (the δ budget, ln(2√n/δ))
+are named ``"exact"`` and compared bit for bit whatever the tolerance. A side named for a
+field applies to every leaf below it (``delta_budget`` covers ``delta_budget.parts[1].delta``).
 """
 
 from __future__ import annotations
@@ -56,8 +58,9 @@ def same(a: Any, b: Any, rel_tol: float = 0.0) -> bool:
 
 
 #: The sides of a bound-side leaf: ``"upper"`` (a bound: reporting it lower is unsafe) and
-#: ``"lower"`` (a certified lower bound: reporting it higher is unsafe).
-SIDES = ("upper", "lower")
+#: ``"lower"`` (a certified lower bound: reporting it higher is unsafe); ``"exact"``: a leaf
+#: compared bit for bit although the method has a float tolerance.
+SIDES = ("upper", "lower", "exact")
 
 
 def on_safe_side(
@@ -74,7 +77,7 @@ def on_safe_side(
     """
     if side not in SIDES:
         raise ValueError(f"side must be one of {SIDES}, got {side!r}")
-    if type(reported) is not float or type(recomputed) is not float:
+    if side == "exact" or type(reported) is not float or type(recomputed) is not float:
         return same(reported, recomputed)
     if not (math.isfinite(reported) and math.isfinite(recomputed)):
         return same(reported, recomputed)
@@ -205,8 +208,16 @@ def compare_results(
     mine = {p: v for p, v in leaves(reported) if not is_under(p, skip)}
     theirs = {p: v for p, v in leaves(recomputed) if not is_under(p, skip)}
     checks = [
-        FieldCheck(dotted(p), v, theirs.get(p, ABSENT), rel_tol, side_of.get(p), unsafe_rel_tol)
+        FieldCheck(dotted(p), v, theirs.get(p, ABSENT), rel_tol, _side(p, side_of), unsafe_rel_tol)
         for p, v in mine.items()
     ]
     checks += [FieldCheck(dotted(p), ABSENT, v) for p, v in theirs.items() if p not in mine]
     return checks
+
+
+def _side(path: Path, side_of: Mapping[Path, str]) -> str | None:
+    """The side named for ``path`` or for the nearest field above it (None: none)."""
+    for length in range(len(path), 0, -1):
+        if path[:length] in side_of:
+            return side_of[path[:length]]
+    return None

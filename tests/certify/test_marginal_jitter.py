@@ -17,11 +17,15 @@ import pytest
 import torch
 
 from pacbound.certify.marginal import (
+    NO_RESOLUTION,
     REPRODUCIBILITY_MARGIN,
+    BelowResolution,
     NotPositiveDefinite,
     Sample,
+    _cholesky,
     certify_point,
     choose_kernel,
+    not_positive_definite,
 )
 from pacbound.certify.marginal_options import MarginalOptions
 from pacbound.errors import NumericalError
@@ -59,7 +63,7 @@ def test_a_failed_jitter_costs_its_delta_share_and_gives_no_certificate() -> Non
     best, search = choose_kernel(_sample(), grid)
     assert [p["jitter"] for p in search] == [1e-300, 1e-6]
     assert search[0]["bound"] == 1.0 and search[0]["log_lower"] is None
-    assert "not positive definite" in search[0]["failed"] and "failed" not in search[1]
+    assert search[0]["failed"] == NO_RESOLUTION and "failed" not in search[1]
     res = best.results
     assert best.index == 1 and res["kernel"]["jitter"] == 1e-6 and res["kernel"]["grid_size"] == 2
     parts = {p["name"]: p for p in res["delta_budget"]["parts"]}
@@ -82,12 +86,23 @@ def test_every_jitter_failing_is_exit_4_without_a_value_from_s() -> None:
         choose_kernel(_sample(), _options((1e-300, 1e-299)))
     message = str(caught.value)
     assert isinstance(caught.value, NumericalError)  # exit 4
-    assert "--jitter 1e-300, 1e-299 at every grid point" in message
+    assert "no point of the kernel grid gives a certificate at --jitter 1e-300, 1e-299" in message
+    assert NO_RESOLUTION in message
     assert "after seeing S" in message and "--jitter grid fixed in advance" in message
     assert "mean" not in message and "e.g. 1e-6 ×" not in message
-    # one point alone: the same message, no "every grid point"
-    with pytest.raises(NotPositiveDefinite, match=r"--jitter 1e-300 \(its Cholesky"):
+    # one point alone: why (the floor is computed from S's kernel, but only to refuse)
+    with pytest.raises(BelowResolution, match=r"--jitter 1e-300 is below the float64 resol"):
         choose_kernel(_sample(), _options((1e-300,)))
+
+
+def test_a_failed_cholesky_names_every_jitter_and_suggests_no_value_from_s() -> None:
+    """Above the resolution floor a factorisation can still fail (an indefinite matrix):
+    the message names the jitter and asks for a grid fixed in advance."""
+    indefinite = np.array([[1.0, 2.0], [2.0, 1.0]])
+    with pytest.raises(NotPositiveDefinite, match=r"--jitter 1e-06 \(its Cholesky") as caught:
+        _cholesky(indefinite, 1e-6)
+    assert "--jitter grid fixed in advance" in str(caught.value)
+    assert "--jitter 1e-06, 0.0001 at every grid point" in not_positive_definite((1e-6, 1e-4))
 
 
 def test_the_jitter_grid_multiplies_the_kernel_grid() -> None:

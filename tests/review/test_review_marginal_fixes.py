@@ -142,15 +142,6 @@ def test_the_margin_is_in_the_recorded_numbers(report: Path) -> None:
 # Fix 3: leaves outside ``bound_fields`` keep the symmetric 1e-9 (hole)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: the δ leaves and the LAPACK-free terms of the bound (ln(2√n/δ), the kl "
-    "right-hand side) are compared with the symmetric 1e-9 float tolerance, so a report "
-    "claiming a δ 2e-10 smaller (more confidence) than the one recomputed passes verify; these "
-    "leaves involve no LAPACK and could be compared bit for bit (needs an exact-leaf list, "
-    "or list indices, in pacbound/verify/fields.py). The bound's own 1e-9 margin keeps the "
-    "forged statement true at this size, so it is a verify-strictness hole, not a false bound",
-)
 @pytest.mark.parametrize(
     "path",
     [
@@ -173,14 +164,6 @@ def test_verify_refuses_a_delta_leaf_forged_2e10_unsafe(
 # Fix 2: the jitter grid's δ split
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: DeltaPart.per_choice is δ/|grid| rounded to nearest, not down: with δ = "
-    "0.05 and a grid of 7 (e.g. --jitter with 7 values) the 7 shares sum to δ_part + 8.7e-19 "
-    "(exact fractions), above the budget the report states (remaining_delta rounds down for "
-    "this very reason; the fix belongs in pacbound/bounds/budget.py: _float_at_most). The "
-    "marginal bound's 1e-9 margin absorbs it; the Gaussian/Occam certificates have none",
-)
 def test_a_seven_point_jitter_grid_never_spends_more_than_delta() -> None:
     jitters = (1e-8, 1e-7, 1e-6, 1e-5, 1e-4, 1e-3, 1e-2)
     budget = _options(jitter=jitters).budget()
@@ -234,16 +217,6 @@ def _exact_log_orthant(x: np.ndarray, jitter: float, sigma_b: float) -> Any:
     return mp.log(mp.mpf(1) / 4 + mp.asin(c) / (2 * mp.pi))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole: a --jitter below float64's resolution of the kernel (here 1e-40 on a kernel "
-    "of scale 1) certifies the GP of the rounded matrix, not of K + jitter·I: two inputs "
-    "1e-9 apart with opposite labels get a certified ln P(U) ≥ -23.566 while the exact value "
-    "is -23.797 (20 of 20 seeds, Markov allows 2.5 %). Cholesky success is not evidence the "
-    "jitter dominates rounding; a grid of tiny jitters (the tests use 1e-300) picks the "
-    "point whose rounding flatters most. Needs a jitter floor relative to the kernel's "
-    "scale (failing points still pay their share) or the rounding's KL paid in the bound",
-)
 def test_a_jitter_below_float_resolution_never_certifies_above_the_exact_ln_p_u() -> None:
     exact = _exact_log_orthant(NEAR, 1e-40, 0.1)
     assert float(exact) == pytest.approx(-23.7966, abs=1e-3)
