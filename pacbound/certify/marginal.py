@@ -57,10 +57,11 @@ NO_FACTOR = "kernel not positive definite (Cholesky failed): no certificate, δ 
 NO_FINITE = "constraint covariance overflows float64: no certificate, δ share spent"
 #: A search record's ``failed`` when the jitter is below the kernel's float64 resolution.
 NO_RESOLUTION = "jitter below the kernel's float64 resolution: no certificate, δ share spent"
-#: The jitter must exceed the Cholesky's rounding, (n + 1)·ε·max K(x, x) per entry, this
-#: many times over: below it the computed factor is that of the rounded matrix, not of
-#: K + jitter·I (two inputs 1e-9 apart with --jitter 1e-40 certified ln P(U) above the exact
-#: value), and a grid of tiny jitters would keep the point whose rounding flatters most.
+#: The jitter must exceed the Cholesky's rounding, (N + 1)·ε·max A_ii per entry of the
+#: constraint covariance A (N = n(C − 1) rows, A_ii = 2·K(x, x) for C ≥ 3), this many times
+#: over: below it the computed factor is that of the rounded matrix, not of K + jitter·I (two
+#: inputs 1e-9 apart with --jitter 1e-40 certified ln P(U) above the exact value), and a grid
+#: of tiny jitters would keep the point whose rounding flatters most.
 JITTER_RESOLUTION = 64.0
 #: What the EP number is, said wherever it is shown.
 EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
@@ -136,7 +137,7 @@ def certify_point(
     n = int(sample.labels.shape[0])
     with timer.phase("kernel"), np.errstate(over="ignore"):  # an Inf: _cholesky refuses it
         kernel = kernel_on(spec, options, sample.x, device)
-    _check_resolution(kernel, spec.jitter)
+    _check_resolution(kernel, spec.jitter, sample.classes)
     with timer.phase("ep"):
         with np.errstate(over="ignore", invalid="ignore"):
             cov = constraint_covariance(kernel, sample.labels, sample.classes)
@@ -235,23 +236,28 @@ class BelowResolution(NotPositiveDefinite):
     record = NO_RESOLUTION
 
 
-def _check_resolution(kernel: np.ndarray, jitter: float) -> None:
-    """:class:`BelowResolution` unless ``jitter`` ≥ :data:`JITTER_RESOLUTION`·(n + 1)·ε·
-    max K(x, x): the jitter must dominate the rounding of the factorisation (a bound on each
-    entry of LLᵀ − K), or the certificate would be for the rounded matrix's Gaussian. A
-    check on S that only ever refuses (the point costs its δ share all the same)."""
+def _check_resolution(kernel: np.ndarray, jitter: float, classes: int = 2) -> None:
+    """:class:`BelowResolution` unless ``jitter`` ≥ :data:`JITTER_RESOLUTION`·(N + 1)·ε·s:
+    the jitter must dominate the rounding of the factorisation (a bound on each entry of
+    LLᵀ − A), or the certificate would be for the rounded matrix's Gaussian. The matrix
+    factored is the constraint covariance A, N = n(C − 1) rows, its diagonal K(x, x) for
+    C = 2 and 2·K(x, x) for C ≥ 3 (so s = max K(x, x), resp. 2·max K(x, x)), while the
+    jitter's smallest eigenvalue in A is ``jitter`` either way. A check on S that only ever
+    refuses (the point costs its δ share all the same); it needs only the kernel's diagonal,
+    so it runs before the constraint covariance, EP and the importance sampling."""
     n = kernel.shape[0]
-    scale = float(np.max(np.diag(kernel))) - jitter
+    rows, doubled = (n, 1.0) if classes == 2 else (n * (classes - 1), 2.0)
+    scale = doubled * (float(np.max(np.diag(kernel))) - jitter)
     if not np.isfinite(scale):
         return  # an Inf: _cholesky refuses it as an overflow
-    floor = JITTER_RESOLUTION * (n + 1) * float(np.finfo(np.float64).eps) * max(scale, 0.0)
+    floor = JITTER_RESOLUTION * (rows + 1) * float(np.finfo(np.float64).eps) * max(scale, 0.0)
     if jitter < floor:
         raise BelowResolution(
             f"--jitter {jitter:g} is below the float64 resolution of the prior's kernel on S "
-            f"(the factorisation's rounding, (n + 1)·ε·max K(x, x), times {JITTER_RESOLUTION:g}"
-            f" = {floor:.3g}): the computed certificate would be for the rounded matrix, not "
-            "for K + jitter·I; no certificate. Fix a larger --jitter (or a grid, paid in δ) "
-            "before seeing the data"
+            f"(the factorisation's rounding, (N + 1)·ε·max of the constraint covariance's "
+            f"diagonal, N = n(C − 1) = {rows}, times {JITTER_RESOLUTION:g} = {floor:.3g}): the "
+            "computed certificate would be for the rounded matrix, not for K + jitter·I; no "
+            "certificate. Fix a larger --jitter (or a grid, paid in δ) before seeing the data"
         )
 
 

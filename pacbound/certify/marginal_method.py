@@ -112,6 +112,12 @@ class MarginalMethod:
             "certificate_terms.delta": "exact",
             "certificate_terms.terms.log_term": "exact",
             "log_orthant.delta": "exact",
+            # the prior's hyperparameters, the constants and the chance level: from the options
+            "kernel": "exact",
+            "verdict": "exact",
+            "empirical_risk": "exact",
+            "certificate_terms.empirical_risk": "exact",
+            "log_orthant.reproducibility_margin": "exact",
         }
     )
     unsafe_rel_tol: float = UNSAFE_SLACK

@@ -12,6 +12,7 @@ margin covers).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -23,7 +24,7 @@ import pytest
 
 from pacbound.certify.marginal_method import MARGINAL
 from pacbound.verify.engine import tolerances
-from pacbound.verify.fields import compare_results
+from pacbound.verify.fields import FieldCheck, compare_results
 
 MNIST = Path(__file__).resolve().parents[2] / "examples" / "data" / "mnist"
 
@@ -89,6 +90,8 @@ def test_a_bound_side_leaf_forged_unsafe_fails_at_the_other_thread_count(
     the safe way is accepted."""
     reported, recomputed = by_threads[reported_at], by_threads[3 - reported_at]
     for field, side in MARGINAL.bound_fields.items():
+        if side == "exact":  # bit for bit, either way: test_an_exact_leaf_forged_one_ulp...
+            continue
         *path, last = field.split(".")
         for toward, agrees in (("unsafe", False), ("safe", True)):
             forged = json.loads(json.dumps(reported))
@@ -100,6 +103,27 @@ def test_a_bound_side_leaf_forged_unsafe_fails_at_the_other_thread_count(
             assert (_disagreeing(forged, recomputed) == []) is agrees, (field, toward)
             if not agrees:
                 assert _disagreeing(forged, recomputed) == [field]
+
+
+@pytest.mark.parametrize("reported_at", [1, 2])
+def test_an_exact_leaf_forged_one_ulp_either_way_fails_at_the_other_thread_count(
+    by_threads: dict[int, dict[str, Any]], reported_at: int
+) -> None:
+    """Every float leaf below an ``"exact"`` field agrees bit for bit across thread counts,
+    and one ulp either way is refused."""
+    reported, recomputed = by_threads[reported_at], by_threads[3 - reported_at]
+    exact = [f for f, side in MARGINAL.bound_fields.items() if side == "exact"]
+    checks = compare_results(reported, recomputed, **tolerances(MARGINAL))
+    under = [c for c in checks if c.side == "exact" and type(c.reported) is float]
+    assert {c.field.split(".")[0].split("[")[0] for c in under} == {f.split(".")[0] for f in exact}
+    for check in under:
+        assert check.reported == check.recomputed, check.field
+        for way in (math.inf, -math.inf):
+            forged = FieldCheck(
+                check.field, math.nextafter(check.reported, way), check.recomputed,
+                check.rel_tol, check.side, check.unsafe_rel_tol,
+            )  # fmt: skip
+            assert not forged.agree, (check.field, way)
 
 
 def test_only_the_marginal_method_compares_bound_side_leaves_one_sidedly() -> None:
