@@ -63,6 +63,8 @@ NO_RESOLUTION = "jitter below the kernel's float64 resolution: no certificate, �
 #: inputs 1e-9 apart with --jitter 1e-40 certified ln P(U) above the exact value), and a grid
 #: of tiny jitters would keep the point whose rounding flatters most.
 JITTER_RESOLUTION = 64.0
+#: A search record's ``failed`` for any other numerical failure (EP, importance sampling).
+NO_OTHER = "numerical failure: no certificate, δ share spent"
 #: What the EP number is, said wherever it is shown.
 EP_NOTE = "EP approximation of ln P(U): not a bound, shown for information"
 
@@ -254,10 +256,12 @@ def _check_resolution(kernel: np.ndarray, jitter: float, classes: int = 2) -> No
     if jitter < floor:
         raise BelowResolution(
             f"--jitter {jitter:g} is below the float64 resolution of the prior's kernel on S "
-            f"(the factorisation's rounding, (N + 1)·ε·max of the constraint covariance's "
-            f"diagonal, N = n(C − 1) = {rows}, times {JITTER_RESOLUTION:g} = {floor:.3g}): the "
-            "computed certificate would be for the rounded matrix, not for K + jitter·I; no "
-            "certificate. Fix a larger --jitter (or a grid, paid in δ) before seeing the data"
+            f"({JITTER_RESOLUTION:g}·(N + 1)·ε times the largest constraint variance, N the "
+            "number of constraints: the factorisation's rounding): "
+            "the computed certificate would be for the rounded matrix, not for K + jitter·I; "
+            "no certificate. The jitter is part of the prior: a value chosen now, after seeing "
+            "S, would make the certificate unsound; pass a --jitter grid fixed in advance "
+            "(each point paid in δ by the union bound)"
         )
 
 
@@ -327,11 +331,12 @@ def choose_kernel(
                 device=device,
                 timer=timer,
             )
-        except NotPositiveDefinite as exc:
+        except NumericalError as exc:  # not PD, EP not converged, Ẑ = 0: no certificate here
             if single:
                 raise
             # no certificate: the trivial bound 1 (still true), its δ share spent all the same
-            failed = {"log_lower": None, "ep_log_z": None, "bound": 1.0, "failed": exc.record}
+            why = getattr(exc, "record", f"{NO_OTHER} ({exc})")
+            failed = {"log_lower": None, "ep_log_z": None, "bound": 1.0, "failed": why}
             search.append({**record, **failed})
             continue
         search.append(
@@ -350,7 +355,7 @@ def choose_kernel(
             raise NotPositiveDefinite(not_positive_definite(options.jitter))
         which = ", ".join(f"{j:g}" for j in options.jitter)
         raise NotPositiveDefinite(
-            f"no point of the kernel grid gives a certificate at --jitter {which} ("
+            f"no certificate at every grid point of --jitter {which} ("
             + "; ".join(sorted(reasons))
             + "). The jitter is part of the prior: a value chosen now, after seeing S, would "
             "make the certificate unsound; pass a --jitter grid fixed in advance (each point "

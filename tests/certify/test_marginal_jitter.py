@@ -86,7 +86,7 @@ def test_every_jitter_failing_is_exit_4_without_a_value_from_s() -> None:
         choose_kernel(_sample(), _options((1e-300, 1e-299)))
     message = str(caught.value)
     assert isinstance(caught.value, NumericalError)  # exit 4
-    assert "no point of the kernel grid gives a certificate at --jitter 1e-300, 1e-299" in message
+    assert "no certificate at every grid point of --jitter 1e-300, 1e-299" in message
     assert NO_RESOLUTION in message
     assert "after seeing S" in message and "--jitter grid fixed in advance" in message
     assert "mean" not in message and "e.g. 1e-6 ×" not in message

@@ -26,6 +26,7 @@ import pacbound.marginal as marginal_pkg
 from pacbound.bounds.budget import DeltaPart
 from pacbound.certify.marginal import (
     JITTER_RESOLUTION,
+    NO_OTHER,
     BelowResolution,
     Sample,
     certify_point,
@@ -149,19 +150,13 @@ def test_near_duplicates_just_above_the_floor_never_certify_above_the_exact_valu
         assert abs(res["log_orthant"]["log_estimate"] - exact) < 2e-2  # 200 IS draws
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hole (availability, not soundness): EP's NumericalError on one grid point is not "
-    "a failed point: on two inputs 1.1e-9 apart with opposite labels, --jitter 1e-12,1e-6 "
-    "exits 4 (EP did not converge at 1e-12) although 1e-6 certifies alone; every point "
-    "already pays δ/|grid|, so recording it as failed (bound 1) like NotPositiveDefinite "
-    "would be sound (fix in pacbound/certify/marginal.py: choose_kernel)",
-)
 def test_one_grid_point_whose_ep_fails_does_not_abort_the_grid() -> None:
     sample = Sample(torch.tensor(NEAR), np.array([0, 1]), 2, None)
     certify_point(0, sample, _options(depth=0, jitter=(1e-6,)))  # certifies alone
     best, search = choose_kernel(sample, _options(depth=0, jitter=(1e-12, 1e-6)))
     assert best.index == 1 and search[0]["bound"] == 1.0
+    assert search[0]["failed"].startswith(NO_OTHER) and "EP did not converge" in search[0]["failed"]
+    assert all(p["grid_size"] == 2 for p in best.results["delta_budget"]["parts"])
 
 
 def test_a_jitter_below_the_floor_is_refused_before_any_ep_work(
