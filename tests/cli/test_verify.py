@@ -263,12 +263,13 @@ def _reforge(doc: dict[str, Any]) -> dict[str, Any]:
         pac_bayes_kl,
         pac_bayes_quad,
     )
+    from pacbound.bounds.budget import DeltaPart
     from pacbound.certify.common import Verdict
 
     res = doc["results"]
     parts = {p["name"]: p for p in res["delta_budget"]["parts"]}
-    for p in parts.values():
-        p["per_choice"] = p["delta"] / p["grid_size"]
+    for p in parts.values():  # the library's own share (δ/G rounded down)
+        p["per_choice"] = DeltaPart(p["name"], p["delta"], p["grid_size"]).per_choice
     emp = res["empirical_risk"]
     mc = mc_upper_per_example(
         emp["estimate"], n=res["n"], passes=emp["mc_passes"], delta=parts["monte-carlo"]["delta"]
