@@ -20,7 +20,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 import pacbound.marginal as marginal_pkg
 from pacbound.bounds.budget import DeltaPart
@@ -35,32 +34,15 @@ from pacbound.certify.marginal import (
 from pacbound.certify.marginal_kernel import kernel_on, kernel_spec
 from pacbound.certify.marginal_method import MARGINAL
 from pacbound.certify.marginal_options import MarginalOptions
-from pacbound.cli.main import cli
 from pacbound.errors import NumericalError
 from pacbound.report.document import results_hash
 from pacbound.verify.engine import tolerances
 from pacbound.verify.fields import compare_results, leaves
+from tests.review._marginal import run_cli as _run
+from tests.review._marginal import small_options as _options
 from tests.review.test_review_marginal_fixes import NEAR, _exact_log_orthant
 
 EPS = float(np.finfo(np.float64).eps)
-
-
-def _options(**changes: Any) -> MarginalOptions:
-    base: dict[str, Any] = {
-        "kernel": "relu",
-        "depth": 1,
-        "sigma_w": (1.0,),
-        "sigma_b": (0.1,),
-        "jitter": (1e-6,),
-        "delta": 0.05,
-        "seed": 0,
-        "is_samples": 200,
-        "is_delta": 0.025,
-        "max_memory": 1 << 30,
-        "num_classes": 2,
-    }
-    base.update(changes)
-    return MarginalOptions(**base)
 
 
 # ----------------------------------------------------------------------------------------
@@ -220,11 +202,6 @@ def test_the_floor_scales_with_the_largest_variance_not_the_smallest() -> None:
 
 # ----------------------------------------------------------------------------------------
 # 3. verify: bit-for-bit leaves
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 @pytest.fixture(scope="module")

@@ -18,12 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from pacbound.certify.marginal import Sample, certify_point
 from pacbound.certify.marginal_kernel import joint_kernel, kernel_on, kernel_spec
-from pacbound.certify.marginal_options import MarginalOptions
-from pacbound.cli.main import cli
 from pacbound.errors import InvalidInputError, NumericalError
 from pacbound.harness.coverage import binomial_p_value
 from pacbound.marginal import (
@@ -34,25 +31,10 @@ from pacbound.marginal import (
 )
 from pacbound.marginal.teacher import GPTeacherTask, run_teacher, sample_teacher
 from pacbound.report.document import results_hash
+from tests.review._marginal import run_cli as _run
+from tests.review._marginal import small_options as _options
 
 ALPHA = 0.001  # the harness's significance level
-
-
-def _options(**changes: Any) -> MarginalOptions:
-    base: dict[str, Any] = {
-        "kernel": "relu",
-        "depth": 1,
-        "sigma_w": (1.0,),
-        "sigma_b": (0.1,),
-        "jitter": 1e-6,
-        "delta": 0.05,
-        "seed": 0,
-        "is_samples": 200,
-        "is_delta": 0.025,
-        "max_memory": 1 << 30,
-    }
-    base.update(changes)
-    return MarginalOptions(**base)
 
 
 def _log_orthant_3(c: np.ndarray) -> float:
@@ -371,11 +353,6 @@ def test_a_grid_pays_both_delta_parts_in_the_bound_itself() -> None:
 
 
 # --- the command line: bad input ends with exit 3/4, forged reports are refused --------------
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
 
 
 BASE = ("certify", "--method", "marginal", "--kernel-depth", "1", "--is-samples", "50")

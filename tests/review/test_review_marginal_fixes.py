@@ -23,7 +23,6 @@ import mpmath as mp
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 
 from pacbound.certify.marginal import (
     NO_FINITE,
@@ -35,35 +34,12 @@ from pacbound.certify.marginal import (
 )
 from pacbound.certify.marginal_heldout import HeldoutSet
 from pacbound.certify.marginal_kernel import joint_kernel, kernel_spec
-from pacbound.certify.marginal_options import MarginalOptions
-from pacbound.cli.main import cli
 from pacbound.errors import NumericalError
 from pacbound.report.document import results_hash
+from tests.review._marginal import run_cli as _run
+from tests.review._marginal import small_options as _options
 
 BASE = ("certify", "--method", "marginal", "--kernel-depth", "1", "--is-samples", "60")
-
-
-def _run(*args: str) -> tuple[int, str, str]:
-    result = CliRunner().invoke(cli, list(args))
-    return result.exit_code, result.stdout, result.stderr
-
-
-def _options(**changes: Any) -> MarginalOptions:
-    base: dict[str, Any] = {
-        "kernel": "relu",
-        "depth": 1,
-        "sigma_w": (1.0,),
-        "sigma_b": (0.1,),
-        "jitter": (1e-6,),
-        "delta": 0.05,
-        "seed": 0,
-        "is_samples": 200,
-        "is_delta": 0.025,
-        "max_memory": 1 << 30,
-        "num_classes": 2,
-    }
-    base.update(changes)
-    return MarginalOptions(**base)
 
 
 @pytest.fixture(scope="module")
