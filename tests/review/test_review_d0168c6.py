@@ -9,7 +9,6 @@ certified report, the results hash recomputed as a forger would.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import random
@@ -35,9 +34,9 @@ from pacbound.certify.marginal_kernel import kernel_on, kernel_spec
 from pacbound.certify.marginal_method import MARGINAL
 from pacbound.certify.marginal_options import MarginalOptions
 from pacbound.errors import NumericalError
-from pacbound.report.document import results_hash
 from pacbound.verify.engine import tolerances
 from pacbound.verify.fields import compare_results, leaves
+from tests.review._marginal import leaf, verify_forged
 from tests.review._marginal import run_cli as _run
 from tests.review._marginal import small_options as _options
 from tests.review.test_review_marginal_fixes import NEAR, _exact_log_orthant
@@ -220,19 +219,8 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "r.json"
 
 
-def _get(block: Any, path: tuple[str | int, ...]) -> Any:
-    for key in path:
-        block = block[key]
-    return block
-
-
 def _forge(report: Path, path: tuple[str | int, ...], value: Any) -> int:
-    forged = copy.deepcopy(json.loads(report.read_text()))
-    _get(forged["results"], path[:-1])[path[-1]] = value
-    forged["results_sha256"] = results_hash(forged["results"])
-    target = report.with_name("forged.json")
-    target.write_text(json.dumps(forged))
-    return _run("verify", str(target))[0]
+    return verify_forged(report, path, lambda _: value)
 
 
 EXACT = [
@@ -256,7 +244,7 @@ EXACT = [
 def test_an_exact_leaf_forged_one_ulp_or_2e10_either_way_is_refused(
     report: Path, path: tuple[str | int, ...]
 ) -> None:
-    honest = _get(json.loads(report.read_text())["results"], path)
+    honest = leaf(json.loads(report.read_text())["results"], path)
     assert type(honest) is float and honest > 0.0
     forgeries = (
         math.nextafter(honest, math.inf),
@@ -269,7 +257,7 @@ def test_an_exact_leaf_forged_one_ulp_or_2e10_either_way_is_refused(
 
 def test_the_kl_right_hand_side_is_one_sided(report: Path) -> None:
     path = ("certificate_terms", "terms", "rhs")
-    rhs = _get(json.loads(report.read_text())["results"], path)
+    rhs = leaf(json.loads(report.read_text())["results"], path)
     assert _run("verify", str(report))[0] == 0
     assert _forge(report, path, rhs * (1 - 2e-10)) == 1  # lower: unsafe
     assert _forge(report, path, rhs * (1 + 2e-10)) == 0  # higher: safe, within 1e-9

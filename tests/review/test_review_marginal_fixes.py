@@ -11,7 +11,6 @@ an unfixed hole are ``xfail(strict=True, reason="hole: …")``.
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import warnings
@@ -35,9 +34,9 @@ from pacbound.certify.marginal import (
 from pacbound.certify.marginal_heldout import HeldoutSet
 from pacbound.certify.marginal_kernel import joint_kernel, kernel_spec
 from pacbound.errors import NumericalError
-from pacbound.report.document import results_hash
 from tests.review._marginal import run_cli as _run
 from tests.review._marginal import small_options as _options
+from tests.review._marginal import verify_forged
 
 BASE = ("certify", "--method", "marginal", "--kernel-depth", "1", "--is-samples", "60")
 
@@ -57,24 +56,9 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "r.json"
 
 
-def _get(block: Any, path: tuple[str | int, ...]) -> Any:
-    for key in path:
-        block = block[key]
-    return block
-
-
 def _forged(report: Path, path: tuple[str | int, ...], factor: float) -> int:
-    """verify's exit code on the report with one results leaf multiplied by ``factor`` (the
-    results hash recomputed, as a forger would)."""
-    document = json.loads(report.read_text())
-    forged = copy.deepcopy(document)
-    parent = _get(forged["results"], path[:-1])
-    parent[path[-1]] = parent[path[-1]] * factor
-    forged["results_sha256"] = results_hash(forged["results"])
-    target = report.with_name("forged.json")
-    target.write_text(json.dumps(forged))
-    code, _, _ = _run("verify", str(target))
-    return code
+    """verify's exit code with one results leaf multiplied by ``factor``."""
+    return verify_forged(report, path, lambda value: value * factor)
 
 
 # ----------------------------------------------------------------------------------------
