@@ -165,7 +165,9 @@ def prior_network(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
     on S_prior only by the library's ``data_dependent_prior`` with the seed, split and recipe
     that ``certify --prior data`` uses; certify retrains it from the same inputs, so Q starts
     at the prior mean and its KL pays only for what training on all of S moves. Reused when
-    ``prior_network.json`` in ``workdir`` records the same recipe."""
+    ``prior_network.json`` in ``workdir`` records the same recipe and torch thread count (the
+    certificates run at ``--threads``, and a prior trained at another count differs in the
+    last bits: Q would start away from the prior mean)."""
     from pacbound.certify.gaussian_prior import data_dependent_prior
     from pacbound.posterior.priors import PriorTrainingRecipe
 
@@ -175,7 +177,13 @@ def prior_network(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
         augment_shift=args.prior_augment_shift,
         seed=args.seed,
     )
-    record = {"recipe": recipe.to_dict(), "prior_fraction": 0.5, "n": args.n}
+    # the thread count too: certify retrains the prior bit for bit only at the same count
+    record = {
+        "recipe": recipe.to_dict(),
+        "prior_fraction": 0.5,
+        "n": args.n,
+        "threads": torch.get_num_threads(),
+    }
     summary_path = workdir / "prior_network.json"
     if summary_path.exists() and not args.retrain:
         summary = json.loads(summary_path.read_text())

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import click
@@ -82,7 +82,19 @@ def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) 
     return threads
 
 
-def threads_option(func: F) -> F:
+THREADS_HELP = (
+    "Torch intra-op CPU threads (default: torch's own choice); certify and compress record it "
+    "in the report (training may differ in the last bits with another count)."
+)
+
+_VERIFY_THREADS_HELP = (
+    "Torch intra-op CPU threads. [default: a REPORT's recorded count (environment."
+    "torch_threads), since retraining a data-dependent prior or a posterior reproduces bit "
+    "for bit only at the count it was made with; otherwise torch's own choice]"
+)
+
+
+def threads_option(func: F, help: str = THREADS_HELP) -> F:
     """``--threads N``: torch's intra-op threads (``torch.set_num_threads``), set as soon as
     the option is parsed; without it torch's default is left alone. Commands record the value
     in their report's options: the thread count can change the last bits of training."""
@@ -93,6 +105,23 @@ def threads_option(func: F) -> F:
         metavar="N",
         callback=_set_threads,
         expose_value=True,
-        help="Torch intra-op CPU threads (default: torch's own choice); certify and compress "
-        "record it in the report (training may differ in the last bits with another count).",
+        help=help,
     )(func)
+
+
+def verify_threads_option(func: F) -> F:
+    """``--threads N`` of ``verify``: as :func:`threads_option`; without it a report is
+    re-derived at its recorded count (:func:`set_report_threads`)."""
+    return threads_option(func, help=_VERIFY_THREADS_HELP)
+
+
+def set_report_threads(given: int | None, report: Mapping[str, Any]) -> None:
+    """Set torch's intra-op threads to the count ``report`` was made with, unless
+    ``--threads`` was ``given`` (or the report records none): a data-dependent prior, a
+    posterior or a subspace is retrained bit for bit only at that count."""
+    from pacbound.report.document import recorded_threads
+
+    if given is None and (threads := recorded_threads(report)) is not None:
+        import torch
+
+        torch.set_num_threads(threads)

@@ -25,7 +25,7 @@ from pacbound.cli.model_options import (
     data_options,
     resolve_dataset,
 )
-from pacbound.cli.options import FLOAT, INT, json_option, threads_option
+from pacbound.cli.options import FLOAT, INT, json_option, set_report_threads, verify_threads_option
 from pacbound.cli.parallel_run import (
     agree_on_inputs,
     agree_on_report,
@@ -155,7 +155,7 @@ def _optional_data_options(func: Any) -> Any:
     "code); only for files you trust that certify also needed this flag for.",
 )
 @json_option
-@threads_option
+@verify_threads_option
 def verify(**kw: Any) -> None:
     ctx = click.get_current_context()
     world = join_world(kw)  # under torchrun: this rank's device, the process group
@@ -215,6 +215,7 @@ def _is_artifact(path: Path, *, expected: bool) -> bool:
 
 def _verify_report(report: Path, kw: dict[str, Any]) -> int:
     document = collectively(lambda: load_report(report, upgrade=False))
+    set_report_threads(kw["threads"], document)
     agree_on_report(document, report, kw["root"])
     from pacbound.io import resolve_device
     from pacbound.verify.engine import verify_report

@@ -38,7 +38,9 @@ def _git_commit() -> str | None:
 
 
 def environment(device: str, world: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Tool and library versions, platform and device; ``world``: the run's processes
+    """Tool and library versions, platform, device and torch's intra-op thread count in
+    effect (``torch_threads``: ``verify`` retrains with it by default, since training can
+    differ in the last bits at another count); ``world``: the run's processes
     (``world_size``, ``backend``, ``launcher``, ``rank_devices``), when recorded."""
     import numpy
     import scipy
@@ -53,8 +55,18 @@ def environment(device: str, world: Mapping[str, Any] | None = None) -> dict[str
         "scipy": scipy.__version__,
         "platform": platform.platform(),
         "device": device,
+        "torch_threads": torch.get_num_threads(),
         **(world or {}),
     }
+
+
+def recorded_threads(report: Mapping[str, Any]) -> int | None:
+    """The torch intra-op thread count a report was made with: ``environment.torch_threads``,
+    else (older reports) ``options.threads`` when ``--threads`` was given, else ``None``."""
+    value = report.get("environment", {}).get("torch_threads")
+    if value is None:
+        value = report.get("options", {}).get("threads")
+    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else None
 
 
 def results_hash(results: Mapping[str, Any]) -> str:
