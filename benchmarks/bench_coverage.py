@@ -26,8 +26,10 @@ from pacbound.harness.synthetic import TRUE_RISK_EXAMPLES, TeacherTask
 DELTAS = {
     "heldout": 0.2,
     "monte-carlo": 0.01,
+    "monte-carlo-per-batch": 0.01,
     "gaussian-init": 0.2,
     "gaussian-data": 0.01,
+    "gaussian-per-batch": 0.2,
     "quantize": 0.2,
     "subspace": 0.2,
     "sequence-linear": 0.01,

@@ -1,7 +1,8 @@
 """The coverage experiments by name, and which certification method each one tests.
 
-Three experiments test pieces that certificates are built from rather than one method (the
-held-out test-set bound, the Monte-Carlo bound, per-example draws on sequences). The others
+Four experiments test pieces that certificates are built from rather than one method (the
+held-out test-set bound, the Monte-Carlo bound with per-example and with per-batch draws,
+per-example draws on sequences). The others
 test the certificate of a registered certification method: the list of those is derived from
 the registry :data:`pacbound.certify.registry.METHODS` (:func:`experiments_by_method`), so a
 registered method without a coverage experiment shows up there with none (and the harness
@@ -21,6 +22,7 @@ from pacbound.harness.gaussian_experiments import (
     GaussianInitExperiment,
     GaussianPerBatchExperiment,
     MonteCarloExperiment,
+    MonteCarloPerBatchExperiment,
 )
 from pacbound.harness.marginal_experiments import marginal_experiment
 from pacbound.harness.planted import SequenceMonteCarloExperiment
@@ -37,6 +39,7 @@ Builder = Callable[..., CoverageExperiment]
 PIECE_EXPERIMENTS: dict[str, Builder] = {
     "heldout": HeldOutExperiment,
     "monte-carlo": MonteCarloExperiment,
+    "monte-carlo-per-batch": MonteCarloPerBatchExperiment,
     "sequence-linear": SequenceMonteCarloExperiment,
 }
 

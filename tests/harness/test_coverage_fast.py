@@ -15,9 +15,11 @@ import torch
 from pacbound.harness import controls
 from pacbound.harness.coverage import CORRECT, CoverageResult, binomial_p_value, run_coverage
 from pacbound.harness.gaussian_experiments import (
+    PER_BATCH_AS_PER_EXAMPLE,
     GaussianDataExperiment,
     GaussianInitExperiment,
     MonteCarloExperiment,
+    MonteCarloPerBatchExperiment,
 )
 from pacbound.harness.point_experiments import (
     COMPRESSORS,
@@ -92,6 +94,15 @@ def test_monte_carlo_controls_are_caught(
     monte_carlo: dict[str, CoverageResult], control: str
 ) -> None:
     assert not monte_carlo[control].sound, monte_carlo[control]
+
+
+def test_per_batch_monte_carlo_is_sound_and_its_miscount_is_caught() -> None:
+    """n/B = 10 batch means, each from one θ ~ Q: the bound counting 10 draws passes, the
+    same mean counted as n = 2000 independent draws is violated far more often than δ."""
+    result = run_coverage(MonteCarloPerBatchExperiment(TASK, delta=0.01), 200)
+    assert result[CORRECT].sound, result[CORRECT]
+    assert not result[PER_BATCH_AS_PER_EXAMPLE].sound, result[PER_BATCH_AS_PER_EXAMPLE]
+    assert result[PER_BATCH_AS_PER_EXAMPLE].violations > 10  # δ·R = 2 expected if it were sound
 
 
 def test_gaussian_data_prior_is_sound(gaussian_data: dict[str, CoverageResult]) -> None:

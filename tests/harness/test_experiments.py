@@ -27,7 +27,12 @@ def test_every_registered_method_has_a_coverage_experiment() -> None:
 def test_the_list_is_the_pieces_then_each_registered_methods_experiments() -> None:
     derived = [e for experiments in experiments_by_method().values() for e in experiments]
     assert coverage_experiments() == (*PIECE_EXPERIMENTS, *derived)
-    assert PIECE_EXPERIMENTS.keys() == {"heldout", "monte-carlo", "sequence-linear"}
+    assert PIECE_EXPERIMENTS.keys() == {
+        "heldout",
+        "monte-carlo",
+        "monte-carlo-per-batch",
+        "sequence-linear",
+    }
     for name in coverage_experiments():
         assert make_experiment(name, TASK).name == name
 
