@@ -49,6 +49,7 @@ from pacbound.posterior.functional import FunctionalGaussian
 from pacbound.posterior.kl import gaussian_kl
 from pacbound.posterior.network import Sampler, auto_sampler, build_stochastic_network
 from pacbound.posterior.streams import DrawKey
+from pacbound.report.document import results_hash
 
 USER_MODULE = textwrap.dedent(
     """
@@ -111,6 +112,23 @@ USER_MODULE = textwrap.dedent(
 
     def recurrent():
         return Recurrent()
+
+
+    class Alias(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 8)
+            self.out = nn.Linear(8, 2)
+            # a view of fc.weight: loading the checkpoint into fc.weight rewrites it
+            self.register_buffer("w", self.fc.weight.detach(), persistent=False)
+
+        def forward(self, x):
+            return self.out(torch.relu(F.linear(x, self.w, self.fc.bias)))
+
+
+    def alias():
+        torch.manual_seed(0)
+        return Alias()
 
 
     def hooknorm():
@@ -442,6 +460,9 @@ def test_functional_draws_are_the_tensors_the_model_computes_with(name: str) -> 
         ("dataread", "accessing `data` under vmap"),  # a weight read through .data
         ("recurrent", "rnn._flat_weights[0]"),  # GRU's flat weight list
         ("hooknorm", "outside its parameters and buffers (0.weight)"),  # hook-based norm
+        # a non-persistent buffer that aliases a parameter: it follows the checkpoint's
+        # weights (a point mass the posterior never draws) and is caught by the buffer check
+        ("alias", "buffers that differ from the --init file or a fresh build: w"),
     ],
 )
 def test_uncovered_uses_are_refused_with_one_line(
@@ -526,3 +547,50 @@ def test_certified_posterior_is_re_derived_with_our_own_draws(
     se = math.sqrt(max(ours * (1 - ours), 0.01) / 400)  # the library's 400 draws dominate
     assert abs(ours - risk["estimate"]) < 4 * se, (ours, risk["estimate"])
     assert risk["upper_bound"] >= risk["estimate"] and results["bound"] >= risk["upper_bound"]
+
+
+def _kl_upper(q: float, c: float) -> float:
+    """max{p ≥ q : kl(q‖p) ≤ c} by bisection (our own inversion)."""
+
+    def kl(a: float, b: float) -> float:
+        out = a * math.log(a / b) if a > 0 else 0.0
+        return out + ((1 - a) * math.log((1 - a) / (1 - b)) if a < 1 else 0.0)
+
+    lo, hi = q, 1.0
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if kl(q, mid) <= c else (lo, mid)
+    return hi
+
+
+def test_per_batch_draws_count_batches_and_verify_rederives_them(
+    task: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Per-batch draws on the functional path (a parametrized weight): n = 400 and
+    --batch-size 64 give B = 50 (largest divisor of 400 not above 64), so K = 2 passes are
+    K·n/B = 16 draws, and the Monte-Carlo upper bound is kl⁻¹(L̂, ln(1/δ_MC)/16); verify
+    re-derives the report, and a forged estimate (rehashed) is caught."""
+    _checkpoints(task, "ortho", monkeypatch)
+    report = tmp_path / "report.json"
+    extra = ["--mc-passes", "2", "--mc-draws", "per-batch", "--batch-size", "64"]
+    extra += ["--save-posterior", str(tmp_path / "q.safetensors"), "--output", str(report)]
+    result = _certify(task, "ortho", *extra)
+    assert result.exit_code == 0, result.output
+    doc = json.loads(report.read_text())
+    risk = doc["results"]["empirical_risk"]
+    assert (risk["draws_per"], risk["batch"], risk["draws"]) == ("batch", 50, 16)
+    delta_mc = next(
+        p for p in doc["results"]["delta_budget"]["parts"] if p["name"] == "monte-carlo"
+    )
+    expected = _kl_upper(risk["estimate"], math.log(1 / delta_mc["per_choice"]) / 16)
+    assert risk["upper_bound"] >= expected - 1e-12
+    assert risk["upper_bound"] == pytest.approx(expected, abs=1e-9)
+    assert doc["results"]["posterior"]["sampler"] == {"path": "functional"}
+    ok = CliRunner().invoke(cli, ["verify", str(report)])
+    assert ok.exit_code == 0, ok.output
+    forged_doc = json.loads(json.dumps(doc))
+    forged_doc["results"]["empirical_risk"]["estimate"] = risk["estimate"] / 2
+    forged_doc["results_sha256"] = results_hash(forged_doc["results"])
+    forged = tmp_path / "forged.json"
+    forged.write_text(json.dumps(forged_doc))
+    assert CliRunner().invoke(cli, ["verify", str(forged)]).exit_code == 1
