@@ -131,6 +131,21 @@ USER_MODULE = textwrap.dedent(
         return Alias()
 
 
+    class IntParam(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(6, 2)
+            # an integer parameter (requires_grad=False): a table that could memorise labels
+            self.table = nn.Parameter(torch.zeros(2, dtype=torch.long), requires_grad=False)
+
+        def forward(self, x):
+            return self.fc(x) + self.table.float()
+
+
+    def intparam():
+        return IntParam()
+
+
     def hooknorm():
         m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
         torch.nn.utils.spectral_norm(m[0])
@@ -594,3 +609,72 @@ def test_per_batch_draws_count_batches_and_verify_rederives_them(
     forged = tmp_path / "forged.json"
     forged.write_text(json.dumps(forged_doc))
     assert CliRunner().invoke(cli, ["verify", str(forged)]).exit_code == 1
+
+
+def _move_table(model: nn.Module) -> None:
+    model.get_parameter("table").copy_(torch.tensor([0, 3]))  # a data-derived integer table
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: an integer nn.Parameter (requires_grad=False) crashes FunctionalGaussian "
+    "(RuntimeError: only floating point and complex tensors can require gradients): certify "
+    "exits 5 with a traceback instead of a one-line refusal",
+)
+def test_an_integer_parameter_is_refused_with_one_line(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _checkpoints(task, "intparam", monkeypatch, _move_table)
+    for sampler in ("auto", "functional"):
+        _one_line_refusal(_certify(task, "intparam", "--sampler", sampler), "table")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: build_stochastic_network raises a bare RuntimeError for an integer "
+    "parameter on the functional path (not InvalidInputError)",
+)
+def test_the_functional_path_refuses_an_integer_parameter(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = _user_model(task, "intparam", monkeypatch)
+    x = torch.randn(8, 6)
+    assert auto_sampler(model, x) is Sampler.FUNCTIONAL
+    with pytest.raises(InvalidInputError, match="table"):
+        build_stochastic_network(model, fixed_buffers={}, sampler=Sampler.FUNCTIONAL)
+
+
+class _ComplexLinear(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(2, 1, dtype=torch.complex64)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = self.fc(x.to(torch.complex64) * torch.tensor([1, 1j]))
+        return torch.cat([h.real, h.imag], -1)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: the layer sampler accepts a complex nn.Linear; its local reparameterization "
+    "uses x·x (not |x|²): for x = (1, i), σ = 1 it draws E|y − μ|² = 1.0, a genuine "
+    "per-example draw gives 3.0 (the functional path: 2.98)",
+)
+def test_a_complex_linear_is_refused_by_the_layer_sampler() -> None:
+    torch.manual_seed(0)
+    model = _ComplexLinear().eval()
+    x = torch.ones(4000, 2)
+    try:
+        net = build_stochastic_network(
+            model, fixed_buffers={}, sampler=Sampler.LAYERS, log_sigma_init=0.0
+        )
+        net.check_coverage(x[:16])
+    except InvalidInputError:
+        return  # refused: fine
+    with torch.no_grad():
+        net.set_mode("per_example", DrawKey(0, "review"))
+        out = net(x)
+        net.set_mode("mean")
+        spread = float(((out - net(x[:1])) ** 2).sum(1).mean())
+    # weights and bias complex-normal with E|ε|² = σ² = 1: E|y − μ|² = |1|² + |i|² + 1 = 3
+    assert abs(spread - 3.0) < 0.2, spread
