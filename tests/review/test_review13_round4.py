@@ -678,3 +678,61 @@ def test_a_complex_linear_is_refused_by_the_layer_sampler() -> None:
         spread = float(((out - net(x[:1])) ** 2).sum(1).mean())
     # weights and bias complex-normal with E|ε|² = σ² = 1: E|y − μ|² = |1|² + |i|² + 1 = 3
     assert abs(spread - 3.0) < 0.2, spread
+
+
+# --- held: the layer samplers draw what a genuine per-example weight draw gives ----------
+
+_LAYER_MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, ...]]] = {
+    "layernorm_without_bias": (
+        lambda: nn.Sequential(nn.Linear(4, 4), nn.LayerNorm(4, bias=False), nn.Linear(4, 2)),
+        (4,),
+    ),
+    "linear_without_bias": (
+        lambda: nn.Sequential(nn.Linear(4, 4, bias=False), nn.Tanh(), nn.Linear(4, 2, bias=False)),
+        (4,),
+    ),
+    "conv_same_padding": (
+        lambda: nn.Sequential(nn.Conv1d(2, 3, 4, padding="same"), nn.Flatten(), nn.Linear(15, 2)),
+        (2, 5),
+    ),
+    "conv3d": (
+        lambda: nn.Sequential(nn.Conv3d(1, 2, 2), nn.Flatten(), nn.Linear(16, 2)),
+        (1, 3, 3, 3),
+    ),
+    "groupnorm": (
+        lambda: nn.Sequential(
+            nn.Conv1d(2, 4, 1), nn.GroupNorm(2, 4), nn.Flatten(), nn.Linear(20, 2)
+        ),
+        (2, 5),
+    ),
+    "linear_on_sequences": (
+        lambda: nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Flatten(), nn.Linear(20, 2)),
+        (5, 3),
+    ),
+}
+
+
+def _output_moments(model: nn.Module, x: Tensor, sampler: Sampler) -> tuple[Tensor, Tensor]:
+    net = build_stochastic_network(model, fixed_buffers={}, sampler=sampler, log_sigma_init=-1.0)
+    net.set_mode("per_example", DrawKey(1, "review"))
+    with torch.no_grad():
+        out = net(x)
+    return out.mean(0), out.var(0)
+
+
+@pytest.mark.filterwarnings("ignore:Using padding='same'")
+@pytest.mark.parametrize("name", sorted(_LAYER_MODELS))
+def test_layer_samplers_match_whole_vector_draws_in_distribution(name: str) -> None:
+    """One input repeated 3000 times: the outputs of the exact layer samplers have the mean
+    and variance of the functional path's genuine whole-vector draws (σ = e⁻¹, large enough
+    that a sampler drawing per position, or with a wrong variance, is far outside)."""
+    factory, shape = _LAYER_MODELS[name]
+    torch.manual_seed(0)
+    model = factory().eval()
+    gen = torch.Generator().manual_seed(5)
+    assert auto_sampler(model, torch.randn(8, *shape, generator=gen)) is Sampler.LAYERS
+    x = torch.randn(1, *shape, generator=gen).expand(3000, *shape).contiguous()
+    mean_l, var_l = _output_moments(model, x, Sampler.LAYERS)
+    mean_f, var_f = _output_moments(model, x, Sampler.FUNCTIONAL)
+    assert bool(((var_l / var_f - 1).abs() < 0.15).all()), (var_l, var_f)
+    assert bool(((mean_l - mean_f).abs() < 5 * torch.sqrt(2 * var_f / 3000)).all())
