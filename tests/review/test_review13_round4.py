@@ -764,3 +764,21 @@ def test_a_lazy_module_is_certified_or_refused_with_one_line(
     result = _certify(task, "lazy")
     assert result.exit_code in (0, 3), result.output
     assert "internal error" not in result.output
+
+
+def test_per_example_draws_do_not_depend_on_the_batch_size(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-example draws are keyed by the example's index: a batch size that does not
+    divide n (7), one that does (64) and the whole set (400) give the same estimate,
+    draws (K·n = 800) and bound on the functional path."""
+    _checkpoints(task, "ortho", monkeypatch)
+    seen = set()
+    for batch in ("7", "64", "400"):
+        result = _certify(task, "ortho", "--mc-passes", "2", "--batch-size", batch)
+        assert result.exit_code == 0, result.output
+        results = _report(result)["results"]
+        risk = results["empirical_risk"]
+        assert (risk["draws_per"], risk["draws"]) == ("example", 800)
+        seen.add((risk["estimate"], risk["upper_bound"], results["bound"]))
+    assert len(seen) == 1, seen
