@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
+from torch.nn.parameter import is_lazy
 
 from pacbound.errors import InvalidInputError, PacboundError
 from pacbound.models import BUILTINS
@@ -175,4 +176,32 @@ def build_module(spec: ArchitectureSpec, kwargs: Mapping[str, Any]) -> nn.Module
             "the factory must build and return the model",
             param="--arch",
         )
+    check_real_parameters(module, f"--arch {spec.text}", param="--arch")
     return module
+
+
+def check_real_parameters(module: nn.Module, owner: str, *, param: str | None = None) -> None:
+    """Refuse a model whose parameters are not all materialised real floating-point tensors.
+
+    A lazy module's shapes are fixed only by its first forward pass; a complex parameter is
+    two real coordinates per entry that the Gaussian draws, the KL and the codebooks would
+    treat as one real number; an integer parameter cannot be drawn or quantized (a buffer is
+    the place for integer state). Raises :class:`InvalidInputError` naming the tensors.
+    """
+    lazy = [name for name, t in (*module.named_parameters(), *module.named_buffers()) if is_lazy(t)]
+    if lazy:
+        raise InvalidInputError(
+            f"{owner} has lazy modules whose shapes are not set yet ({', '.join(lazy[:4])}): "
+            "build the layers with explicit sizes (nn.Linear instead of nn.LazyLinear), or run "
+            "one forward pass on a dummy input in the factory",
+            param=param,
+        )
+    odd = [f"{n} ({p.dtype})" for n, p in module.named_parameters() if not p.is_floating_point()]
+    if odd:
+        raise InvalidInputError(
+            f"{owner} has parameters that are not real floating-point tensors: "
+            f"{', '.join(odd[:4])}; pacbound certifies real parameters only: keep integer "
+            "state in buffers (register_buffer) and store a complex weight as a real one "
+            "(torch.view_as_real) that forward turns into a complex view",
+            param=param,
+        )

@@ -50,6 +50,8 @@ def gaussian_kl(
     total = 0.0
     magnitude = 0.0
     for mu_q, sigma_q, mu_p, sigma_p in pairs:
+        if any(torch.is_tensor(t) and t.is_complex() for t in (mu_q, sigma_q, mu_p, sigma_p)):
+            raise NumericalError("a Gaussian block is complex: the KL is over real coordinates")
         mq = mu_q.detach().to(torch.float64)
         sq = sigma_q.detach().to(torch.float64)
         mp = mu_p.detach().to(torch.float64)

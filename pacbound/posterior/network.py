@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from pacbound.errors import InvalidInputError
+from pacbound.io.architectures import check_real_parameters
 from pacbound.posterior.functional import FunctionalGaussian
 from pacbound.posterior.layers import (
     WEIGHT_COPIES,
@@ -323,6 +324,7 @@ def build_stochastic_network(
     (:func:`set_max_memory`; default :func:`~pacbound.posterior.layers.default_max_memory`
     of the model's device).
     """
+    check_real_parameters(model, "the model")
     if max_memory is None:
         device = next((p.device for p in model.parameters()), None)
         max_memory = default_max_memory(device)

@@ -84,3 +84,39 @@ def test_dry_forward_pass_reports_shapes(tmp_path: Path) -> None:
     binary = load_dataset(write_npz(tmp_path / "b.npz", x, np.arange(300) % 2), label_map="0:0,1:3")
     with pytest.raises(InvalidInputError, match="label 3 is outside"):
         check_model_data(model, binary)
+
+
+class _Odd(torch.nn.Module):
+    """A model with one parameter of the kind given (lazy, complex, integer or plain)."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__()
+        self.fc = torch.nn.LazyLinear(2) if kind == "lazy" else torch.nn.Linear(3, 2)
+        if kind == "complex":
+            self.c = torch.nn.Parameter(torch.ones(2, dtype=torch.complex64))
+        if kind == "integer":
+            self.k = torch.nn.Parameter(torch.arange(3), requires_grad=False)
+
+
+def odd_model(kind: str) -> torch.nn.Module:
+    return _Odd(kind)
+
+
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("lazy", r"lazy modules whose shapes are not set yet \(fc.weight, fc.bias\)"),
+        ("complex", r"not real floating-point tensors: c \(torch.complex64\)"),
+        ("integer", r"not real floating-point tensors: k \(torch.int64\)"),
+    ],
+)
+def test_every_method_refuses_parameters_it_cannot_cover(kind: str, message: str) -> None:
+    """Every command builds the model through build_module, so each refuses, naming the
+    tensor, before any method draws (the Gaussian KL saw a complex weight's real part only)
+    or quantizes (a complex weight lost its imaginary part) them."""
+    with pytest.raises(InvalidInputError, match=message) as info:
+        build_module(parse_arch("tests.io.test_architectures:odd_model"), {"kind": kind})
+    assert info.value.param == "--arch"
+    assert isinstance(
+        build_module(parse_arch("tests.io.test_architectures:odd_model"), {"kind": "plain"}), _Odd
+    )
