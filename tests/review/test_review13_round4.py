@@ -456,7 +456,7 @@ def test_functional_draws_are_the_tensors_the_model_computes_with(name: str) -> 
     ("factory", "needle"),
     [
         ("dataread", "accessing `data` under vmap"),  # a weight read through .data
-        ("recurrent", "rnn._flat_weights[0]"),  # GRU's flat weight list
+        ("recurrent", "rnn (GRU): torch's fused recurrent kernels"),  # no vmap batching rule
         ("hooknorm", "outside its parameters and buffers (0.weight)"),  # hook-based norm
         # a non-persistent buffer that aliases a parameter: it follows the checkpoint's
         # weights (a point mass the posterior never draws) and is caught by the buffer check
