@@ -70,12 +70,16 @@ class MonteCarloExperiment:
             self._truth = est.value
         return self._truth
 
-    def run(self, r: int) -> RunRecord:
-        q = self.posterior()
+    def sample(self, r: int) -> tuple[Tensor, Tensor, torch.Generator, DrawStream]:
+        """Run ``r``'s fresh examples, its weight-draw generator and the stream over it."""
         gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "data"))
         x, y = self.task.sample(self.n, gen)
         draws = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "draws"))
-        stream = DrawStream.from_generator(draws, "monte_carlo")
+        return x, y, draws, DrawStream.from_generator(draws, "monte_carlo")
+
+    def run(self, r: int) -> RunRecord:
+        q = self.posterior()
+        x, y, draws, stream = self.sample(r)
         rate = count_stochastic_errors(q, x, y, passes=1, stream=stream).rate
         shared = controls.count_shared_draw_errors(q, x, y, passes=1, generator=draws).rate
         bounds = {
@@ -104,10 +108,7 @@ class MonteCarloPerBatchExperiment(MonteCarloExperiment):
 
     def run(self, r: int) -> RunRecord:
         q = self.posterior()
-        gen = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "data"))
-        x, y = self.task.sample(self.n, gen)
-        draws = torch.Generator().manual_seed(derive_seed(self.name, self.seed, r, "draws"))
-        stream = DrawStream.from_generator(draws, "monte_carlo")
+        x, y, _, stream = self.sample(r)
         rate = count_per_batch_errors(q, x, y, passes=1, stream=stream, batch=self.batch).rate
         per_batch = mc_upper_per_batch(rate, n=self.n, passes=1, batch=self.batch, delta=self.delta)
         bounds = {
