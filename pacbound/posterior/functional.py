@@ -13,6 +13,9 @@ parameter tensors within the memory budget (``--max-memory``,
 ``"shared"`` (training only) uses one draw per call; ``"mean"`` evaluates at μ. The module's
 own tensors other than its parameters (buffers, constants made in ``forward``) are unchanged;
 the network-level checks see to them. Randomness inside ``forward`` is refused by ``vmap``.
+A model with an op ``vmap`` cannot batch (torch's fused recurrent kernels: nn.RNN, GRU, LSTM)
+is evaluated by a loop over the examples instead, with the same draws, each example still
+alone (slower; randomness refused there too, by the global generators' states).
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class FunctionalGaussian(GaussianModule):
         nn.Module.__init__(self)
         self.mode = "per_example"
         self.generator = None
+        #: Per-example evaluation by a loop over the examples instead of ``vmap`` (set on
+        #: the first op ``vmap`` cannot batch, e.g. a fused recurrent kernel).
+        self.looped = False
         self.slot_names = [name for name, _ in base.named_parameters()]  # ties: first name
         for i, (_, p) in enumerate(base.named_parameters()):
             self.register_parameter(f"p{i}_mu", nn.Parameter(p.detach().clone()))
@@ -130,10 +136,7 @@ class FunctionalGaussian(GaussianModule):
             if guard is not None:
                 guard.opaque = True  # inside vmap: per-example by construction
             try:
-                with warnings.catch_warnings():
-                    # torch's notice that an op has no batching rule (a slower fallback)
-                    warnings.filterwarnings("ignore", "There is a performance drop")
-                    out = vmap(one)(params, x[start : start + rows])
+                out = self._batched(one, params, x[start : start + rows])
             finally:
                 if guard is not None:
                     guard.opaque = False
@@ -142,8 +145,37 @@ class FunctionalGaussian(GaussianModule):
             chunks.append(out)
         return torch.cat(chunks)
 
+    def _batched(self, one: Any, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """``one`` on every example with its own row of ``params``: ``vmap``, or a loop over
+        the examples for a model with an op ``vmap`` cannot batch (torch's fused recurrent
+        kernels): the same draws, each example still evaluated alone."""
+        if not self.looped:
+            try:
+                with warnings.catch_warnings():
+                    # torch's notice that an op has no batching rule (a slower fallback)
+                    warnings.filterwarnings("ignore", "There is a performance drop")
+                    out: Tensor = vmap(one)(params, x)
+                return out
+            except RuntimeError as exc:
+                if "Batching rule not implemented" not in str(exc):
+                    raise
+                self.looped = True
+        state = _rng_states(x.device)
+        out = torch.stack([one({k: v[i] for k, v in params.items()}, x[i]) for i in range(len(x))])
+        if any(not torch.equal(a, b) for a, b in zip(state, _rng_states(x.device), strict=True)):
+            raise RuntimeError("a random op ran in forward")  # as vmap refuses randomness
+        return out
+
     def extra_repr(self) -> str:
         return f"{len(self.slot_names)} parameter tensors, mode={self.mode}"
 
     def __getattr__(self, name: str) -> Any:
         return nn.Module.__getattr__(self, name)
+
+
+def _rng_states(device: torch.device) -> list[Tensor]:
+    """torch's global generator states (CPU, and ``device``'s when it is a GPU)."""
+    states = [torch.random.get_rng_state()]
+    if device.type == "cuda":
+        states.append(torch.cuda.get_rng_state(device))
+    return states

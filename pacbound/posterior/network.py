@@ -219,15 +219,6 @@ def _functional_network(
     model: nn.Module, log_sigma_init: float, fixed_buffers: Mapping[str, Tensor] | None
 ) -> StochasticNetwork:
     """Every parameter of ``model`` covered by one :class:`FunctionalGaussian`."""
-    recurrent = [f"{n or '<root>'} ({type(m).__name__})" for n, m in model.named_modules()
-                 if isinstance(m, nn.RNNBase)]  # fmt: skip
-    if recurrent:
-        raise InvalidInputError(
-            f"{short_list(recurrent)}: torch's fused recurrent kernels have no per-example "
-            "batching rule (torch.func.vmap), so no sampler draws their weights once per "
-            "example; certify with --method quantize or --method subspace, or write the "
-            "recurrence as a loop over nn.Linear layers"
-        )
     refuse_hidden_tensors(model)
     check_buffers(model, fixed_buffers)
     if not any(True for _ in model.parameters()):

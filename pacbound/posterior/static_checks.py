@@ -143,7 +143,7 @@ def unregistered_tensors(model: nn.Module) -> list[str]:
     found = []
     for mod_name, mod in model.named_modules():
         for key, value in vars(mod).items():
-            if key in _MODULE_INTERNALS:
+            if key in _MODULE_INTERNALS or (key == "_flat_weights" and own_flat_weights(mod)):
                 continue
             stack: list[tuple[str, Any, int]] = [(key, value, 0)]
             while stack:
@@ -160,6 +160,18 @@ def unregistered_tensors(model: nn.Module) -> list[str]:
                 elif depth < 4 and hasattr(item, "__dict__") and not callable(item):
                     stack.extend((f"{path}.{k}", v, depth + 1) for k, v in vars(item).items())
     return sorted(found)
+
+
+def own_flat_weights(module: nn.Module) -> bool:
+    """Whether ``module`` is a recurrent layer whose ``_flat_weights`` list holds exactly its
+    own parameters (torch's cache of them for the fused kernel, kept up to date on every
+    assignment, so ``functional_call`` swaps them too), not tensors of its own."""
+    if not isinstance(module, nn.RNNBase):
+        return False
+    names, flat = module._flat_weights_names, module._flat_weights
+    return len(names) == len(flat) and all(
+        w is module._parameters.get(n) for n, w in zip(names, flat, strict=True)
+    )
 
 
 def refuse_hidden_tensors(model: nn.Module) -> None:

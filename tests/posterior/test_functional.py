@@ -177,3 +177,65 @@ def test_attention_models_certify_without_torch_warnings_escaping() -> None:
     net.set_mode("per_example", torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert net(torch.randn(6, 6)).shape == (6, 2)
+
+
+class _Recurrent(nn.Module):
+    def __init__(self, noisy: bool = False) -> None:
+        super().__init__()
+        self.noisy = noisy
+        self.rnn = nn.GRU(3, 5, batch_first=True)
+        self.out = nn.Linear(5, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = x + torch.randn_like(x) if self.noisy else x
+        return self.out(self.rnn(x.reshape(-1, 2, 3))[0][:, -1])
+
+
+def test_a_recurrent_model_is_evaluated_example_by_example() -> None:
+    """vmap has no batching rule for GRU's fused kernel: the examples are looped over, each
+    at its own draw of the whole parameter vector (rebuilt here from the stream)."""
+    torch.manual_seed(0)
+    model = _Recurrent().eval()
+    net = _functional(model, sigma=0.3)
+    x = torch.randn(6, 6)
+    key = DrawKey(5, "test")
+    net.set_mode("per_example", key)
+    with torch.no_grad():
+        out = net(x)
+    assert net.net.looped
+    params = dict(model.named_parameters())
+    noise = _keyed_noise(model, key, 6)
+    for i in range(6):
+        theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
+        expected = functional_call(model, theta, (x[i : i + 1],))[0]
+        assert torch.allclose(out[i], expected, atol=1e-5)
+    assert not torch.allclose(out[0], model(x[:1])[0], atol=1e-3)  # really drawn
+
+
+def test_the_loop_gives_vmaps_outputs_under_the_same_draws() -> None:
+    torch.manual_seed(0)
+    net = _functional(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)), sigma=0.3)
+    x = torch.randn(9, 4)
+    outs = []
+    for looped in (False, True):
+        net.net.looped = looped
+        net.set_mode("per_example", DrawKey(3, "test"))
+        with torch.no_grad():
+            outs.append(net(x))
+    assert torch.allclose(outs[0], outs[1], atol=1e-6)
+
+
+def test_randomness_in_a_looped_forward_is_refused() -> None:
+    net = _functional(_Recurrent(noisy=True).eval())
+    net.set_mode("per_example", DrawKey(0, "test"))
+    with pytest.raises(InvalidInputError, match="supplied per call"), torch.no_grad():
+        net(torch.randn(3, 6))
+
+
+def test_a_recurrent_layer_holding_a_foreign_flat_weight_is_refused() -> None:
+    """GRU's ``_flat_weights`` cache is allowed only while it holds the layer's own
+    parameters; another tensor there would be computed with and never drawn."""
+    model = _Recurrent().eval()
+    model.rnn._flat_weights[0] = torch.zeros_like(model.rnn.weight_ih_l0)  # not via setattr
+    with pytest.raises(InvalidInputError, match=r"outside its parameters and buffers \(rnn._flat"):
+        build_stochastic_network(model, sampler=Sampler.FUNCTIONAL)

@@ -452,11 +452,22 @@ def test_functional_draws_are_the_tensors_the_model_computes_with(name: str) -> 
 # --- held: refusals with one line ---------------------------------------------------------
 
 
+def test_a_recurrent_model_certifies_on_the_functional_path(
+    task: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """GRU's fused kernel has no vmap batching rule: the functional sampler loops over the
+    examples (was: refused, naming its _flat_weights cache as a hidden tensor)."""
+    _checkpoints(task, "recurrent", monkeypatch)
+    for sampler in ("auto", "functional"):
+        result = _certify(task, "recurrent", "--sampler", sampler)
+        assert result.exit_code == 0, result.output
+        assert _report(result)["results"]["posterior"]["sampler"]["path"] == "functional"
+
+
 @pytest.mark.parametrize(
     ("factory", "needle"),
     [
         ("dataread", "accessing `data` under vmap"),  # a weight read through .data
-        ("recurrent", "rnn (GRU): torch's fused recurrent kernels"),  # no vmap batching rule
         ("hooknorm", "outside its parameters and buffers (0.weight)"),  # hook-based norm
         # a non-persistent buffer that aliases a parameter: it follows the checkpoint's
         # weights (a point mass the posterior never draws) and is caught by the buffer check
