@@ -24,6 +24,17 @@ Held (tests assert the behaviour):
 * CLI: a bidirectional LSTM certifies with --method gaussian on the functional path (per-example
   draws), and ``verify`` re-derives the report and refuses a forged one (rehashed estimate).
 
+* the loop inside memory chunks (tiny ``max_memory``) gives bit-identical outputs;
+* through the CLI, a recurrent model with a private ``torch.Generator`` is refused (exit 3:
+  the determinism check, or with --allow-nondeterministic the mean-network check).
+
+Hole (library level, low severity): ``FunctionalGaussian._batched``'s loop detects randomness
+only by torch's global generator states, so ``torch.randn(..., generator=private)`` (refused
+under ``vmap``, randomness='error') passes ``check_coverage(batch_independence=False)``,
+against the module doc's "randomness refused there too". Fix: run the loop under a
+``TorchDispatchMode`` refusing every op tagged ``torch.Tag.nondeterministic_seeded`` (what
+vmap's randomness check keys on), whatever its generator.
+
 Observation (no hole found): the data-flow probe is ``opaque`` inside the loop exactly as
 inside ``vmap`` ("per-example by construction"), which is no longer true by construction in
 the loop (module state persists between examples). The mean pass and the batch-independence
@@ -353,6 +364,19 @@ USER_MODULE = textwrap.dedent(
 
     def bilstm():
         return BiLSTM()
+
+
+    class Noisy(BiLSTM):
+        def __init__(self):
+            super().__init__()
+            self.gen = torch.Generator().manual_seed(0)
+
+        def forward(self, x):
+            return super().forward(x) + 0.5 * torch.randn(2, generator=self.gen)
+
+
+    def noisy():
+        return Noisy()
     """
 )
 
@@ -362,8 +386,8 @@ def task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rnnloop")
     (root / "rnnloopmodels.py").write_text(USER_MODULE)
     gen = torch.Generator().manual_seed(0)
-    y = torch.randint(0, 2, (20,), generator=gen)
-    x = torch.randn(20, 6, generator=gen) + 1.5 * (2 * y[:, None] - 1).float()
+    y = torch.randint(0, 2, (10,), generator=gen)
+    x = torch.randn(10, 6, generator=gen) + 1.5 * (2 * y[:, None] - 1).float()
     np.savez(root / "train.npz", x=x.numpy(), y=y.numpy())
     return root
 
@@ -381,8 +405,8 @@ def _checkpoints(task: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save_file({k: v.contiguous() for k, v in init.state_dict().items()}, task / "final.safetensors")
 
 
-def _certify(task: Path, *extra: str) -> Result:
-    args = ["certify", str(task / "final.safetensors"), "--arch", "rnnloopmodels:bilstm"]
+def _certify(task: Path, *extra: str, factory: str = "bilstm") -> Result:
+    args = ["certify", str(task / "final.safetensors"), "--arch", f"rnnloopmodels:{factory}"]
     args += ["--init", str(task / "init.safetensors"), "--data", str(task / "train.npz")]
     args += [
         "--prior-scales",
@@ -402,13 +426,13 @@ def test_cli_certifies_and_verify_rederives_a_recurrent_report(
 ) -> None:
     _checkpoints(task, monkeypatch)
     report = tmp_path / "report.json"
-    extra = ["--mc-draws", "per-example", "--batch-size", "10", "--sampler", "functional"]
+    extra = ["--mc-draws", "per-example", "--batch-size", "5", "--sampler", "functional"]
     extra += ["--save-posterior", str(tmp_path / "q.safetensors"), "--output", str(report)]
     result = _certify(task, *extra)
     assert result.exit_code == 0, result.output
     doc = json.loads(report.read_text())
     risk = doc["results"]["empirical_risk"]
-    assert (risk["draws_per"], risk["draws"]) == ("example", 20)
+    assert (risk["draws_per"], risk["draws"]) == ("example", 10)
     assert doc["results"]["posterior"]["sampler"] == {"path": "functional"}
     assert 0.0 <= risk["estimate"] <= risk["upper_bound"] <= 1.0
     ok = CliRunner().invoke(cli, ["verify", str(report)])
@@ -419,3 +443,70 @@ def test_cli_certifies_and_verify_rederives_a_recurrent_report(
     path = tmp_path / "forged.json"
     path.write_text(json.dumps(forged))
     assert CliRunner().invoke(cli, ["verify", str(path)]).exit_code == 1
+
+
+def test_loop_outputs_do_not_depend_on_the_memory_chunking() -> None:
+    """The loop inside memory chunks (a tiny --max-memory: a few examples per chunk) draws the
+    same keyed per-example weights as one chunk: the outputs are identical."""
+    torch.manual_seed(0)
+    model = _Seq(nn.GRU(3, 4, batch_first=True), 4).eval()
+    x = torch.randn(9, 6)
+    net = _network(model)
+    fg = _functional_module(net)
+    outs = []
+    for budget in (fg.max_memory, 3 * 4 * fg.per_example_elements()):
+        fg.max_memory = budget
+        net.set_mode("per_example", DrawKey(5, "chunks"))
+        with torch.no_grad():
+            outs.append(net(x))
+    assert fg._plan(9) < 9 and fg.looped
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="hole: FunctionalGaussian._batched's loop refuses randomness only by comparing "
+    "torch's global generator states; a private torch.Generator (refused by vmap's "
+    "randomness='error') passes when the batch-independence probes are off "
+    "(--allow-nondeterministic), against the documented 'randomness refused there too' "
+    "(library level; the CLI refuses it by its mean-network check, tested below)",
+)
+def test_private_generator_randomness_is_refused_like_vmap_does() -> None:
+    torch.manual_seed(0)
+    net = _network(_PrivateGenerator().eval())
+    with pytest.raises(InvalidInputError, match="random"):
+        net.check_coverage(torch.randn(8, 6), batch_independence=False)
+
+
+def test_private_generator_randomness_is_refused_by_vmap_without_a_recurrent_layer() -> None:
+    """The reference behaviour the loop should match: vmap refuses the same op."""
+
+    class Lin(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.out = nn.Linear(6, 2)
+            self.gen = torch.Generator().manual_seed(0)
+
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.out(x) + torch.randn(2, generator=self.gen)
+            return out
+
+    net = _network(Lin().eval())
+    with pytest.raises(InvalidInputError, match="random operation"):
+        net.check_coverage(torch.randn(8, 6), batch_independence=False)
+
+
+@pytest.mark.parametrize("allow", [False, True])
+def test_cli_refuses_private_generator_randomness_in_a_recurrent_model(
+    task: Path, monkeypatch: pytest.MonkeyPatch, allow: bool
+) -> None:
+    """Through the CLI the library-level gap above is closed by other checks: the
+    determinism check, or (--allow-nondeterministic) the mean network = model check."""
+    _checkpoints(task, monkeypatch)
+    extra = ["--sampler", "functional", "--batch-size", "5"]
+    result = _certify(
+        task, *extra, *(["--allow-nondeterministic"] if allow else []), factory="noisy"
+    )
+    assert result.exit_code == 3, result.output
+    needle = "does not compute the model's outputs" if allow else "not deterministic"
+    assert needle in result.output
