@@ -155,6 +155,26 @@ class _Tied(nn.Module):
         return out
 
 
+class _TiedTwoRnns(nn.Module):
+    """Two GRUs sharing weight_ih_l0 (tied by setattr) and a Linear whose weight is the first
+    GRU's weight_hh_l0 (the RNN parameter is the first name of the tie)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.GRU(3, 4, batch_first=True)
+        self.b = nn.GRU(3, 4, batch_first=True)
+        self.b.weight_ih_l0 = self.a.weight_ih_l0
+        self.lin = nn.Linear(4, 12, bias=False)
+        self.lin.weight = self.a.weight_hh_l0  # type: ignore[assignment]
+        self.out = nn.Linear(4, 2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = x.reshape(-1, 2, 3)
+        h = self.a(z)[0][:, -1] + self.b(z)[0][:, -1]
+        out: Tensor = self.out(h) + self.lin(x[:, :4])[:, :2]
+        return out
+
+
 class _Twice(nn.Module):
     """A GRU called twice, a learned h0 parameter, flatten_parameters() in forward."""
 
@@ -210,6 +230,7 @@ EXACT: dict[str, tuple[Callable[[], nn.Module], bool]] = {
     "rnn_relu": (lambda: _Seq(nn.RNN(3, 4, nonlinearity="relu", batch_first=True), 4), True),
     "gru_tied_to_linear": (_Tied, True),
     "gru_twice_h0_flatten": (_Twice, True),
+    "two_grus_and_linear_tied": (_TiedTwoRnns, True),
     "lstm_cell": (lambda: _Cell(lstm=True), True),
     "gru_cell": (lambda: _Cell(lstm=False), False),
 }
