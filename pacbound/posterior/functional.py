@@ -15,7 +15,7 @@ own tensors other than its parameters (buffers, constants made in ``forward``) a
 the network-level checks see to them. Randomness inside ``forward`` is refused by ``vmap``.
 A model with an op ``vmap`` cannot batch (torch's fused recurrent kernels: nn.RNN, GRU, LSTM)
 is evaluated by a loop over the examples instead, with the same draws, each example still
-alone (slower; randomness refused there too, by the global generators' states).
+alone (slower; randomness refused there too, whatever generator it draws from).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from pacbound.errors import InvalidInputError
 from pacbound.posterior.layers import GaussianModule, scaled_noise
@@ -160,11 +161,9 @@ class FunctionalGaussian(GaussianModule):
                 if "Batching rule not implemented" not in str(exc):
                     raise
                 self.looped = True
-        state = _rng_states(x.device)
-        out = torch.stack([one({k: v[i] for k, v in params.items()}, x[i]) for i in range(len(x))])
-        if any(not torch.equal(a, b) for a, b in zip(state, _rng_states(x.device), strict=True)):
-            raise RuntimeError("a random op ran in forward")  # as vmap refuses randomness
-        return out
+        with _NoRandomness():  # as vmap refuses randomness, whatever the generator
+            rows = [one({k: v[i] for k, v in params.items()}, x[i]) for i in range(len(x))]
+        return torch.stack(rows)
 
     def extra_repr(self) -> str:
         return f"{len(self.slot_names)} parameter tensors, mode={self.mode}"
@@ -173,9 +172,11 @@ class FunctionalGaussian(GaussianModule):
         return nn.Module.__getattr__(self, name)
 
 
-def _rng_states(device: torch.device) -> list[Tensor]:
-    """torch's global generator states (CPU, and ``device``'s when it is a GPU)."""
-    states = [torch.random.get_rng_state()]
-    if device.type == "cuda":
-        states.append(torch.cuda.get_rng_state(device))
-    return states
+class _NoRandomness(TorchDispatchMode):
+    """Refuses every random op (torch tags them ``nondeterministic_seeded``), whichever
+    generator it draws from: the loop's counterpart of ``vmap``'s randomness check."""
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            raise RuntimeError(f"a random op ({func}) ran in forward")
+        return func(*args, **(kwargs or {}))
