@@ -16,6 +16,7 @@ from pacbound.errors import InvalidInputError
 from pacbound.posterior.network import Sampler, build_stochastic_network
 from pacbound.posterior.priors import PriorMean, ScaleGrid
 from pacbound.posterior.streams import DrawKey
+from tests.posterior._keyed import keyed_noise
 
 
 class _TiedDifference(nn.Module):
@@ -27,22 +28,6 @@ class _TiedDifference(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.a(x) - self.b(x)  # zero for every draw of the one tied weight
-
-
-def _keyed_noise(model: nn.Module, key: DrawKey, rows: int) -> dict[str, Tensor]:
-    """The functional sampler's noise rebuilt from the stream's definition: per owning
-    module, its parameters' noise drawn together, keyed by their names, one row per
-    example (examples 0 … rows − 1)."""
-    params = dict(model.named_parameters())
-    owners: dict[str, list[str]] = {}
-    for name in params:
-        owners.setdefault(name.rpartition(".")[0], []).append(name)
-    noise: dict[str, Tensor] = {}
-    for names in owners.values():
-        shapes = [params[n].shape for n in names]
-        drawn = key.example_noise("|".join(names), shapes, 0, rows, params[names[0]])
-        noise.update(zip(names, drawn, strict=True))
-    return noise
 
 
 def _functional(model: nn.Module, sigma: float = 0.5) -> nn.Module:
@@ -69,11 +54,18 @@ def test_per_example_outputs_are_the_model_at_each_examples_own_draw() -> None:
     net.set_mode("per_example", key)
     with torch.no_grad():
         out = net(x)
-    # The draws, rebuilt from the stream: per parameter, one row per example.
+    _assert_each_example_at_its_own_draw(model, out, x, key, 0.3)
+
+
+def _assert_each_example_at_its_own_draw(
+    model: nn.Module, out: Tensor, x: Tensor, key: DrawKey, sigma: float
+) -> None:
+    """``out[i]`` is the model on example i alone at θ_i = μ + σ·ε_i, with ε_i rebuilt from
+    the stream (per parameter, one row per example)."""
     params = dict(model.named_parameters())
-    noise = _keyed_noise(model, key, 7)
-    for i in range(7):
-        theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
+    noise = keyed_noise(model, key, len(x))
+    for i in range(len(x)):
+        theta = {n: p.detach() + sigma * noise[n][i] for n, p in params.items()}
         expected = functional_call(model, theta, (x[i : i + 1],))[0]
         assert torch.allclose(out[i], expected, atol=1e-5)
 
@@ -149,7 +141,7 @@ def test_forward_code_reading_its_parameters_sees_the_drawn_ones() -> None:
     with torch.no_grad():
         out = net(x)
     params = dict(model.named_parameters())
-    noise = _keyed_noise(model, key, 5)
+    noise = keyed_noise(model, key, 5)
     for i in range(5):
         theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
         assert torch.allclose(out[i], functional_call(model, theta, (x[i : i + 1],))[0], atol=1e-5)
@@ -203,12 +195,7 @@ def test_a_recurrent_model_is_evaluated_example_by_example() -> None:
     with torch.no_grad():
         out = net(x)
     assert net.net.looped
-    params = dict(model.named_parameters())
-    noise = _keyed_noise(model, key, 6)
-    for i in range(6):
-        theta = {n: p.detach() + 0.3 * noise[n][i] for n, p in params.items()}
-        expected = functional_call(model, theta, (x[i : i + 1],))[0]
-        assert torch.allclose(out[i], expected, atol=1e-5)
+    _assert_each_example_at_its_own_draw(model, out, x, key, 0.3)
     assert not torch.allclose(out[0], model(x[:1])[0], atol=1e-3)  # really drawn
 
 

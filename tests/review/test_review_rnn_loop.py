@@ -66,23 +66,9 @@ from pacbound.posterior.functional import FunctionalGaussian
 from pacbound.posterior.network import Sampler, build_stochastic_network
 from pacbound.posterior.streams import DrawKey
 from pacbound.report.document import results_hash
+from tests.posterior._keyed import keyed_noise
 
 SIGMA = 0.3
-
-
-def _keyed_noise(model: nn.Module, key: DrawKey, rows: int) -> dict[str, Tensor]:
-    """The functional sampler's per-example noise rebuilt from the stream's definition: per
-    owning module, its parameters' noise drawn together, keyed by their names joined."""
-    params = dict(model.named_parameters())
-    owners: dict[str, list[str]] = {}
-    for name in params:
-        owners.setdefault(name.rpartition(".")[0], []).append(name)
-    noise: dict[str, Tensor] = {}
-    for names in owners.values():
-        shapes = [params[n].shape for n in names]
-        drawn = key.example_noise("|".join(names), shapes, 0, rows, params[names[0]])
-        noise.update(zip(names, drawn, strict=True))
-    return noise
 
 
 def _network(model: nn.Module) -> Any:
@@ -108,7 +94,7 @@ def _check_exact(model: nn.Module, x: Tensor, looped: bool) -> None:
     with torch.no_grad():
         out = net(x)
     assert _functional_module(net).looped is looped
-    noise = _keyed_noise(model, key, len(x))
+    noise = keyed_noise(model, key, len(x))
     own = dict(ref_model.named_parameters())
     for i in range(len(x)):
         with torch.no_grad():
@@ -535,7 +521,7 @@ def test_each_examples_recurrent_draw_is_fresh_standard_normal_noise() -> None:
     5 standard errors)."""
     torch.manual_seed(0)
     model = _Seq(nn.GRU(3, 4, batch_first=True), 4).eval()
-    noise = _keyed_noise(model, DrawKey(11, "moments"), 2000)
+    noise = keyed_noise(model, DrawKey(11, "moments"), 2000)
     eps = torch.cat([noise[n].reshape(2000, -1) for n in noise if n.startswith("rnn.")], 1)
     assert eps.shape == (2000, 108)
     flat = eps.double()
