@@ -76,10 +76,18 @@ def _set_threads(ctx: click.Context, param: click.Parameter, value: int | None) 
     from pacbound.bounds.validation import check_count
 
     threads = check_count(value, "--threads")
+    if threads > MAX_THREADS:  # torch's thread pool crashes the process far above this
+        raise InvalidInputError(
+            f"--threads must be at most {MAX_THREADS}, got {threads}", param="--threads"
+        )
     import torch
 
     torch.set_num_threads(threads)
     return threads
+
+
+#: The most intra-op threads ``--threads`` (or a report's recorded count) may ask for.
+MAX_THREADS = 1024
 
 
 THREADS_HELP = (
@@ -122,6 +130,11 @@ def set_report_threads(given: int | None, report: Mapping[str, Any]) -> None:
     from pacbound.report.document import recorded_threads
 
     if given is None and (threads := recorded_threads(report)) is not None:
+        if threads > MAX_THREADS:
+            raise InvalidInputError(
+                f"the report records torch_threads = {threads}, more than {MAX_THREADS}; "
+                "pass --threads N to verify at another count"
+            )
         import torch
 
         torch.set_num_threads(threads)

@@ -83,3 +83,21 @@ def test_verify_help_names_the_default() -> None:
 )
 def test_recorded_threads(report: dict[str, Any], expected: int | None) -> None:
     assert recorded_threads(report) == expected
+
+
+def test_a_recorded_count_torch_cannot_run_is_refused(one_thread: Path, tmp_path: Path) -> None:
+    """torch's thread pool crashes the process (a segfault) at 10⁶ threads: a report whose
+    environment says so ends in one line, exit 3, before any work."""
+    doc = json.loads(one_thread.read_text())
+    doc["environment"]["torch_threads"] = 10**6
+    forged = one_thread.parent / "huge_threads.json"
+    forged.write_text(json.dumps(doc))
+    result = CliRunner().invoke(cli, ["verify", str(forged)])
+    assert result.exit_code == 3, result.output
+    assert "torch_threads = 1000000, more than 1024" in result.stderr
+
+
+def test_threads_option_above_the_limit_is_refused(task: Path) -> None:
+    result = CliRunner().invoke(cli, ["verify", str(task / "none.json"), "--threads", "1000000"])
+    assert result.exit_code == 3, result.output
+    assert "--threads must be at most 1024, got 1000000" in result.stderr

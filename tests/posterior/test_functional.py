@@ -13,6 +13,7 @@ from torch.func import functional_call
 from pacbound.certify.gaussian import certify_gaussian
 from pacbound.certify.gaussian_options import GaussianOptions
 from pacbound.errors import InvalidInputError
+from pacbound.posterior import functional as functional_module
 from pacbound.posterior.network import Sampler, build_stochastic_network
 from pacbound.posterior.priors import PriorMean, ScaleGrid
 from pacbound.posterior.streams import DrawKey
@@ -199,17 +200,25 @@ def test_a_recurrent_model_is_evaluated_example_by_example() -> None:
     assert not torch.allclose(out[0], model(x[:1])[0], atol=1e-3)  # really drawn
 
 
-def test_the_loop_gives_vmaps_outputs_under_the_same_draws() -> None:
+def test_the_loop_gives_vmaps_outputs_under_the_same_draws(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     torch.manual_seed(0)
     net = _functional(nn.Sequential(nn.Linear(4, 5), nn.Tanh(), nn.Linear(5, 3)), sigma=0.3)
     x = torch.randn(9, 4)
     outs = []
     for looped in (False, True):
         net.net.looped = looped
+        if looped:  # the second pass must not use vmap at all
+            monkeypatch.setattr(functional_module, "vmap", _no_vmap)
         net.set_mode("per_example", DrawKey(3, "test"))
         with torch.no_grad():
             outs.append(net(x))
     assert torch.allclose(outs[0], outs[1], atol=1e-6)
+
+
+def _no_vmap(*args: object, **kwargs: object) -> None:
+    raise AssertionError("vmap called in loop mode")
 
 
 def test_randomness_in_a_looped_forward_is_refused() -> None:
